@@ -1,0 +1,65 @@
+"""Built-in gates: thresholds on the drafter's own signals, all computable on the device.
+
+Convention: a gate escalates when the block looks *risky*: entropy above, margin below,
+log-prob below its threshold, for any token of the block (``entropy-mean`` averages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from ..protocol import Always, Block, Never
+
+
+@dataclass(frozen=True)
+class MaxEntropy:
+    """The study's gate: escalate when any drafted token's entropy (nats) exceeds the threshold."""
+
+    threshold: float
+
+    def escalate(self, block: Block) -> bool:
+        return max(block.entropies) > self.threshold
+
+
+@dataclass(frozen=True)
+class MeanEntropy:
+    threshold: float
+
+    def escalate(self, block: Block) -> bool:
+        return sum(block.entropies) / len(block.entropies) > self.threshold
+
+
+@dataclass(frozen=True)
+class Margin:
+    """Escalate when the drafter's top-1/top-2 probability margin drops below the threshold anywhere."""
+
+    threshold: float
+
+    def escalate(self, block: Block) -> bool:
+        return min(block.margins) < self.threshold
+
+
+@dataclass(frozen=True)
+class MinLogProb:
+    """Escalate when some drafted token has log-prob (nats) below the threshold."""
+
+    threshold: float
+
+    def escalate(self, block: Block) -> bool:
+        return min(block.logprobs) < self.threshold
+
+
+@dataclass(frozen=True)
+class RandomGate:
+    """Escalate with probability p, as a baseline. Deterministic per block, so replays repeat exactly."""
+
+    p: float
+    seed: int = 0
+
+    def escalate(self, block: Block) -> bool:
+        h = hashlib.blake2b(repr((self.seed, block.start, block.tokens)).encode(), digest_size=8)
+        return int.from_bytes(h.digest(), "little") / 2**64 < self.p
+
+
+__all__ = ["Always", "MaxEntropy", "MeanEntropy", "Margin", "MinLogProb", "Never", "RandomGate"]

@@ -1,0 +1,21 @@
+"""The draft–verify protocol: policy, gate and acceptance interfaces and the state machine.
+
+Pure logic: no I/O, no clock. Everything that decodes (live models, trace replay,
+the live edge client) drives :func:`run`.
+"""
+
+from .engine import (
+    CloudStart, CloudStep, Commit, CoverageMiss, Draft, DraftToken, GateCall, Judgement, Prefill, Run,
+    Session, Verify, run,
+)
+from .gates_basic import Always, Never
+from .policy import (
+    CLOUD_CACHES, PRIVACY_MODES, VERIFIER_MODE_FOR_PRIVACY, Accept, Block, Gate, Policy, PolicyError,
+    cloud_only, drafter_only, lossless,
+)
+
+__all__ = [
+    "Accept", "Always", "Block", "CLOUD_CACHES", "CloudStart", "CloudStep", "Commit", "CoverageMiss", "Draft",
+    "DraftToken", "Gate", "GateCall", "Judgement", "Never", "PRIVACY_MODES", "Policy", "PolicyError", "Prefill",
+    "Run", "Session", "VERIFIER_MODE_FOR_PRIVACY", "Verify", "cloud_only", "drafter_only", "lossless", "run",
+]

@@ -1,0 +1,252 @@
+"""The draft–verify state machine, written once.
+
+Live model backends (collect), the trace replay (simulate) and a live edge client all
+drive this same function through the small :class:`Session` interface, so their logic
+cannot drift apart. It does no I/O and reads no clock: it returns *what happened*, as
+committed tokens and an ordered list of events (the schedule). How long each event
+takes is decided elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, Sequence
+
+from .policy import Block, Policy
+
+
+class CoverageMiss(Exception):
+    """The run needs a decoding state the source cannot provide (e.g. a trace's trie was not explored there)."""
+
+    def __init__(self, depth: int, what: str):
+        super().__init__(f"{what} at depth {depth}")
+        self.depth = depth
+        self.what = what
+
+
+class DraftToken(NamedTuple):
+    """The drafter's greedy next token at a state, with the signals a gate may use."""
+
+    token: int
+    logprob: float
+    entropy: float
+    margin: float
+    eos: bool
+    extra: dict | None = None  # optional per-token signals (a trace's x_* columns)
+    topk_ids: tuple = ()
+    topk_probs: tuple = ()
+
+
+class Judgement(NamedTuple):
+    """The verifier's view at one position of a block.
+
+    ``rank``/``prob`` concern the drafted token at that position (rank 1 = the verifier's
+    own top-1); ``top1`` is what the verifier would write there instead.
+    """
+
+    rank: int  # 0 where unknown (the bonus position, which judges no drafted token)
+    prob: float
+    top1: int
+    top1_prob: float
+    top1_eos: bool
+    entropy: float = float("nan")
+
+
+class Session(Protocol):
+    """One utterance's decoding, as the protocol sees it. States are opaque handles."""
+
+    root: Any
+
+    def draft(self, state: Any) -> DraftToken: ...
+
+    def advance(self, state: Any, token: int) -> Any: ...
+
+    def judge(self, state: Any, tokens: Sequence[int], mode: str) -> Sequence[Judgement]:
+        """Judgements at positions 0..len(tokens); the last is only used for its ``top1`` (the bonus)."""
+        ...
+
+
+# --- the schedule: what happened, in order -------------------------------------------
+class Prefill(NamedTuple):
+    """The edge encodes audio and prompt."""
+
+
+class Draft(NamedTuple):
+    """One drafter decode step; ``ctx`` caption tokens precede the drafted one."""
+
+    ctx: int
+
+
+class GateCall(NamedTuple):
+    n: int
+
+
+class Verify(NamedTuple):
+    """One escalation: a round trip to the cloud verifier.
+
+    ``n`` drafted tokens are judged after ``ctx`` committed caption tokens. ``unsent`` of
+    those committed tokens were written on the edge since the cloud last heard from it
+    (their ids must travel); ``pending`` tokens must be run through the verifier before the
+    block (unsent ones plus its own last correction or bonus token). ``first`` marks the
+    session's first call (stateful clouds prefill the prompt then).
+    """
+
+    n: int
+    ctx: int
+    unsent: int
+    pending: int
+    first: bool
+    accepted: int
+    corrected: int
+    bonus: int
+
+
+class CloudStart(NamedTuple):
+    """Cloud-only decoding begins: the audio goes up and the cloud prefills."""
+
+
+class CloudStep(NamedTuple):
+    """One cloud decode step in cloud-only decoding (streamed down, no round trip each)."""
+
+    ctx: int
+
+
+class Commit(NamedTuple):
+    """``n`` tokens become final on the edge (``total`` committed so far)."""
+
+    n: int
+    total: int
+
+
+@dataclass
+class Run:
+    """The result of one policy on one utterance."""
+
+    tokens: list[int] = field(default_factory=list)
+    events: list = field(default_factory=list)
+    drafted: int = 0
+    blocks: int = 0
+    escalations: int = 0
+    verified: int = 0  # drafted tokens sent for verification
+    accepted: int = 0
+    corrected: int = 0
+    bonus: int = 0
+    eos: bool = False
+
+    @property
+    def wasted(self) -> int:
+        """Drafted tokens thrown away after a rejection."""
+        return self.drafted - (len(self.tokens) - self.corrected - self.bonus)
+
+
+def run(session: Session, policy: Policy) -> Run:
+    """Decode one utterance under ``policy``. May raise :class:`CoverageMiss` from the session."""
+    if policy.k == 0:
+        return _run_cloud(session, policy)
+    gate = policy.gate
+    if gate is None:
+        raise ValueError("policy has no gate object; build it with sectrace.gates.parse_gate")
+    accept = policy.accept
+    mode = policy.verifier_mode
+    max_new = policy.max_new_tokens
+    stop_lp = math.log(policy.adaptive) if policy.adaptive is not None else None
+    out = Run()
+    ev = out.events
+    tokens = out.tokens
+    ev.append(Prefill())
+    state = session.root
+    unsent = 0  # committed on the edge, not yet seen by the cloud
+    pending = 0  # known to the cloud but not yet in its cache
+    first = True
+    while len(tokens) < max_new:
+        budget = min(policy.k, max_new - len(tokens))
+        drafts: list[DraftToken] = []
+        s = state
+        while True:
+            d = session.draft(s)
+            ev.append(Draft(len(tokens) + len(drafts)))
+            drafts.append(d)
+            if d.eos or len(drafts) == budget or (stop_lp is not None and d.logprob < stop_lp):
+                break
+            s = session.advance(s, d.token)
+        n = len(drafts)
+        out.drafted += n
+        out.blocks += 1
+        block_toks = tuple(d.token for d in drafts)
+        block = Block(
+            tokens=block_toks,
+            logprobs=tuple(d.logprob for d in drafts),
+            entropies=tuple(d.entropy for d in drafts),
+            margins=tuple(d.margin for d in drafts),
+            start=len(tokens),
+            extras=tuple(d.extra or {} for d in drafts),
+        )
+        ev.append(GateCall(n))
+        if not gate.escalate(block):
+            new = list(block_toks)
+            ended = drafts[-1].eos
+            unsent += n
+        else:
+            judgements = session.judge(state, block_toks, mode)
+            j = 0
+            while j < n:
+                jg = judgements[j]
+                if not accept.accepts(jg.rank, jg.prob):
+                    break
+                j += 1
+            corrected = bonus = 0
+            if j < n:
+                fix = judgements[j]
+                new = list(block_toks[:j]) + [fix.top1]
+                ended = fix.top1_eos
+                corrected = 1
+            else:
+                new = list(block_toks)
+                ended = drafts[-1].eos
+                if policy.bonus and not ended and len(tokens) + n < max_new:
+                    extra = judgements[n]
+                    new.append(extra.top1)
+                    ended = extra.top1_eos
+                    bonus = 1
+            ev.append(Verify(n, len(tokens), unsent, pending + unsent, first, j, corrected, bonus))
+            first = False
+            out.escalations += 1
+            out.verified += n
+            out.accepted += j
+            out.corrected += corrected
+            out.bonus += bonus
+            unsent = 0
+            pending = corrected + bonus
+        tokens.extend(new)
+        ev.append(Commit(len(new), len(tokens)))
+        if ended:
+            out.eos = True
+            break
+        if len(tokens) >= max_new:
+            break
+        for t in new:
+            state = session.advance(state, t)
+    return out
+
+
+def _run_cloud(session: Session, policy: Policy) -> Run:
+    """k = 0: nothing is drafted, every token is the verifier's bonus token (cloud-only decoding)."""
+    out = Run(escalations=1)  # one cloud request, streamed
+    ev = out.events
+    ev.append(CloudStart())
+    state = session.root
+    mode = policy.verifier_mode
+    while len(out.tokens) < policy.max_new_tokens:
+        jg = session.judge(state, (), mode)[0]
+        ev.append(CloudStep(len(out.tokens)))
+        out.tokens.append(jg.top1)
+        out.bonus += 1
+        ev.append(Commit(1, len(out.tokens)))
+        if jg.top1_eos:
+            out.eos = True
+            break
+        if len(out.tokens) >= policy.max_new_tokens:
+            break
+        state = session.advance(state, jg.top1)
+    return out

@@ -1,0 +1,1 @@
+"""Quality, privacy, Pareto fronts and HTML reports (issue 7; not built yet)."""

@@ -1,0 +1,187 @@
+"""Replay: (trace, policy) → per-utterance runs and schedules, exactly, or a reported coverage miss.
+
+Replays are cached per policy (policies are frozen, hashable values), so a sweep over
+networks and devices walks the trie once per policy and reuses the schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from ..protocol import CloudStart, CloudStep, Commit, CoverageMiss, Draft, GateCall, Policy, Prefill, Run, Verify, run
+from ..trace import Trace, TrieSession
+
+TOKEN_BYTES = 4  # a token id on the wire (int32)
+DOWN_PAYLOAD_BYTES = 8  # accepted count + correction/bonus token id
+
+#: Linear schedule features. Latency = features · cost vector (see timing.py); names are stable API.
+FEATURES = (
+    "edge_prefills", "edge_prefill_tokens", "draft_steps", "draft_ctx", "gate_calls",
+    "up_msgs", "up_bytes", "down_msgs", "down_bytes",
+    "cloud_prefills", "cloud_prefill_tokens", "verify_calls", "verify_tokens", "verify_ctx",
+    "cloud_steps", "cloud_ctx",
+)
+FI = {name: i for i, name in enumerate(FEATURES)}
+
+
+@dataclass
+class Replay:
+    """One policy over a trace: runs per utterance (None where the trie was left) and schedule features."""
+
+    policy: Policy
+    utt_ids: list[str]
+    runs: list[Run | None]
+    misses: list[CoverageMiss | None]
+    total: np.ndarray  # (utterances, features): the whole run
+    first: np.ndarray  # (utterances, features): up to the first committed token
+    bytes_up: np.ndarray
+    bytes_down: np.ndarray
+    audio_bytes_up: np.ndarray
+
+    @property
+    def covered(self) -> np.ndarray:
+        return np.array([r is not None for r in self.runs])
+
+
+def schedule_features(run_: Run, policy: Policy, utt: dict) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """Turn a run's ordered events into linear cost features (whole run, and up to the first commit)."""
+    f = np.zeros(len(FEATURES))
+    first = None
+    audio_up = 0
+    edge_prompt = utt["edge_prompt_tokens"]
+    blind = policy.verifier_mode == "blind"
+    cloud_prompt = utt["blind_prompt_tokens"] if blind else utt["cloud_prompt_tokens"]
+    text_prompt = utt["blind_prompt_tokens"]
+    stateless = policy.cloud_cache == "stateless"
+    audio_payload = {"token-only": 0, "features": utt["feature_bytes"], "raw": utt["raw_audio_bytes"]}[policy.privacy]
+    for ev in run_.events:
+        kind = type(ev)
+        if kind is Draft:
+            f[FI["draft_steps"]] += 1
+            f[FI["draft_ctx"]] += edge_prompt + ev.ctx
+        elif kind is GateCall:
+            f[FI["gate_calls"]] += 1
+        elif kind is Verify:
+            up = TOKEN_BYTES * ev.n
+            if stateless or ev.first:
+                up += audio_payload
+                audio_up += audio_payload
+                f[FI["cloud_prefills"]] += 1
+                f[FI["cloud_prefill_tokens"]] += cloud_prompt
+            if stateless:
+                up += TOKEN_BYTES * (text_prompt + ev.ctx)
+                f[FI["verify_tokens"]] += ev.ctx + ev.n
+                f[FI["verify_ctx"]] += cloud_prompt
+            else:
+                up += TOKEN_BYTES * (ev.unsent + (text_prompt if ev.first else 0))
+                f[FI["verify_tokens"]] += ev.pending + ev.n
+                f[FI["verify_ctx"]] += cloud_prompt + ev.ctx - ev.pending
+            f[FI["up_msgs"]] += 1
+            f[FI["up_bytes"]] += up
+            f[FI["verify_calls"]] += 1
+            f[FI["down_msgs"]] += 1
+            f[FI["down_bytes"]] += DOWN_PAYLOAD_BYTES
+        elif kind is Commit:
+            if first is None and ev.n > 0:
+                first = f.copy()
+                if policy.k == 0:  # streamed cloud decoding: the first token still has to come down
+                    first[FI["down_msgs"]] += 1
+                    first[FI["down_bytes"]] += TOKEN_BYTES
+        elif kind is CloudStep:
+            f[FI["cloud_steps"]] += 1
+            f[FI["cloud_ctx"]] += cloud_prompt + ev.ctx
+        elif kind is Prefill:
+            f[FI["edge_prefills"]] += 1
+            f[FI["edge_prefill_tokens"]] += edge_prompt
+        elif kind is CloudStart:
+            up = audio_payload + TOKEN_BYTES * text_prompt
+            audio_up += audio_payload
+            f[FI["up_msgs"]] += 1
+            f[FI["up_bytes"]] += up
+            f[FI["cloud_prefills"]] += 1
+            f[FI["cloud_prefill_tokens"]] += cloud_prompt
+    if policy.k == 0:  # the caption streams down: one message, its bytes, arriving after the last step
+        f[FI["down_msgs"]] += 1
+        f[FI["down_bytes"]] += TOKEN_BYTES * len(run_.tokens)
+    if first is None:
+        first = f.copy()
+    return f, first, int(f[FI["up_bytes"]]), int(f[FI["down_bytes"]]), audio_up
+
+
+class Replayer:
+    """Replays policies over one trace, caching sessions and schedules."""
+
+    def __init__(self, trace: Trace):
+        self.trace = trace
+        self.utt_ids = trace.utterances["utt_id"].to_list()
+        self._utts = {r["utt_id"]: r for r in trace.utterances.iter_rows(named=True)}
+        extra = [c for c in trace.nodes.columns if c.startswith("x_")]
+        parts = trace.nodes.partition_by("utt_id", as_dict=True)
+        self.sessions = {key[0]: TrieSession(df, trace.modes, extra) for key, df in parts.items()}
+        self._cache: dict[Policy, Replay] = {}
+
+    def replay(self, policy: Policy) -> Replay:
+        hit = self._cache.get(policy)
+        if hit is not None:
+            return hit
+        runs, misses, tot, fst, up, down, aup = [], [], [], [], [], [], []
+        nfeat = len(FEATURES)
+        for uid in self.utt_ids:
+            try:
+                r = run(self.sessions[uid], policy)
+            except CoverageMiss as miss:
+                runs.append(None)
+                misses.append(miss)
+                tot.append(np.full(nfeat, np.nan))
+                fst.append(np.full(nfeat, np.nan))
+                up.append(-1)
+                down.append(-1)
+                aup.append(-1)
+                continue
+            f, first, bu, bd, au = schedule_features(r, policy, self._utts[uid])
+            runs.append(r)
+            misses.append(None)
+            tot.append(f)
+            fst.append(first)
+            up.append(bu)
+            down.append(bd)
+            aup.append(au)
+        rep = Replay(policy, self.utt_ids, runs, misses, np.array(tot), np.array(fst), np.array(up),
+                     np.array(down), np.array(aup))
+        self._cache[policy] = rep
+        return rep
+
+
+def similarity(a: list[int], b: list[int]) -> float:
+    """1 − normalised token edit distance (1.0 = identical captions)."""
+    if a == b:
+        return 1.0
+    n, m = len(a), len(b)
+    if not n or not m:
+        return 0.0
+    prev = list(range(m + 1))
+    for i in range(1, n + 1):
+        cur = [i] + [0] * m
+        ai = a[i - 1]
+        for j in range(1, m + 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ai != b[j - 1]))
+        prev = cur
+    return 1.0 - prev[m] / max(n, m)
+
+
+def runs_frame(rep: Replay) -> pl.DataFrame:
+    """Per-utterance counts of a replay (no timing)."""
+    rows = []
+    for uid, r, miss in zip(rep.utt_ids, rep.runs, rep.misses):
+        if r is None:
+            rows.append({"utt_id": uid, "covered": False, "miss_depth": miss.depth, "miss_reason": miss.what})
+            continue
+        rows.append({"utt_id": uid, "covered": True, "miss_depth": None, "miss_reason": None,
+                     "n_tokens": len(r.tokens), "drafted": r.drafted, "blocks": r.blocks,
+                     "escalations": r.escalations, "verified": r.verified, "accepted": r.accepted,
+                     "corrected": r.corrected, "bonus_tokens": r.bonus, "wasted": r.wasted, "eos": r.eos,
+                     "tokens": r.tokens})
+    return pl.DataFrame(rows, infer_schema_length=None)

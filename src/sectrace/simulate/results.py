@@ -1,0 +1,113 @@
+"""From replays and configurations to result tables (docs/results-format.md documents the columns)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+from .. import __version__
+from ..protocol import Policy, cloud_only, drafter_only
+from ..trace import Trace
+from .costs import CostModel, Network
+from .replay import FI, Replay, Replayer, similarity
+from .timing import cost_matrix, latency
+
+
+def baselines(max_new_tokens: int) -> list[Policy]:
+    return [drafter_only(max_new_tokens), cloud_only(max_new_tokens)]
+
+
+def simulate(trace: Trace, policies: Sequence[Policy], configs: Sequence[tuple[CostModel, Network]],
+             replayer: Replayer | None = None, progress=None) -> pl.DataFrame:
+    """One row per (policy, configuration, utterance). Baselines are whatever policies you pass."""
+    rp = replayer or Replayer(trace)
+    theta = cost_matrix(configs)
+    max_new = max(p.max_new_tokens for p in policies)
+    ref = rp.replay(cloud_only(max_new))
+    ref_tokens = [r.tokens if r is not None else None for r in ref.runs]
+    decode = trace.decode
+    frames = []
+    n_utt = len(rp.utt_ids)
+    n_cfg = len(configs)
+    for pol in policies:
+        rep = rp.replay(pol)
+        frames.append(_policy_frame(trace, rep, ref_tokens, theta, configs, decode, n_utt, n_cfg))
+        if progress is not None:
+            progress(1)
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def _policy_frame(trace, rep: Replay, ref_tokens, theta, configs, decode, n_utt, n_cfg) -> pl.DataFrame:
+    pol = rep.policy
+    lat = latency(rep.total, theta)  # (U, C)
+    ttft = latency(rep.first, theta)
+    runs = rep.runs
+    tokens = [r.tokens if r is not None else None for r in runs]
+    n_tok = np.array([len(t) if t is not None else np.nan for t in tokens])
+    exact = np.array([np.nan if t is None or c is None else float(t == c) for t, c in zip(tokens, ref_tokens)])
+    sim = np.array([np.nan if t is None or c is None else similarity(t, c) for t, c in zip(tokens, ref_tokens)])
+
+    def count(attr):
+        return np.array([getattr(r, attr) if r is not None else np.nan for r in runs], dtype=float)
+
+    per_utt = {
+        "utt_id": rep.utt_ids,
+        "covered": rep.covered,
+        "miss_depth": [m.depth if m is not None else None for m in rep.misses],
+        "miss_reason": [m.what if m is not None else None for m in rep.misses],
+        "n_tokens": n_tok, "drafted": count("drafted"), "blocks": count("blocks"),
+        "escalations": count("escalations"), "verified": count("verified"), "accepted": count("accepted"),
+        "corrected": count("corrected"), "bonus_tokens": count("bonus"),
+        "wasted": np.array([r.wasted if r is not None else np.nan for r in runs], dtype=float),
+        "cloud_tokens": rep.total[:, FI["verify_tokens"]] + rep.total[:, FI["cloud_steps"]],
+        "bytes_up": np.where(rep.bytes_up < 0, np.nan, rep.bytes_up),
+        "bytes_down": np.where(rep.bytes_down < 0, np.nan, rep.bytes_down),
+        "audio_bytes_up": np.where(rep.audio_bytes_up < 0, np.nan, rep.audio_bytes_up),
+        "exact_match_cloud": exact, "similarity_cloud": sim,
+        "tokens": tokens,
+        "caption": [decode(t) if t is not None else None for t in tokens],
+    }
+    idx = np.tile(np.arange(n_utt), n_cfg)
+    cfg = np.repeat(np.arange(n_cfg), n_utt)
+    cols = {k: ([v[i] for i in idx] if isinstance(v, list) else np.asarray(v)[idx]) for k, v in per_utt.items()}
+    lat_flat = lat.T.reshape(-1)
+    df = pl.DataFrame({
+        "trace": trace.name, "synthetic": trace.synthetic, "tool_version": __version__,
+        "policy": pol.label, "k": pol.k, "gate": pol.gate_spec, "accept": str(pol.accept), "bonus": pol.bonus,
+        "privacy": pol.privacy, "cloud_cache": pol.cloud_cache, "adaptive": pol.adaptive,
+        "max_new_tokens": pol.max_new_tokens,
+        "config": cfg, "rtt_s": np.array([configs[c][1].rtt_s for c in cfg]),
+        "up_Bps": np.array([configs[c][1].up_Bps for c in cfg]),
+        "down_Bps": np.array([configs[c][1].down_Bps for c in cfg]),
+        "cost_source": [configs[c][0].source for c in cfg],
+        **cols,
+        "ttft_s": ttft.T.reshape(-1), "latency_s": lat_flat,
+        "tokens_per_s": cols["n_tokens"] / lat_flat,
+    }, strict=False)
+    return df
+
+
+def summarise(results: pl.DataFrame) -> pl.DataFrame:
+    """Per (policy, configuration): coverage and means over the covered utterances."""
+    keys = ["policy", "config", "rtt_s", "k", "gate", "accept", "privacy", "cloud_cache"]
+    cov = pl.col("covered")
+    return (
+        results.group_by(keys, maintain_order=True)
+        .agg(
+            pl.len().alias("utterances"),
+            cov.sum().alias("covered"),
+            pl.col("exact_match_cloud").filter(cov).mean().alias("exact_match_cloud"),
+            pl.col("similarity_cloud").filter(cov).mean().alias("similarity_cloud"),
+            pl.col("escalations").filter(cov).mean().alias("cloud_calls"),
+            pl.col("cloud_tokens").filter(cov).mean().alias("cloud_tokens"),
+            pl.col("bytes_up").filter(cov).mean().alias("bytes_up"),
+            pl.col("audio_bytes_up").filter(cov).mean().alias("audio_bytes_up"),
+            pl.col("n_tokens").filter(cov).mean().alias("n_tokens"),
+            pl.col("ttft_s").filter(cov).mean().alias("ttft_s"),
+            pl.col("latency_s").filter(cov).mean().alias("latency_s"),
+            pl.col("latency_s").filter(cov).quantile(0.9).alias("latency_p90_s"),
+            (pl.col("n_tokens").filter(cov).sum() / pl.col("latency_s").filter(cov).sum()).alias("tokens_per_s"),
+        )
+    )
