@@ -86,6 +86,8 @@ class AlphaModel:
 class AlphaSource:
     """The synthetic drafter and verifier for one utterance; states are prefixes."""
 
+    root: tuple = ()
+
     def __init__(self, model: AlphaModel, utt: int):
         self.m = model
         self.utt = utt

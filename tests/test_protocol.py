@@ -1,0 +1,182 @@
+"""The protocol's invariants: lossless, edge-only, Leviathan's expectation, replay equals live."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sectrace.gates import RandomGate, parse_gate
+from sectrace.protocol import Accept, Always, Block, Never, Policy, Verify, cloud_only, drafter_only, lossless, run
+from sectrace.simulate import Replayer
+from sectrace.trace import TrieRecorder, TrieSession
+from sectrace.trace.synth import AlphaModel, AlphaSource
+
+
+def _greedy(source, mode, max_new):
+    """The verifier's own greedy decoding, computed without the protocol."""
+    prefix, out = (), []
+    while len(out) < max_new:
+        jg = source.judge(prefix, (), mode)[0]
+        out.append(jg.top1)
+        if jg.top1_eos:
+            break
+        prefix += (jg.top1,)
+    return out
+
+
+def _drafter_greedy(source, max_new):
+    prefix, out = (), []
+    while len(out) < max_new:
+        d = source.draft(prefix)
+        out.append(d.token)
+        if d.eos:
+            break
+        prefix += (d.token,)
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("privacy,mode", [("features", "audio"), ("token-only", "blind")])
+def test_lossless_equals_verifier_greedy_live(k, privacy, mode):
+    for utt in range(8):
+        src = AlphaSource(AlphaModel(seed=11), utt)
+        r = run(src, lossless(k, max_new_tokens=40, privacy=privacy))
+        assert r.tokens == _greedy(src, mode, 40)
+        assert r.escalations == r.blocks  # always-escalate
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 8])
+def test_lossless_replay_equals_cloud_only(small_trace, k):
+    rp = Replayer(small_trace)
+    cloud = rp.replay(cloud_only(48))
+    rep = rp.replay(lossless(k, 48))
+    assert all(r is not None for r in rep.runs), "default exploration covers lossless k in 1,3,5,8"
+    for a, b in zip(rep.runs, cloud.runs):
+        assert a.tokens == b.tokens
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 8])
+def test_never_escalate_equals_drafter_greedy(k):
+    for utt in range(8):
+        src = AlphaSource(AlphaModel(seed=5), utt)
+        pol = Policy(k=k, gate=Never(), gate_spec="never", max_new_tokens=40)
+        r = run(src, pol)
+        assert r.tokens == _drafter_greedy(src, 40)
+        assert r.escalations == 0 and r.wasted == 0
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.8])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_leviathan_expected_tokens_per_call(alpha, k):
+    """On the pure α-model, tokens committed per verification call average (1 − α^(k+1)) / (1 − α)."""
+    model = AlphaModel(alpha=alpha, alpha_blind=alpha, coupling=0.0, mean_length=10_000, seed=7)
+    per_call = []
+    for utt in range(40):
+        r = run(AlphaSource(model, utt), lossless(k, max_new_tokens=300))
+        for ev, nxt in zip(r.events, r.events[1:]):
+            if isinstance(ev, Verify) and ev.n == k:
+                per_call.append(nxt.n)  # the Commit right after the call
+    x = np.array(per_call, dtype=float)
+    expected = (1 - alpha ** (k + 1)) / (1 - alpha)
+    se = x.std(ddof=1) / math.sqrt(len(x))
+    assert len(x) > 1000
+    assert abs(x.mean() - expected) < 4 * se + 1e-9, (x.mean(), expected, se)
+
+
+def test_bonus_off_commits_at_most_k_per_call():
+    src = AlphaSource(AlphaModel(alpha=0.9, coupling=0.0, mean_length=500, seed=1), 0)
+    pol = Policy(k=4, gate=Always(), gate_spec="always", accept=Accept("top1", 1), bonus=False, max_new_tokens=120)
+    r = run(src, pol)
+    assert r.bonus == 0
+    commits = [e for e in r.events if type(e).__name__ == "Commit"]
+    assert max(c.n for c in commits) <= 4
+
+
+def test_adaptive_stops_blocks_early():
+    src = AlphaSource(AlphaModel(seed=2), 0)
+    fixed = run(src, Policy(k=8, gate=Never(), gate_spec="never", max_new_tokens=40))
+    adaptive = run(src, Policy(k=8, gate=Never(), gate_spec="never", max_new_tokens=40, adaptive=0.6))
+    assert adaptive.tokens == fixed.tokens  # stopping early never changes the drafter's own path
+    assert adaptive.blocks > fixed.blocks
+
+
+# --- property-based: random models, random policies ----------------------------------
+policies = st.builds(
+    lambda k, accept, gate_p, bonus, privacy, cache, adaptive, max_new: Policy(
+        k=k, gate=RandomGate(gate_p, seed=1), gate_spec=f"random:{gate_p}", accept=accept, bonus=bonus,
+        privacy=privacy, cloud_cache=cache, adaptive=adaptive, max_new_tokens=max_new),
+    k=st.integers(1, 8),
+    accept=st.one_of(st.just(Accept("top1", 1)), st.integers(1, 30).map(lambda r: Accept("rank", r)),
+                     st.floats(0.0, 1.0).map(lambda p: Accept("prob", p))),
+    gate_p=st.sampled_from([0.0, 0.3, 0.7, 1.0]),
+    bonus=st.booleans(),
+    privacy=st.sampled_from(["token-only", "features"]),
+    cache=st.sampled_from(["stateful", "stateless"]),
+    adaptive=st.one_of(st.none(), st.floats(0.05, 0.95)),
+    max_new=st.integers(1, 40),
+)
+models = st.builds(AlphaModel, alpha=st.floats(0.05, 0.95), alpha_blind=st.just(0.05),
+                   coupling=st.floats(0.0, 1.0), mean_length=st.floats(2.0, 30.0), seed=st.integers(0, 10**6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(model=models, pols=st.lists(policies, min_size=1, max_size=4), utt=st.integers(0, 50))
+def test_replay_from_trie_equals_live(model, pols, utt):
+    """Record live runs in a trie, write them as rows, replay: identical tokens and events, no misses."""
+    src = AlphaSource(model, utt)
+    rec = TrieRecorder(src, ("audio", "blind"))
+    live = [run(rec, p) for p in pols]
+    sess = TrieSession(rec.frames("u"), ("audio", "blind"))
+    for p, lv in zip(pols, live):
+        rp = run(sess, p)
+        assert rp.tokens == lv.tokens
+        assert rp.events == lv.events
+
+
+@settings(max_examples=60, deadline=None)
+@given(model=models, pol=policies, utt=st.integers(0, 50))
+def test_run_invariants(model, pol, utt):
+    src = AlphaSource(model, utt)
+    r = run(src, pol)
+    assert 1 <= len(r.tokens) <= pol.max_new_tokens
+    assert r.accepted <= r.verified <= r.drafted
+    assert r.escalations <= r.blocks
+    assert r.corrected <= r.escalations and r.bonus <= r.escalations
+    assert len(r.tokens) == r.drafted - r.wasted + r.corrected + r.bonus
+    assert r.wasted >= 0
+    if not pol.bonus:
+        assert r.bonus == 0
+    # Every committed token is the drafter's or the verifier's choice at its state: the trie property.
+    mode = pol.verifier_mode
+    prefix = ()
+    for t in r.tokens:
+        d = src.draft(prefix)
+        v = src.judge(prefix, (), mode)[0]
+        assert t in (d.token, v.top1)
+        prefix += (t,)
+    # The end is reached by an EOS token or the length cap, nothing else.
+    assert r.eos or len(r.tokens) == pol.max_new_tokens
+
+
+def test_gate_sees_only_the_block():
+    seen = []
+
+    class Spy:
+        def escalate(self, block: Block) -> bool:
+            seen.append(block)
+            return False
+
+    src = AlphaSource(AlphaModel(seed=4), 1)
+    run(src, Policy(k=3, gate=Spy(), gate_spec="spy", max_new_tokens=20))
+    assert seen and all(1 <= len(b.tokens) <= 3 for b in seen)
+    assert seen[0].start == 0 and all(b.start == a.start + len(a.tokens) for a, b in zip(seen, seen[1:]))
+
+
+def test_edge_only_policy_is_never_and_k1():
+    pol = drafter_only(10)
+    assert pol.k == 1 and isinstance(pol.gate, Never)
+    assert parse_gate("never") == Never()
