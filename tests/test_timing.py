@@ -98,3 +98,18 @@ def test_stateless_sends_more_than_stateful(small_trace):
     assert all(ra.tokens == rb.tokens for ra, rb in zip(a.runs, b.runs))  # timing-only knob
     assert (b.bytes_up > a.bytes_up).all()
     assert (b.audio_bytes_up >= a.audio_bytes_up).all()
+
+
+def test_schedule_frame_lists_bytes_per_escalation(small_trace):
+    from sectrace.simulate.replay import schedule_frame
+
+    pol = Policy(k=3, gate=Always(), gate_spec="always", accept=Accept("rank", 5), privacy="features",
+                 max_new_tokens=48)
+    rep = Replayer(small_trace).replay(pol)
+    utt = small_trace.utterances.row(0, named=True)
+    df = schedule_frame(rep.runs[0], pol, utt)
+    assert df["event"][0] == "Prefill" and df["event"][-1] == "Commit"
+    verify = df.filter(df["event"] == "Verify")
+    assert verify.height == rep.runs[0].escalations
+    assert verify["audio_bytes_up"][0] == utt["feature_bytes"] and (verify["audio_bytes_up"][1:] == 0).all()
+    assert verify["bytes_up"].sum() == rep.bytes_up[0]

@@ -46,17 +46,38 @@ class Replay:
         return np.array([r is not None for r in self.runs])
 
 
+def payload(ev, policy: Policy, utt: dict) -> tuple[int, int, int]:
+    """Bytes up, bytes down and audio-derived bytes up for one event, by privacy mode and cloud cache.
+
+    Stateful clouds get the audio payload and the instruction's token ids on the first call and
+    afterwards only token ids they have not seen; stateless clouds get everything every call.
+    """
+    kind = type(ev)
+    if kind is Verify:
+        audio = _audio_payload(policy, utt) if (ev.first or policy.cloud_cache == "stateless") else 0
+        if policy.cloud_cache == "stateless":
+            ids = utt["blind_prompt_tokens"] + ev.ctx + ev.n
+        else:
+            ids = ev.unsent + ev.n + (utt["blind_prompt_tokens"] if ev.first else 0)
+        return audio + TOKEN_BYTES * ids, DOWN_PAYLOAD_BYTES, audio
+    if kind is CloudStart:
+        audio = _audio_payload(policy, utt)
+        return audio + TOKEN_BYTES * utt["blind_prompt_tokens"], 0, audio
+    return 0, 0, 0
+
+
+def _audio_payload(policy: Policy, utt: dict) -> int:
+    return {"token-only": 0, "features": utt["feature_bytes"], "raw": utt["raw_audio_bytes"]}[policy.privacy]
+
+
 def schedule_features(run_: Run, policy: Policy, utt: dict) -> tuple[np.ndarray, np.ndarray, int, int, int]:
     """Turn a run's ordered events into linear cost features (whole run, and up to the first commit)."""
     f = np.zeros(len(FEATURES))
     first = None
     audio_up = 0
     edge_prompt = utt["edge_prompt_tokens"]
-    blind = policy.verifier_mode == "blind"
-    cloud_prompt = utt["blind_prompt_tokens"] if blind else utt["cloud_prompt_tokens"]
-    text_prompt = utt["blind_prompt_tokens"]
+    cloud_prompt = utt["blind_prompt_tokens"] if policy.verifier_mode == "blind" else utt["cloud_prompt_tokens"]
     stateless = policy.cloud_cache == "stateless"
-    audio_payload = {"token-only": 0, "features": utt["feature_bytes"], "raw": utt["raw_audio_bytes"]}[policy.privacy]
     for ev in run_.events:
         kind = type(ev)
         if kind is Draft:
@@ -65,25 +86,22 @@ def schedule_features(run_: Run, policy: Policy, utt: dict) -> tuple[np.ndarray,
         elif kind is GateCall:
             f[FI["gate_calls"]] += 1
         elif kind is Verify:
-            up = TOKEN_BYTES * ev.n
+            up, down, audio = payload(ev, policy, utt)
+            audio_up += audio
             if stateless or ev.first:
-                up += audio_payload
-                audio_up += audio_payload
                 f[FI["cloud_prefills"]] += 1
                 f[FI["cloud_prefill_tokens"]] += cloud_prompt
             if stateless:
-                up += TOKEN_BYTES * (text_prompt + ev.ctx)
                 f[FI["verify_tokens"]] += ev.ctx + ev.n
                 f[FI["verify_ctx"]] += cloud_prompt
             else:
-                up += TOKEN_BYTES * (ev.unsent + (text_prompt if ev.first else 0))
                 f[FI["verify_tokens"]] += ev.pending + ev.n
                 f[FI["verify_ctx"]] += cloud_prompt + ev.ctx - ev.pending
             f[FI["up_msgs"]] += 1
             f[FI["up_bytes"]] += up
             f[FI["verify_calls"]] += 1
             f[FI["down_msgs"]] += 1
-            f[FI["down_bytes"]] += DOWN_PAYLOAD_BYTES
+            f[FI["down_bytes"]] += down
         elif kind is Commit:
             if first is None and ev.n > 0:
                 first = f.copy()
@@ -97,8 +115,8 @@ def schedule_features(run_: Run, policy: Policy, utt: dict) -> tuple[np.ndarray,
             f[FI["edge_prefills"]] += 1
             f[FI["edge_prefill_tokens"]] += edge_prompt
         elif kind is CloudStart:
-            up = audio_payload + TOKEN_BYTES * text_prompt
-            audio_up += audio_payload
+            up, _, audio = payload(ev, policy, utt)
+            audio_up += audio
             f[FI["up_msgs"]] += 1
             f[FI["up_bytes"]] += up
             f[FI["cloud_prefills"]] += 1
@@ -109,6 +127,16 @@ def schedule_features(run_: Run, policy: Policy, utt: dict) -> tuple[np.ndarray,
     if first is None:
         first = f.copy()
     return f, first, int(f[FI["up_bytes"]]), int(f[FI["down_bytes"]]), audio_up
+
+
+def schedule_frame(run_: Run, policy: Policy, utt: dict) -> pl.DataFrame:
+    """One utterance's ordered schedule as a table: every event, its fields, and bytes per escalation."""
+    rows = []
+    for i, ev in enumerate(run_.events):
+        up, down, audio = payload(ev, policy, utt)
+        rows.append({"step": i, "event": type(ev).__name__, **ev._asdict(), "bytes_up": up, "bytes_down": down,
+                     "audio_bytes_up": audio})
+    return pl.DataFrame(rows, infer_schema_length=None)
 
 
 class Replayer:
