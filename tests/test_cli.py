@@ -47,6 +47,7 @@ def test_latency_grows_with_rtt(small_trace_path):
 
 @pytest.mark.parametrize("args,phrase", [
     (["--rtt", "50 parsecs"], "cannot read --rtt"),
+    (["--rtt", "50"], "has no unit; write 50ms or 50s"),
     (["--uplink", "fast"], "cannot read --uplink"),
     (["--gate", "vibes:3"], "unknown gate"),
     (["--accept", "rank:-2"], "whole number R >= 1"),

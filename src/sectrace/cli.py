@@ -218,15 +218,18 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
     over = {}
     if edge_tps:
         over.update(edge_step_a=1.0 / edge_tps, edge_step_c=0.0)
+    def seconds(text, flag):
+        return parse_duration(text, flag, require_unit=True)
+
     if edge_prefill:
-        over.update(edge_prefill_a=parse_duration(edge_prefill, "--edge-prefill"), edge_prefill_b=0.0)
+        over.update(edge_prefill_a=seconds(edge_prefill, "--edge-prefill"), edge_prefill_b=0.0)
     if cloud_tps:
         over.update(cloud_step_a=1.0 / cloud_tps, cloud_step_c=0.0)
     if cloud_prefill:
-        over.update(cloud_prefill_a=parse_duration(cloud_prefill, "--cloud-prefill"), cloud_prefill_b=0.0)
+        over.update(cloud_prefill_a=seconds(cloud_prefill, "--cloud-prefill"), cloud_prefill_b=0.0)
     if cloud_verify:
-        over.update(verify_a=parse_duration(cloud_verify, "--cloud-verify"), verify_b=0.0, verify_c=0.0)
-    over["gate_s"] = parse_duration(gate_cost, "--gate-cost")
+        over.update(verify_a=seconds(cloud_verify, "--cloud-verify"), verify_b=0.0, verify_c=0.0)
+    over["gate_s"] = seconds(gate_cost, "--gate-cost")
     if any(k != "gate_s" for k in over):
         over["source"] = cost.source + " with overrides from flags"
     cost = replace(cost, **over)
@@ -236,7 +239,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
         cost = replace(cost.scaled(edge_speedup=edge_speedup), source=cost.source + f", edge ×{edge_speedup:g}")
     up, down = parse_rate(uplink, "--uplink"), parse_rate(downlink, "--downlink")
     ovh = parse_size(overhead, "--overhead")
-    configs = [(cost, Network(rtt_s=parse_duration(r, "--rtt"), up_Bps=up, down_Bps=down, overhead_bytes=ovh))
+    configs = [(cost, Network(rtt_s=seconds(r, "--rtt"), up_Bps=up, down_Bps=down, overhead_bytes=ovh))
                for r in _split(rtts, "RTT", str)]
     rp = Replayer(tr)
     with tqdm(total=len(policies), desc="replaying", unit="policy", disable=None, leave=False) as bar:

@@ -11,14 +11,17 @@ _TIME = {"": 1.0, "s": 1.0, "sec": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "mi
 _PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 
 
-def parse_duration(text: str | float, what: str = "duration") -> float:
-    """Seconds from ``50ms``, ``0.05s``, ``2min``; a bare number is seconds."""
+def parse_duration(text: str | float, what: str = "duration", require_unit: bool = False) -> float:
+    """Seconds from ``50ms``, ``0.05s``, ``2min``; a bare number is seconds unless ``require_unit``
+    (on the command line ``--rtt 50`` could mean 50 ms or 50 s, so it is refused there)."""
     if isinstance(text, (int, float)):
         return float(text)
     m = re.fullmatch(_NUM + r"([a-zµ]*)\s*", str(text).strip().lower())
     if not m or m.group(2) not in _TIME:
         raise UserError(f"cannot read {what} {text!r}; write it with a unit, e.g. 50ms, 0.05s or 2min")
     value = float(m.group(1)) * _TIME[m.group(2)]
+    if require_unit and not m.group(2) and value != 0:
+        raise UserError(f"{what} {text!r} has no unit; write {m.group(1)}ms or {m.group(1)}s")
     return value
 
 

@@ -152,7 +152,12 @@ class Replayer:
         self._cache: dict[Policy, Replay] = {}
 
     def replay(self, policy: Policy) -> Replay:
-        hit = self._cache.get(policy)
+        try:
+            hit = self._cache.get(policy)
+        except TypeError:  # a gate object that is not hashable: replay without caching
+            hit, cacheable = None, False
+        else:
+            cacheable = True
         if hit is not None:
             return hit
         runs, misses, tot, fst, up, down, aup = [], [], [], [], [], [], []
@@ -179,7 +184,8 @@ class Replayer:
             aup.append(au)
         rep = Replay(policy, self.utt_ids, runs, misses, np.array(tot), np.array(fst), np.array(up),
                      np.array(down), np.array(aup))
-        self._cache[policy] = rep
+        if cacheable:
+            self._cache[policy] = rep
         return rep
 
 
