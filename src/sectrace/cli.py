@@ -44,7 +44,7 @@ def main():
     \b
     Start here:
       sectrace simulate --rtt 50ms                 # the bundled sample trace
-      sectrace simulate --gate entropy:2.5 --gate margin:0.2 --k 3,5 --rtt 20ms,100ms
+      sectrace simulate --gate entropy:2.5 --gate margin:0.3 --k 3,5 --rtt 20ms,100ms
       sectrace trace synth my-trace --alpha 0.8    # a trace from a stated model
     """
 
@@ -189,7 +189,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
     \b
     Examples:
       sectrace simulate --rtt 50ms
-      sectrace simulate --gate entropy:2.5 --gate margin:0.2 --k 3,5 --rtt 20ms,100ms
+      sectrace simulate --gate entropy:2.5 --gate margin:0.3 --k 3,5 --rtt 20ms,100ms
       sectrace simulate my-trace --accept top1 --gate always --privacy token-only --out r.parquet
     """
     from dataclasses import replace
