@@ -109,9 +109,9 @@ def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int
     u = tr.utterances.filter(pl.col("utt_id") == utt).row(0, named=True)
     base, *_ = schedule_features(Run(tokens=[], events=[]), pol, u)
 
-    def parts_of(events, tokens=()):
+    def parts_of(events, tokens=(), minus_base=True):
         f, *_ = schedule_features(Run(tokens=list(tokens), events=events), pol, u)
-        return {k: float(v[0]) for k, v in breakdown((f - base)[None, :], theta).items()}
+        return {k: float(v[0]) for k, v in breakdown((f - base if minus_base else f)[None, :], theta).items()}
 
     lane_of = {"edge_prefill": "edge", "edge_drafting": "edge", "gate": "edge", "uplink": "network",
                "cloud_prefill": "cloud", "cloud_verify": "cloud", "cloud_decode": "cloud", "downlink": "network"}
@@ -135,7 +135,7 @@ def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int
             spans.append(Span(lane_of[part], name, t, secs, {"event": kind, "index": i, **args}))
             t += secs
         assert type(ev) in (Prefill, Draft, GateCall, Verify, CloudStart, CloudStep), kind
-    tail = parts_of([], r.tokens)  # cloud-only: the caption streams down after the last step
+    tail = parts_of([], r.tokens, minus_base=False)  # cloud-only: the caption streams down after the last step
     for part, secs in tail.items():
         if secs > 0:
             spans.append(Span(lane_of[part], part.replace("_", " ") + " (caption)", t, secs, {}))
@@ -174,11 +174,12 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead):
     """
     from tqdm import tqdm
 
-    from .reports.build import ReportInputs, build_report, check_results
+    from .reports.build import ReportInputs, build_report, check_results, normalise_configs
     from .units import parse_size
 
     res = _read_results(results_path)
     check_results(res, str(results_path))
+    res = normalise_configs(res)
     inp = ReportInputs(results=res, results_path=str(results_path))
     steps = 5 + (0 if trace_path is None else 3)
     with tqdm(total=steps, desc="report", unit="step", disable=None, leave=False) as bar:
@@ -220,7 +221,8 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead):
 @click.option("--policy", required=True, help="Policy label as in the results, e.g. 'k=5 gate=entropy:2.5 "
                                               "accept=rank:20 features' or edge-only / cloud-only.")
 @click.option("--utt", "utt_id", help="Utterance id (default: the first in the results).")
-@click.option("--config", default=0, show_default=True, help="Configuration index (one per --rtt in simulate).")
+@click.option("--config", default=0, show_default=True,
+              help="Configuration index as numbered in the report (one per distinct network/cost profile).")
 @click.option("--overhead", default="100B", show_default=True, help="Framing bytes per message used by simulate.")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Chrome trace JSON to write.")
 def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_path):
@@ -229,11 +231,14 @@ def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_pat
     Spans: edge prefill, draft, gate on the edge lane; uplink/downlink on the network lane;
     cloud prefill, verify, decode on the cloud lane. They add up to the result's latency.
     """
+    from .reports.build import check_results, normalise_configs
     from .reports.timeline import chrome_trace, write_chrome_trace
     from .trace import load_trace
     from .units import parse_size
 
     res = _read_results(results_path)
+    check_results(res, str(results_path))
+    res = normalise_configs(res)
     tr = load_trace(trace_path)
     utt = utt_id or res["utt_id"][0]
     spans, instants, meta = timeline_spans(tr, res, policy, utt, config, parse_size(overhead, "--overhead"))

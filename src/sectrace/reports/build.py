@@ -52,6 +52,23 @@ def check_results(df: pl.DataFrame, path: str) -> None:
         raise UserError(f"{path} has no rows; simulate at least one policy")
 
 
+CONFIG_KEYS = ("rtt_s", "up_Bps", "down_Bps", "cost_source")
+
+
+def normalise_configs(df: pl.DataFrame) -> pl.DataFrame:
+    """Renumber ``config`` by what a configuration is (network and cost profile), in order of appearance.
+
+    Results concatenated from several `simulate` runs each count configurations from 0, so the
+    index alone would mix different networks.
+    """
+    keys = [k for k in CONFIG_KEYS if k in df.columns]
+    if not keys:
+        return df
+    uniq = df.select(keys).unique(maintain_order=True).with_row_index("config")
+    return df.drop("config", strict=False).join(uniq.with_columns(pl.col("config").cast(pl.Int64)), on=keys,
+                                                how="left", nulls_equal=True, maintain_order="left")
+
+
 def _fmt(v, col: str = "") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -99,8 +116,8 @@ td:first-child,th:first-child{text-align:left}th{background:#f4f4f4}tr.dominated
 
 def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
     """Write OUT_DIR/report.html, OUT_DIR/figures/*.{png,svg,pdf} and OUT_DIR/tables/*.csv; return the HTML path."""
-    res = inp.results
-    check_results(res, inp.results_path)
+    check_results(inp.results, inp.results_path)
+    res = normalise_configs(inp.results)
     out_dir = Path(out_dir)
     fig_dir, tab_dir = out_dir / "figures", out_dir / "tables"
     tab_dir.mkdir(parents=True, exist_ok=True)

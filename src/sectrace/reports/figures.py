@@ -87,14 +87,14 @@ def pareto(points: pl.DataFrame, quality_label: str, title: str):
 def latency_cdf(results: pl.DataFrame, highlight: set[str], title: str):
     """Empirical CDF of per-caption latency for each policy (highlighted ones in colour, others grey)."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    cmap = plt.get_cmap("tab10")
+    palette = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
     i = 0
     for (pol,), grp in results.filter(pl.col("covered")).group_by(["policy"], maintain_order=True):
         lat = np.sort(grp["latency_s"].to_numpy().astype(float))
         y = np.arange(1, len(lat) + 1) / len(lat)
         if pol in highlight:
-            colour = BASELINE_COLOURS.get(pol) or cmap(i % 10)
-            i += 1
+            colour = BASELINE_COLOURS.get(pol) or palette[i % len(palette)]
+            i += 0 if pol in BASELINE_COLOURS else 1
             ax.step(lat, y, where="post", lw=1.6, color=colour, label=pol)
         else:
             ax.step(lat, y, where="post", lw=0.7, color=GREY, alpha=0.6)
