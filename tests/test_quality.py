@@ -56,11 +56,13 @@ def test_matches_pycocoevalcap_called_the_standard_way():
 
     q = quality.score_captions(_results(), _utts())
     assert q.per_caption.height == 6  # 9 (policy, utterance) captions, 6 distinct
-    tok = PTBTokenizer()
-    gts = tok.tokenize({u: [{"caption": r} for r in rs] for u, rs in REFS.items()})
+    tok = PTBTokenizer()  # one JVM start for everything: references and every policy's captions
+    both = tok.tokenize({**{u: [{"caption": r} for r in rs] for u, rs in REFS.items()},
+                         **{f"{p}|{u}": [{"caption": c}] for p, caps in CAPS.items() for u, c in caps.items()}})
+    gts = {u: both[u] for u in REFS}
     meteor = Meteor()
     for pol, caps in CAPS.items():
-        res = tok.tokenize({u: [{"caption": c}] for u, c in caps.items()})
+        res = {u: both[f"{pol}|{u}"] for u in caps}
         want = {}
         b, _ = Bleu(4).compute_score(gts, res, verbose=0)
         want.update({f"bleu{i + 1}": v for i, v in enumerate(b)})

@@ -80,8 +80,23 @@ def test_report_without_trace(results, tmp_path):
     assert front["on_front"].any() and not front["on_front"].all()  # dominated points are kept
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    d = tmp_path_factory.mktemp("small")
+    parts = []
+    for privacy in ("features", "token-only"):
+        r = CliRunner().invoke(main, ["simulate", "--gate", "entropy:2.5", "--gate", "always", "--k", "3",
+                                      "--rtt", "20ms", "--privacy", privacy, "--out", str(d / f"{privacy}.parquet")])
+        assert r.exit_code == 0, r.output
+        parts.append(pl.read_parquet(d / f"{privacy}.parquet"))
+    pl.concat([parts[0], parts[1].filter(~pl.col("policy").is_in(["edge-only", "cloud-only"]))]) \
+        .write_parquet(d / "small.parquet")
+    return d / "small.parquet"
+
+
 @pytest.mark.skipif(shutil.which("java") is None, reason="Java is not installed (needed by the PTB tokenizer)")
-def test_report_with_trace(results, tmp_path):
+def test_report_with_trace(small, tmp_path):
+    results = small
     out = tmp_path / "rep"
     r = CliRunner().invoke(main, ["report", str(results), "--trace", SAMPLE, "--out", str(out)])
     assert r.exit_code == 0, r.output

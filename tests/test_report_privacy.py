@@ -5,13 +5,13 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
+from sectrace.cli import sample_trace_path
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Policy
 from sectrace.reports.privacy import exposure, modes_side_by_side, privacy_table
 from sectrace.simulate import CostModel, Network, baselines, simulate
 from sectrace.trace import load_trace
-from sectrace.cli import sample_trace_path
 
 
 @pytest.fixture(scope="module")

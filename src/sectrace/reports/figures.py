@@ -8,9 +8,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
 
 MODE_COLOURS = {"token-only": "#1f77b4", "features": "#ff7f0e", "raw": "#d62728"}
 BASELINE_COLOURS = {"edge-only": "#2ca02c", "cloud-only": "#d62728"}

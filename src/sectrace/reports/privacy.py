@@ -13,9 +13,8 @@ committed prefix, the drafted block (its rejected tail too) and its own correcti
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-import numpy as np
 import polars as pl
 
 from ..errors import UserError

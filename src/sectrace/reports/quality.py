@@ -14,6 +14,7 @@ per-caption scores, CIDEr-D with document frequencies over every utterance's ref
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -125,9 +126,16 @@ class _Meteor:
         self.lock = threading.Lock()
 
     def _ask(self, line: str, n_replies: int) -> list[str]:
-        self.p.stdin.write((line + "\n").encode("utf-8"))
-        self.p.stdin.flush()
-        return [self.p.stdout.readline().decode("utf-8").strip() for _ in range(n_replies)]
+        try:
+            self.p.stdin.write((line + "\n").encode("utf-8"))
+            self.p.stdin.flush()
+        except OSError:
+            raise UserError(f"METEOR 1.5 (Java) stopped; check that `java -jar` runs with 2 GB of heap; {JAVA_HINT}") \
+                from None
+        out = [self.p.stdout.readline().decode("utf-8").strip() for _ in range(n_replies)]
+        if any(not x for x in out):
+            raise UserError(f"METEOR 1.5 (Java) gave no answer (out of memory? it needs about 2 GB); {JAVA_HINT}")
+        return out
 
     def stats(self, hyp: str, refs: list[str]) -> str:
         hyp = hyp.replace("|||", "").replace("  ", " ")
@@ -149,6 +157,21 @@ class _Meteor:
             pass
 
 
+_METEORS: dict[tuple[str, str], _Meteor] = {}
+
+
+def _meteor(jar_dir: Path, language: str) -> _Meteor:
+    """One METEOR process per language for the whole Python process: it takes seconds to start (it loads
+    its paraphrase tables) and is stateless between EVAL requests."""
+    key = (str(jar_dir), language)
+    m = _METEORS.get(key)
+    if m is None or m.p.poll() is not None:
+        m = _METEORS[key] = _Meteor(jar_dir, language)
+        if len(_METEORS) == 1:
+            atexit.register(lambda: [x.close() for x in _METEORS.values()])
+    return m
+
+
 @dataclass
 class QualityResult:
     """Per distinct (utterance, caption) scores and per-policy corpus scores, with what was not computed."""
@@ -167,8 +190,6 @@ def _refs_by_utt(utterances: pl.DataFrame) -> dict[str, list[str]]:
 def score_captions(results: pl.DataFrame, utterances: pl.DataFrame, progress=None,
                    group_by=("trace", "policy")) -> QualityResult:
     """Score every policy's captions against the trace's references; see the module docstring."""
-    from pycocoevalcap.bleu.bleu_scorer import BleuScorer  # noqa: F401 (import check below)
-
     jar_root = _coco()
     from pycocoevalcap.bleu.bleu_scorer import BleuScorer
     from pycocoevalcap.cider.cider_scorer import CiderScorer
@@ -245,41 +266,38 @@ def score_captions(results: pl.DataFrame, utterances: pl.DataFrame, progress=Non
     if progress:
         progress(0.5)
     # --- METEOR per pair (statistics), corpus score per policy ---------------------------------
-    meteor = _Meteor(jar_root / "meteor", "other" if chinese else "en")
-    try:
-        m_stats = [meteor.stats(t, gts[u]) for u, t in zip(p_utt, p_tok)]
-        _, m_seg = meteor.evaluate(m_stats) if m_stats else (0.0, [])
-        if progress:
-            progress(0.8)
-        per_caption = pl.DataFrame({
-            "utt_id": p_utt, "caption": p_cap, "tokenized": p_tok,
-            **{f"bleu{n + 1}": [b[n] for b in sent_bleu] for n in range(4)},
-            "meteor": m_seg, "rouge_l": rouge_l, "cider_d": cider.tolist(),
-        }, strict=False)
-        emo = emotion_consistency(per_caption, utterances, chinese)
-        per_caption = per_caption.join(emo, on=["utt_id", "caption"], how="left")
-        idx = {(u, c): i for i, (u, c) in enumerate(zip(p_utt, p_cap))}
-        keys = [k for k in group_by if k in rows.columns]
-        policy_rows = []
-        for key, grp in rows.group_by(keys, maintain_order=True):
-            # A policy's captions do not depend on the network/device configuration: one per utterance.
-            g = grp.unique(subset=["utt_id"], keep="first", maintain_order=True)
-            ii = [idx[(u, c)] for u, c in zip(g["utt_id"].to_list(), g["caption"].to_list())]
-            s = BleuScorer(n=4)
-            s.crefs = [bleu_refs[p_utt[i]] for i in ii]
-            s.ctest = [cooked[i] for i in ii]
-            bleu, _ = s.compute_score(option="closest", verbose=0)
-            m_corpus, _ = meteor.evaluate([m_stats[i] for i in ii])
-            sub = per_caption[ii]
-            row = dict(zip(keys, key))
-            row.update(n_scored=len(ii), bleu1=bleu[0], bleu2=bleu[1], bleu3=bleu[2], bleu4=bleu[3],
-                       meteor=m_corpus, rouge_l=float(np.mean(sub["rouge_l"].to_numpy())),
-                       cider_d=float(np.mean(sub["cider_d"].to_numpy())),
-                       emotion_consistency=sub["emotion_consistency"].mean(),
-                       emotion_named=sub["emotion_named"].mean())
-            policy_rows.append(row)
-    finally:
-        meteor.close()
+    meteor = _meteor(jar_root / "meteor", "other" if chinese else "en")
+    m_stats = [meteor.stats(t, gts[u]) for u, t in zip(p_utt, p_tok)]
+    _, m_seg = meteor.evaluate(m_stats) if m_stats else (0.0, [])
+    if progress:
+        progress(0.8)
+    per_caption = pl.DataFrame({
+        "utt_id": p_utt, "caption": p_cap, "tokenized": p_tok,
+        **{f"bleu{n + 1}": [b[n] for b in sent_bleu] for n in range(4)},
+        "meteor": m_seg, "rouge_l": rouge_l, "cider_d": cider.tolist(),
+    }, strict=False)
+    emo = emotion_consistency(per_caption, utterances, chinese)
+    per_caption = per_caption.join(emo, on=["utt_id", "caption"], how="left")
+    idx = {(u, c): i for i, (u, c) in enumerate(zip(p_utt, p_cap))}
+    keys = [k for k in group_by if k in rows.columns]
+    policy_rows = []
+    for key, grp in rows.group_by(keys, maintain_order=True):
+        # A policy's captions do not depend on the network/device configuration: one per utterance.
+        g = grp.unique(subset=["utt_id"], keep="first", maintain_order=True)
+        ii = [idx[(u, c)] for u, c in zip(g["utt_id"].to_list(), g["caption"].to_list())]
+        s = BleuScorer(n=4)
+        s.crefs = [bleu_refs[p_utt[i]] for i in ii]
+        s.ctest = [cooked[i] for i in ii]
+        bleu, _ = s.compute_score(option="closest", verbose=0)
+        m_corpus, _ = meteor.evaluate([m_stats[i] for i in ii])
+        sub = per_caption[ii]
+        row = dict(zip(keys, key))
+        row.update(n_scored=len(ii), bleu1=bleu[0], bleu2=bleu[1], bleu3=bleu[2], bleu4=bleu[3],
+                   meteor=m_corpus, rouge_l=float(np.mean(sub["rouge_l"].to_numpy())),
+                   cider_d=float(np.mean(sub["cider_d"].to_numpy())),
+                   emotion_consistency=sub["emotion_consistency"].mean(),
+                   emotion_named=sub["emotion_named"].mean())
+        policy_rows.append(row)
     per_policy = pl.DataFrame(policy_rows, strict=False) if policy_rows else pl.DataFrame()
     per_policy = per_policy.join(_cloud_agreement(results, keys), on=keys, how="left") if policy_rows else per_policy
     if progress:
