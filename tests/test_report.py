@@ -103,7 +103,8 @@ def test_report_with_trace(small, tmp_path):
     html = (out / "report.html").read_text()
     _check_self_contained(html)
     assert "CIDEr-D (vs references)" in html and "SPICE: unavailable" in html
-    assert (out / "figures" / "overhead_breakdown.png").exists()
+    assert (out / "figures" / "overhead_breakdown.png").exists() and (out / "figures" / "break_even.pdf").exists()
+    assert "Break-even maps" in html
     bd = pl.read_csv(out / "tables" / "overhead_breakdown.csv")
     res = pl.read_parquet(results).filter((pl.col("config") == 0) & pl.col("covered"))
     mean_lat = res.group_by("policy").agg(pl.col("latency_s").mean())
@@ -126,3 +127,24 @@ def test_report_bad_input(tmp_path):
     (tmp_path / "y.parquet").write_text("not parquet")
     r = CliRunner().invoke(main, ["report", str(tmp_path / "y.parquet"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not a readable Parquet" in r.output
+
+
+def test_break_even_matches_simulated_latency(results):
+    from sectrace.cli_report import break_even
+    from sectrace.reports.build import normalise_configs
+    from sectrace.trace import load_trace
+
+    res = normalise_configs(pl.read_parquet(results))
+    tr = load_trace(SAMPLE)
+    pol = "k=3 gate=entropy:2.5 accept=rank:20 features"
+    c0 = res.filter(pl.col("config") == 0)
+    rtt = c0["rtt_s"][0]
+    (rtts, speeds, ratios, rtt0), note = break_even(tr, res, [pol], rtts=[rtt], speeds=[1.0])
+    assert rtt0 == rtt and "edge-only" in note
+    both = c0.filter(pl.col("policy").is_in([pol, "edge-only"])).pivot(on="policy", index="utt_id",
+                                                                         values="latency_s").drop_nulls()
+    want = both[pol].mean() / both["edge-only"].mean()
+    assert ratios[pol][0, 0] == pytest.approx(want, rel=1e-9)
+    # a faster edge favours drafting alone: the ratio grows with the edge speed-up
+    (_, _, r2, _), _ = break_even(tr, res, [pol], rtts=[rtt], speeds=[1.0, 8.0])
+    assert r2[pol][1, 0] > r2[pol][0, 0]

@@ -190,7 +190,10 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead):
 
             tr = load_trace(trace_path)
             inp.trace_path, inp.trace_manifest = str(trace_path), tr.manifest
-            if not no_quality:
+            if not no_quality and ("caption" not in res.columns or res["caption"].null_count() == res.height):
+                inp.notes.append("no caption text in the results (the trace has no vocab.parquet): reference "
+                                 "metrics left out")
+            elif not no_quality:
                 from .reports.quality import attach_embedding, score_captions
 
                 inp.quality = score_captions(res, tr.utterances)
@@ -201,6 +204,14 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead):
             bar.update(1)
             inp.breakdown, inp.breakdown_note = overhead_breakdown(tr, res, int(res["config"][0]),
                                                                    parse_size(overhead, "--overhead"))
+            from .reports.build import front_points
+
+            _, front, _, _ = front_points(res, inp.quality)
+            best = (front.filter((pl.col("config") == 0) & pl.col("on_front")
+                                 & ~pl.col("policy").is_in(["edge-only", "cloud-only"]))
+                    .sort("quality", descending=True, nulls_last=True)["policy"].head(4).to_list())
+            be, inp.break_even_note = break_even(tr, res, best, parse_size(overhead, "--overhead"))
+            inp.break_even = be
             bar.update(1)
         else:
             inp.breakdown_note = "the overhead breakdown needs the trace: pass --trace"
@@ -239,3 +250,45 @@ def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_pat
     spans, instants, meta = timeline_spans(tr, res, policy, utt, config, parse_size(overhead, "--overhead"))
     write_chrome_trace(out_path, chrome_trace(spans, instants, meta, process=f"{policy} · {utt}"))
     click.echo(f"wrote {out_path}: {len(spans)} spans, {meta['latency_s']:.3f} s; open it in ui.perfetto.dev")
+
+
+def break_even(tr, results: pl.DataFrame, policies: list[str], overhead_bytes: int = 100, n: int = 41,
+               rtts=None, speeds=None):
+    """Latency of each hybrid policy relative to edge-only over a grid of RTT × edge speed-up, or (None, why).
+
+    Latency is linear in the schedule features, so the grid is one matrix product per policy:
+    the mean features of the covered utterances against a cost vector per grid point.
+    """
+    from dataclasses import replace
+
+    from .simulate import Network, Replayer, cost_vector
+
+    sub = results.filter(pl.col("config") == 0)
+    row = sub.row(0, named=True)
+    cost, net, why = _cost_and_net(tr, row, overhead_bytes)
+    if cost is None:
+        return None, why
+    pols = _policies(results)
+    if "edge-only" not in pols:
+        return None, "the results hold no edge-only baseline to break even against"
+    rtts = np.logspace(-3, 0, n) if rtts is None else np.asarray(rtts, dtype=float)
+    speeds = np.logspace(np.log10(0.25), np.log10(16), n) if speeds is None else np.asarray(speeds, dtype=float)
+    thetas = np.stack([np.stack([cost_vector(replace(cost.scaled(edge_speedup=s), source=cost.source),
+                                             Network(rtt_s=r, up_Bps=net.up_Bps, down_Bps=net.down_Bps,
+                                                     overhead_bytes=overhead_bytes))
+                                 for r in rtts]) for s in speeds])  # (speeds, rtts, features)
+    rp = Replayer(tr)
+    edge = rp.replay(pols["edge-only"])
+    out = {}
+    for name in policies:
+        rep = rp.replay(pols[name])
+        ok = rep.covered & edge.covered
+        if not ok.any():
+            continue
+        lat_h = thetas @ rep.total[ok].mean(axis=0)
+        lat_e = thetas @ edge.total[ok].mean(axis=0)
+        out[name] = lat_h / lat_e
+    note = (f"Mean latency of each policy over edge-only's, at uplink {net.up_Bps * 8 / 1e6:g} Mbit/s, downlink "
+            f"{net.down_Bps * 8 / 1e6:g} Mbit/s, costs {cost.source}; the edge scaled by the speed-up (cloud fixed). "
+            "Below the black line (ratio 1) the hybrid is faster than drafting alone.")
+    return (rtts, speeds, out, row["rtt_s"]), note

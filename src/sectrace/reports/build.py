@@ -40,6 +40,8 @@ class ReportInputs:
     exposure: pl.DataFrame | None = None
     breakdown: pl.DataFrame | None = None  # per policy × part mean seconds, at one configuration
     breakdown_note: str = ""
+    break_even: tuple | None = None  # (rtts, speeds, {policy: ratio grid}, current rtt)
+    break_even_note: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -114,6 +116,19 @@ td:first-child,th:first-child{text-align:left}th{background:#f4f4f4}tr.dominated
 """
 
 
+def front_points(res: pl.DataFrame, quality=None):
+    """(per-policy points, points with ``on_front``, quality column, its label) for normalised results."""
+    points = policy_points(res)
+    qual = quality.per_policy if quality is not None else None
+    if qual is not None and qual.height:
+        points = points.join(qual.drop([c for c in ("agree_cloud_exact", "agree_cloud_similarity") if c in qual.columns]),
+                             on=[c for c in ("trace", "policy") if c in points.columns], how="left")
+        qcol, qlabel = "cider_d", "CIDEr-D (vs references)"
+    else:
+        qcol, qlabel = "agree_cloud_similarity", "similarity to the cloud-only caption"
+    return points, pareto_table(points, qcol), qcol, qlabel
+
+
 def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
     """Write OUT_DIR/report.html, OUT_DIR/figures/*.{png,svg,pdf} and OUT_DIR/tables/*.csv; return the HTML path."""
     check_results(inp.results, inp.results_path)
@@ -123,15 +138,8 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
     tab_dir.mkdir(parents=True, exist_ok=True)
     tick = progress or (lambda *_: None)
 
-    points = policy_points(res)
+    points, front, qcol, qlabel = front_points(res, inp.quality)
     qual = inp.quality.per_policy if inp.quality is not None else None
-    if qual is not None and qual.height:
-        points = points.join(qual.drop([c for c in ("agree_cloud_exact", "agree_cloud_similarity") if c in qual.columns]),
-                             on=[c for c in ("trace", "policy") if c in points.columns], how="left")
-        qcol, qlabel = "cider_d", "CIDEr-D (vs references)"
-    else:
-        qcol, qlabel = "agree_cloud_similarity", "similarity to the cloud-only caption"
-    front = pareto_table(points, qcol)
     priv = privacy_table(res, inp.exposure)
     tick(1)
 
@@ -225,6 +233,17 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
                          + f"<p class='cap'>{html.escape(inp.breakdown_note)} {prov_line}.</p>" + _table(inp.breakdown)))
     else:
         sections.append(("Overhead breakdown", f"<p class='warn'>{html.escape(inp.breakdown_note or 'not available')}</p>"))
+
+    # --- break-even maps ----------------------------------------------------------------------------
+    if inp.break_even is not None and inp.break_even[2]:
+        rtts, speeds, ratios, rtt0 = inp.break_even
+        png = figures.save(figures.break_even(rtts, speeds, ratios, rtt0, "Break-even against edge-only"), fig_dir,
+                           "break_even")
+        sections.append(("Break-even maps", _img(png, "break-even maps")
+                         + f"<p class='cap'>{html.escape(inp.break_even_note)} The dot marks configuration 0. "
+                           f"{prov_line}.</p>"))
+    elif inp.break_even_note:
+        sections.append(("Break-even maps", f"<p class='warn'>{html.escape(inp.break_even_note)}</p>"))
 
     # --- privacy ----------------------------------------------------------------------------------
     priv.write_csv(tab_dir / "privacy.csv")

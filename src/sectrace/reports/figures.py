@@ -148,3 +148,27 @@ def privacy_bars(table: pl.DataFrame, title: str):
     ax.set_title(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def break_even(rtts, speeds, ratios: dict, current_rtt: float, title: str):
+    """Heatmaps of hybrid/edge-only latency over RTT × edge speed-up, with the break-even contour (ratio 1)."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    names = list(ratios)[:4]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.2), squeeze=False)
+    vmax = max(2.0, max(float(np.nanmax(ratios[n])) for n in names))
+    norm = TwoSlopeNorm(vmin=min(0.5, min(float(np.nanmin(ratios[n])) for n in names)), vcenter=1.0, vmax=vmax)
+    for ax, name in zip(axes[0], names):
+        r = ratios[name]
+        mesh = ax.pcolormesh(rtts * 1000, speeds, r, cmap="RdYlGn_r", norm=norm, shading="auto")
+        if np.nanmin(r) < 1 < np.nanmax(r):
+            ax.contour(rtts * 1000, speeds, r, levels=[1.0], colors="black", linewidths=1.2)
+        ax.plot([current_rtt * 1000], [1.0], marker="o", color="black", ms=5)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("RTT (ms)")
+        ax.set_title(name, fontsize=8)
+    axes[0][0].set_ylabel("edge speed-up (×)")
+    fig.colorbar(mesh, ax=axes[0].tolist(), label="latency / edge-only latency", shrink=0.9)
+    fig.suptitle(title, fontsize=11)
+    return fig
