@@ -52,7 +52,8 @@ def java_version() -> int:
     """The major version of the `java` on PATH; UserError with install advice if there is none."""
     java = shutil.which("java")
     if java is None:
-        raise UserError(f"caption metrics (PTB tokenizer, METEOR 1.5) need Java, which is not installed: {JAVA_HINT}")
+        raise UserError(f"caption metrics (PTB tokenizer, METEOR 1.5) need Java, which is not installed: {JAVA_HINT} "
+                        "(or skip them with `sectrace report --no-quality`)")
     try:
         out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
