@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from sectrace.cli import main
 
+pytest.importorskip("matplotlib")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (Debian: apt-get update && apt-get install -y chromium)")

@@ -174,6 +174,11 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead):
     """
     from tqdm import tqdm
 
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError("reports draw figures with matplotlib, which is not installed: "
+                        "pip install 'sectrace[report]' (or pip install matplotlib pycocoevalcap==1.2)") from None
     from .reports.build import ReportInputs, build_report, check_results, normalise_configs
     from .units import parse_size
 
