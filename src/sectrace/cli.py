@@ -326,5 +326,12 @@ def _print_table(tr, summary, cost, configs):
              "means, never guessed. Explore more with `sectrace trace synth` or collect the missing states.")
 
 
+# --- report, timeline (reports stage; wiring in cli_report.py) ----------------------------
+from .cli_report import report as _report, timeline as _timeline  # noqa: E402
+
+main.add_command(_report)
+main.add_command(_timeline)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
