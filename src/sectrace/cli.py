@@ -337,5 +337,11 @@ def _print_table(tr, summary, cost, configs):
              "means, never guessed. Explore more with `sectrace trace synth` or collect the missing states.")
 
 
+# --- stage command groups (one line each) ---------------------------------------------------------------
+from .gates.commands import gates as _gates  # noqa: E402
+
+main.add_command(_gates)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -271,3 +271,26 @@ def synth_trace(model: AlphaModel, n_utterances: int, policies: list[Policy], pr
                         "source_calls": calls},
     }
     return manifest, pl.DataFrame(utts, schema=S.UTTERANCES), nodes, _timings(model.seed), vocab
+
+
+def synth_recorders(manifest: dict, utt_ids) -> dict:
+    """Live sessions on a synthetic trace's own stated model, one per utterance id (``synth-NNNN``).
+
+    A synthetic trace's trie is a memo of this model, so any state it lacks can be generated
+    exactly instead of counted as a coverage miss: this is how gate frontiers on synthetic
+    traces cover every threshold.
+    """
+    from ..errors import UserError
+
+    spec = manifest.get("synthetic_model") or {}
+    if spec.get("kind") != "alpha":
+        raise UserError("only synthetic traces (sectrace trace synth) can be extended from their model")
+    model = AlphaModel(**{k: spec[k] for k in ("alpha", "alpha_blind", "coupling", "mean_length", "seed")})
+    out = {}
+    for uid in utt_ids:
+        try:
+            index = int(str(uid).rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            raise UserError(f"utterance {uid!r} is not a synthetic utterance id (synth-NNNN)") from None
+        out[uid] = TrieRecorder(AlphaSource(model, index), manifest.get("verifier_modes", S.VERIFIER_MODES))
+    return out
