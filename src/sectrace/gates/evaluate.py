@@ -124,6 +124,10 @@ def frontier(trace, gate_specs, k: int = 5, accept: str = "top1", privacy: str =
             vals["similar"].append(similarity(r.tokens, ref[uid]))
         name = spec.split(":")[0].split("(")[0]
         thr = spec.rsplit(":", 1)[1] if ":" in spec and name not in ("content", "any", "all") else None
+        if name == "learned":  # one family per gate file
+            from pathlib import Path
+
+            name = f"learned:{Path(spec[len('learned:'):].rsplit(':', 1)[0]).stem}"
         mean = {key: (float(np.mean(v)) if v else float("nan")) for key, v in vals.items()}
         rows.append({"gate": name, "spec": spec, "threshold": float(thr) if thr not in (None, "") else None,
                      "k": k, "accept": str(acc), "privacy": privacy, "utterances": len(utt_ids), "covered": covered,

@@ -29,27 +29,64 @@ LABELS = ("reject", "impact")
 
 
 # --- scoring without scikit-learn ---------------------------------------------------------------------
+class Compiled:
+    """A saved model as numpy arrays, for fast repeated scoring (trees padded and walked level by level)."""
+
+    def __init__(self, model: dict):
+        self.kind = model["kind"]
+        if self.kind == "logreg":
+            scale = np.asarray(model["scale"], dtype=float)
+            self.w = np.asarray(model["coef"], dtype=float) / scale
+            self.c = float(model["intercept"]) - float(np.asarray(model["mean"], dtype=float) @ self.w)
+            return
+        trees = model["trees"]
+        m = max(len(t["left"]) for t in trees)
+        T = len(trees)
+        self.left = np.full((T, m), -1, dtype=np.int64)
+        self.right = np.full((T, m), -1, dtype=np.int64)
+        self.feat = np.zeros((T, m), dtype=np.int64)
+        self.thr = np.zeros((T, m))
+        self.val = np.zeros((T, m))
+        for i, t in enumerate(trees):
+            n = len(t["left"])
+            self.left[i, :n], self.right[i, :n] = t["left"], t["right"]
+            self.feat[i, :n] = np.maximum(t["feature"], 0)
+            self.thr[i, :n], self.val[i, :n] = t["threshold"], t["value"]
+        depth = 0
+        for t in trees:  # longest root-to-leaf path
+            stack = [(0, 0)]
+            while stack:
+                node, d = stack.pop()
+                if t["left"][node] == -1:
+                    depth = max(depth, d)
+                else:
+                    stack += [(t["left"][node], d + 1), (t["right"][node], d + 1)]
+        self.depth = depth
+        self.init, self.lr = float(model["init"]), float(model["learning_rate"])
+        self.rows = np.arange(T)[:, None]
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        if self.kind == "logreg":
+            return X @ self.w + self.c
+        nodes = np.zeros((self.left.shape[0], X.shape[0]), dtype=np.int64)
+        r = self.rows
+        for _ in range(self.depth):
+            f = self.feat[r, nodes]
+            go_left = X.T[f, np.arange(X.shape[0])[None, :]] <= self.thr[r, nodes]
+            nxt = np.where(go_left, self.left[r, nodes], self.right[r, nodes])
+            nodes = np.where(nxt == -1, nodes, nxt)
+        return self.init + self.lr * self.val[r, nodes].sum(axis=0)
+
+
 def raw_score(model: dict, X: np.ndarray) -> np.ndarray:
     """The model's uncalibrated log-odds for rows of X."""
-    if model["kind"] == "logreg":
-        Z = (X - np.asarray(model["mean"])) / np.asarray(model["scale"])
-        return Z @ np.asarray(model["coef"]) + model["intercept"]
-    out = np.full(X.shape[0], model["init"], dtype=float)
-    lr = model["learning_rate"]
-    for t in model["trees"]:
-        left, right, feat, thr, val = t["left"], t["right"], t["feature"], t["threshold"], t["value"]
-        for r in range(X.shape[0]):
-            node = 0
-            while left[node] != -1:
-                node = left[node] if X[r, feat[node]] <= thr[node] else right[node]
-            out[r] += lr * val[node]
-    return out
+    return Compiled(model)(np.asarray(X, dtype=float))
 
 
-def calibrated(gate: dict, X: np.ndarray) -> np.ndarray:
+def calibrated(gate: dict, X: np.ndarray, compiled: Compiled | None = None) -> np.ndarray:
     a, b = gate["calibration"]["a"], gate["calibration"]["b"]
-    z = a * raw_score(gate["model"], X) + b
-    return 1.0 / (1.0 + np.exp(-z))
+    raw = (compiled or Compiled(gate["model"]))(np.asarray(X, dtype=float))
+    return 1.0 / (1.0 + np.exp(-(a * raw + b)))
 
 
 # --- training ------------------------------------------------------------------------------------------
@@ -161,9 +198,16 @@ class LearnedGate:
     def features(self) -> list[str]:
         return self.doc["features"]
 
+    def __post_init__(self):
+        object.__setattr__(self, "_compiled", Compiled(self.doc["model"]))
+        object.__setattr__(self, "_emotion", frozenset(self.doc.get("emotion_ids", ())))
+        cal = self.doc["calibration"]
+        object.__setattr__(self, "_ab", (float(cal["a"]), float(cal["b"])))
+
     def block_prob(self, block: Block) -> float:
-        X = block_matrix(block, self.doc["features"], frozenset(self.doc.get("emotion_ids", ())))
-        p = calibrated(self.doc, X)
+        X = block_matrix(block, self.doc["features"], self._emotion)
+        a, b = self._ab
+        p = 1.0 / (1.0 + np.exp(-(a * self._compiled(X) + b)))
         return float(1.0 - np.prod(1.0 - p))
 
     def escalate(self, block: Block) -> bool:
