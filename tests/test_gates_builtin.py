@@ -110,7 +110,6 @@ def test_oracle_is_lossless_with_fewest_calls(replayer):
         n_cov += 1
         assert o.tokens == c.tokens  # oracle output is the verifier's greedy caption
         assert o.escalations <= a.escalations
-        assert o.accepted + o.corrected <= o.verified + o.corrected  # sanity
         assert o.corrected == o.escalations  # every escalated block is one the verifier changes
     assert n_cov >= 30
 

@@ -85,3 +85,14 @@ def test_cli_frontier(tmp_path):
     df = pl.read_parquet(out)
     assert {"entropy", "content", "oracle", "always", "never"} <= set(df["gate"].to_list())
     assert "oracle" in res.output and "cloud_calls" in res.output
+
+
+def test_frontier_skips_missing_signals(tmp_path, trace):
+    from sectrace.trace import write_trace
+
+    bare = tmp_path / "bare"
+    write_trace(bare, trace.manifest, trace.utterances, trace.nodes.drop("x_stability", "x_audio_shift"),
+                trace.timings, trace.vocab)
+    res = CliRunner().invoke(main, ["gates", "frontier", str(bare), "--gate", "stability", "--gate", "margin"])
+    assert res.exit_code == 0, res.output
+    assert "skipping stability" in res.output and "margin:" in res.output

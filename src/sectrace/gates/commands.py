@@ -171,6 +171,7 @@ def gates_frontier(trace_path, families, k, accept, privacy, adaptive, extend, o
     from tqdm import tqdm
 
     from .evaluate import SIGNALS, default_thresholds, dominates, frontier
+    from .features import available_features
 
     tr = _trace(trace_path)
     if extend is None:
@@ -182,6 +183,9 @@ def gates_frontier(trace_path, families, k, accept, privacy, adaptive, extend, o
             path = fam.split(":", 1)[1]
             specs += [f"learned:{path}:{t}" for t in default_thresholds(tr, "learned")]
         elif fam in SIGNALS and ":" not in fam and fam != "content:emotion":
+            if SIGNALS[fam][0] not in available_features(tr):
+                click.echo(f"note: skipping {fam}: the trace has no {SIGNALS[fam][0]} signal", err=True)
+                continue
             specs += [f"{fam}:{t}" for t in default_thresholds(tr, fam)]
         elif fam == "random":
             specs += [f"random:{t}" for t in default_thresholds(tr, "random")]

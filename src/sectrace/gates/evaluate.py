@@ -92,8 +92,9 @@ def frontier(trace, gate_specs, k: int = 5, accept: str = "top1", privacy: str =
             pol = replace(pol, gate=gate)
         return run(session, pol)
 
+    # The reference is what `simulate` calls cloud-only: raw audio up, the audio-hearing verifier decodes.
     cloud_pol = Policy(k=0, gate=parse_gate("always"), gate_spec="always", accept=Accept("top1", 1),
-                       privacy=privacy if privacy != "token-only" else "token-only", max_new_tokens=max_new)
+                       privacy="raw", max_new_tokens=max_new)
     ref = {}
     for uid in utt_ids:
         try:
