@@ -158,3 +158,12 @@ def test_cli_train_eval_simulate(tmp_path, small, trace):
     assert res.exit_code == 0, res.output
     res = runner.invoke(main, ["gates", "train", "--out", str(out), "--features", "nope"])
     assert res.exit_code == 2 and "unknown feature" in res.output
+
+
+def test_impact_label_and_blind_mode(small):
+    d = train_gate(small, "logreg", label="impact", mode="blind", rank=3, folds=2,
+                   features=["logprob", "x_audio_shift", "emotion_word"])
+    assert d["label"] == {"name": "impact", "mode": "blind", "rank": 3}
+    assert d["emotion_ids"] and 0.5 < d["cv"]["roc_auc"] <= 1.0
+    with pytest.raises(UserError, match="no nope verifier"):
+        train_gate(small, "logreg", mode="nope")
