@@ -140,13 +140,22 @@ def _float_or_none(text):
     return None if text in (None, "", "off", "none") else float(text)
 
 
+def _adaptive(text):
+    try:
+        return _float_or_none(text.lower())
+    except ValueError:
+        raise UserError(f"adaptive threshold {text!r} is not a probability; e.g. --adaptive 0.3 or off") from None
+
+
 @main.command()
 @click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
 @click.option("--k", "ks", multiple=True, default=["5"], show_default=True,
               help="Block size: drafted tokens per gate decision. Lists sweep: --k 3,5,8.")
 @click.option("--gate", "gates", multiple=True, default=["entropy:2.5"], show_default=True,
               help="Gate deciding which blocks go to the cloud; repeat to compare. Known: "
-                   "always, never, entropy:T, entropy-mean:T, margin:T, logprob:T, random:P.")
+                   "always, never, entropy:T, entropy-mean:T, margin:T, logprob:T, random:P, stability:T, "
+                   "audio:T, content:RULES, oracle, learned:FILE:P, any(G,...), all(G,...); "
+                   "see `sectrace gates list`.")
 @click.option("--accept", "accept", default="rank:20", show_default=True,
               help="Acceptance rule: top1 (lossless), rank:R (the study: rank:20) or prob:P.")
 @click.option("--bonus/--no-bonus", default=True, show_default=True,
@@ -156,8 +165,9 @@ def _float_or_none(text):
                                       "features (the study's setup), or raw audio.")
 @click.option("--cloud-cache", type=click.Choice(["stateful", "stateless"]), default="stateful",
               show_default=True, help="Whether the cloud keeps its KV cache between calls of one caption.")
-@click.option("--adaptive", default=None, type=float,
-              help="Stop drafting a block early after a token the drafter gives less than this probability.")
+@click.option("--adaptive", "adaptives", multiple=True, default=["off"], show_default=True,
+              help="Adaptive k: stop drafting a block early after a token the drafter gives less than this "
+                   "probability (k is then the longest block), e.g. --adaptive 0.3; lists sweep: --adaptive off,0.2,0.4.")
 @click.option("--max-new-tokens", default=None, type=int, help="Caption length cap (default: the trace's).")
 @click.option("--rtt", "rtts", multiple=True, default=["50ms"], show_default=True,
               help="Round-trip time edge ⇄ cloud, e.g. 50ms or 0.05s; lists sweep: --rtt 20ms,100ms.")
@@ -176,7 +186,7 @@ def _float_or_none(text):
 @click.option("--edge-speedup", default=1.0, show_default=True, help="Scale the edge: 4 = four times faster.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write per-utterance results as Parquet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
-def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptive, max_new_tokens, rtts, uplink,
+def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptives, max_new_tokens, rtts, uplink,
              downlink, overhead, cost_mode, edge_tps, edge_prefill, cloud_tps, cloud_prefill, cloud_verify, gate_cost,
              edge_speedup, out, as_json):
     """Replay TRACE under edge-only, cloud-only and hybrid policies and compare them.
@@ -196,7 +206,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
 
     from tqdm import tqdm
 
-    from .gates import parse_gate
+    from .gates import parse_gate, split_top
     from .protocol import Accept, Policy
     from .simulate import CostModel, Network, Replayer, baselines, fit_costs, simulate as run_sim, summarise
     from .trace import load_trace
@@ -206,14 +216,18 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
     max_new = max_new_tokens or int(tr.manifest["decoding"].get("max_new_tokens", 64))
     acc = Accept.parse(accept)
     k_list = _split(ks, "block size", _int)
-    gate_specs = _split(gates, "gate", str)
-    gate_objs = [(spec, parse_gate(spec)) for spec in gate_specs]
+    gate_specs = [s for g in gates for s in split_top(str(g))]
+    if not gate_specs:
+        raise UserError("give at least one gate")
+    gate_objs = [(spec, parse_gate(spec, tr)) for spec in gate_specs]
     policies = list(baselines(max_new))
+    adaptive_list = _split(adaptives, "adaptive threshold", _adaptive)
     for k in k_list:
         for spec, g in gate_objs:
-            policies.append(Policy(k=k, gate=g, gate_spec=spec.lower(), accept=acc, bonus=bonus, privacy=privacy,
-                                   cloud_cache=cloud_cache, max_new_tokens=max_new,
-                                   adaptive=_float_or_none(adaptive)))
+            for adaptive in adaptive_list:
+                policies.append(Policy(k=k, gate=g, gate_spec=spec.lower(), accept=acc, bonus=bonus,
+                                       privacy=privacy, cloud_cache=cloud_cache, max_new_tokens=max_new,
+                                       adaptive=adaptive))
     cost = fit_costs(tr.timings) if cost_mode == "fit" else CostModel()
     over = {}
     if edge_tps:
@@ -331,6 +345,11 @@ from .cli_report import report as _report, timeline as _timeline  # noqa: E402
 
 main.add_command(_report)
 main.add_command(_timeline)
+
+# --- stage command groups (one line each) ---------------------------------------------------------------
+from .gates.commands import gates as _gates  # noqa: E402
+
+main.add_command(_gates)
 
 
 if __name__ == "__main__":  # pragma: no cover

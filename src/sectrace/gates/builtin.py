@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from ..errors import UserError
 from ..protocol import Always, Block, Never
 
 
@@ -63,3 +64,39 @@ class RandomGate:
 
 
 __all__ = ["Always", "MaxEntropy", "MeanEntropy", "Margin", "MinLogProb", "Never", "RandomGate"]
+
+
+# --- gates on optional per-node signals (x_* columns of a trace) ---------------------------------------
+def _signal(block: Block, name: str) -> list[float]:
+    """One optional x_* signal along the block; a clear error where the trace lacks it."""
+    try:
+        return [e[name] for e in block.extras]
+    except (KeyError, TypeError):
+        raise UserError(f"this gate needs the per-node signal x_{name}, which the trace lacks; record it when "
+                        "collecting (see docs/trace-format.md) or use a gate on the drafter's logits") from None
+
+
+@dataclass(frozen=True)
+class Stability:
+    """Escalate when the drafter's prediction was unstable as the block grew: min x_stability below T."""
+
+    threshold: float
+
+    def escalate(self, block: Block) -> bool:
+        vals = [v for v in _signal(block, "stability") if v is not None]
+        return not vals or min(vals) < self.threshold  # unknown stability counts as unstable
+
+
+@dataclass(frozen=True)
+class AudioShift:
+    """Escalate when the drafter's distribution moves with the audio (max x_audio_shift above T):
+    the block depends on what only the audio says, where a text-only drafter guess is most fragile."""
+
+    threshold: float
+
+    def escalate(self, block: Block) -> bool:
+        vals = [v for v in _signal(block, "audio_shift") if v is not None]
+        return bool(vals) and max(vals) > self.threshold
+
+
+__all__ += ["AudioShift", "Stability"]

@@ -1,9 +1,12 @@
-"""Gate specs as people type them: ``entropy:2.5``, ``margin:0.2``, ``logprob:-1.5``, ``random:0.3``."""
+"""Gate specs as people type them: ``entropy:2.5``, ``margin:0.2``, ``content:emotion``,
+``any(entropy:3,content:emotion)``, ``learned:gate.json:0.5``."""
 
 from __future__ import annotations
 
 from ..errors import UserError
-from .builtin import Always, MaxEntropy, Margin, MeanEntropy, MinLogProb, Never, RandomGate
+from .builtin import Always, AudioShift, MaxEntropy, Margin, MeanEntropy, MinLogProb, Never, RandomGate, Stability
+from .combine import AllGate, AnyGate
+from .oracle import Oracle
 
 GATES = {
     "always": (Always, None, "escalate every block"),
@@ -13,20 +16,81 @@ GATES = {
     "margin": (Margin, 0.2, "smallest top1-top2 probability margin below T"),
     "logprob": (MinLogProb, -1.5, "smallest drafted log-prob below T nats"),
     "random": (RandomGate, 0.5, "escalate with probability T (baseline)"),
+    "stability": (Stability, 0.5, "smallest x_stability (drafter prediction stability) below T"),
+    "audio": (AudioShift, 0.5, "largest x_audio_shift (drafter distribution moved by the audio) above T"),
+    "oracle": (Oracle, None, "escalate exactly the blocks the verifier would change (replay only: the upper bound)"),
+}
+#: Gates whose argument is not one threshold: name -> help.
+SPECIAL = {
+    "content": "content:RULES = a drafted token is a digit, date, name or emotion word (RULES joined by +, "
+               "e.g. content:emotion or content:digits+dates+names+emotion)",
+    "learned": "learned:FILE:P = a learned gate (sectrace gates train) escalating when P(block rejected) > P",
+    "any": "any(G1,G2,...) = escalate if any gate does",
+    "all": "all(G1,G2,...) = escalate only if every gate does",
 }
 
 
 def gate_help() -> str:
-    return "; ".join(f"{name}{':T' if default is not None else ''} = {text}"
-                     for name, (_, default, text) in GATES.items())
+    parts = [f"{name}{':T' if default is not None else ''} = {text}" for name, (_, default, text) in GATES.items()]
+    return "; ".join(parts + list(SPECIAL.values()))
 
 
-def parse_gate(spec: str):
-    """A gate object from its spec; the spec string doubles as the gate's label in results."""
-    text = spec.strip().lower()
+def split_top(text: str, sep: str = ",") -> list[str]:
+    """Split at ``sep`` outside parentheses (so gate lists may hold any(...)/all(...))."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise UserError(f"unbalanced ')' in {text!r}")
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth != 0:
+        raise UserError(f"unbalanced '(' in {text!r}; write e.g. any(entropy:3,content:emotion)")
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_gate(spec: str, trace=None):
+    """A gate object from its spec; the spec string doubles as the gate's label in results.
+
+    ``trace`` is needed by gates that read token text (content rules) and lets learned
+    gates check that the trace has their features.
+    """
+    text = spec.strip()
+    low = text.lower()
+    for combo, cls in (("any", AnyGate), ("all", AllGate)):
+        if low.startswith(combo + "(") and low.endswith(")"):
+            inner = split_top(text[len(combo) + 1:-1])
+            if not inner:
+                raise UserError(f"{combo}() needs at least one gate, e.g. {combo}(entropy:3,margin:0.1)")
+            return cls(tuple(parse_gate(s, trace) for s in inner))
     name, _, arg = text.partition(":")
+    name = name.lower()
+    if name == "content":
+        from .content import ContentGate, parse_rules
+
+        return ContentGate.for_trace(parse_rules(arg.lower()), trace)
+    if name == "learned":
+        from .learned import load_learned
+
+        path, _, thr = arg.rpartition(":")
+        if not path:
+            path, thr = arg, ""
+        try:
+            threshold = float(thr) if thr else 0.5
+        except ValueError:
+            path, threshold = arg, 0.5
+        return load_learned(path, threshold, trace)
+    arg = arg.lower()
     if name not in GATES:
-        raise UserError(f"unknown gate {spec!r}; known gates: {', '.join(GATES)} (e.g. --gate entropy:2.5)")
+        raise UserError(f"unknown gate {spec!r}; known gates: {', '.join(list(GATES) + list(SPECIAL))} "
+                        "(e.g. --gate entropy:2.5)")
     cls, default, _ = GATES[name]
     if default is None:
         if arg:

@@ -136,8 +136,16 @@ class AlphaSource:
         tail = max(rest, 1e-12)
         # The tail is spread over a nominal 2,000 further tokens, as a real 150k-vocabulary drafter's would be.
         entropy = -sum(p * math.log(p) for p in probs if p > 0) - tail * math.log(tail / TAIL_SUPPORT)
-        draft = DraftToken(d_token, math.log(p1), max(entropy, 0.0), p1 - probs[1], d_eos, None,
-                           tuple(ids), tuple(probs))
+        # Optional per-node signals (x_* columns), drawn from their own stream so the base trie is unchanged:
+        # stability = how little the drafter's prediction moves as the block grows (a second, independently
+        # noisy view of the latent difficulty); audio_shift = how far its distribution moves without the audio
+        # (large where only the audio-hearing verifier agrees, i.e. the token depends on the audio).
+        rx = self._rng(prefix, b"x")
+        stability = m.coupling * (1.0 - u) + (1.0 - m.coupling) * rx.random()
+        audio_dep = m.alpha_blind <= u < m.alpha
+        audio_shift = (1.5 * m.coupling if audio_dep else 0.0) * rx.random() ** 0.5 + 0.4 * rx.random()
+        draft = DraftToken(d_token, math.log(p1), max(entropy, 0.0), p1 - probs[1], d_eos,
+                           {"stability": stability, "audio_shift": audio_shift}, tuple(ids), tuple(probs))
         verdicts = {}
         hazard_v = 0.0 if depth < self.len_cloud - 3 else 0.35
         wants_eos = depth > 0 and r.random() < hazard_v
@@ -265,3 +273,26 @@ def synth_trace(model: AlphaModel, n_utterances: int, policies: list[Policy], pr
                         "source_calls": calls},
     }
     return manifest, pl.DataFrame(utts, schema=S.UTTERANCES), nodes, _timings(model.seed), vocab
+
+
+def synth_recorders(manifest: dict, utt_ids) -> dict:
+    """Live sessions on a synthetic trace's own stated model, one per utterance id (``synth-NNNN``).
+
+    A synthetic trace's trie is a memo of this model, so any state it lacks can be generated
+    exactly instead of counted as a coverage miss: this is how gate frontiers on synthetic
+    traces cover every threshold.
+    """
+    from ..errors import UserError
+
+    spec = manifest.get("synthetic_model") or {}
+    if spec.get("kind") != "alpha":
+        raise UserError("only synthetic traces (sectrace trace synth) can be extended from their model")
+    model = AlphaModel(**{k: spec[k] for k in ("alpha", "alpha_blind", "coupling", "mean_length", "seed")})
+    out = {}
+    for uid in utt_ids:
+        try:
+            index = int(str(uid).rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            raise UserError(f"utterance {uid!r} is not a synthetic utterance id (synth-NNNN)") from None
+        out[uid] = TrieRecorder(AlphaSource(model, index), manifest.get("verifier_modes", S.VERIFIER_MODES))
+    return out

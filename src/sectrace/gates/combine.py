@@ -1,0 +1,61 @@
+"""Combinations of gates: ``any(...)`` escalates if one of its gates does, ``all(...)`` only if every one does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..protocol import Block
+
+
+@dataclass(frozen=True)
+class AnyGate:
+    gates: tuple
+
+    def escalate(self, block: Block) -> bool:
+        return any(g.escalate(block) for g in self.gates)
+
+    def bind(self, session, policy):
+        return AnyGate(tuple(_bind(g, session, policy) for g in self.gates))
+
+    @property
+    def needs_session(self) -> bool:
+        return needs_session(self)
+
+    def prepare(self, session, policy):
+        from .oracle import prepare_session
+
+        return prepare_session(self, session, policy)
+
+
+@dataclass(frozen=True)
+class AllGate:
+    gates: tuple
+
+    def escalate(self, block: Block) -> bool:
+        return all(g.escalate(block) for g in self.gates)
+
+    def bind(self, session, policy):
+        return AllGate(tuple(_bind(g, session, policy) for g in self.gates))
+
+    @property
+    def needs_session(self) -> bool:
+        return needs_session(self)
+
+    def prepare(self, session, policy):
+        from .oracle import prepare_session
+
+        return prepare_session(self, session, policy)
+
+
+def _bind(gate, session, policy):
+    bind = getattr(gate, "bind", None)
+    return bind(session, policy) if bind is not None else gate
+
+
+def needs_session(gate) -> bool:
+    """Whether a gate (or one inside a combination) must be bound to a replay session (the oracle)."""
+    if isinstance(gate, (AnyGate, AllGate)):
+        return any(needs_session(g) for g in gate.gates)
+    if isinstance(gate, type):
+        return False
+    return bool(getattr(gate, "needs_session", False))

@@ -1,0 +1,215 @@
+"""`sectrace gates ...`: list the gates, train learned ones, measure signals (RQ1) and gate frontiers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+
+def _trace(path):
+    from importlib import resources
+
+    from ..trace import load_trace
+
+    return load_trace(path or Path(str(resources.files("sectrace") / "data" / "sample-trace")))
+
+
+def _table(df, cols):
+    """A plain aligned text table of ``cols`` (name, format) from a polars frame."""
+    def fmt(v, f):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "–"
+        return format(v, f) if f else str(v)
+
+    rows = [[fmt(r[c], f) for c, f in cols] for r in df.iter_rows(named=True)]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, (c, _) in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, ((c, _), w) in enumerate(zip(cols, widths)))]
+    for r in rows:
+        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+def _write(df, out: Path):
+    import os
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        df.write_parquet(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@click.group("gates")
+def gates():
+    """Gates: which drafted blocks go to the cloud. List, train, evaluate (RQ1) and trace frontiers."""
+
+
+@gates.command("list")
+def gates_list():
+    """The gates `--gate` understands."""
+    from .spec import gate_help
+
+    for part in gate_help().split("; "):
+        click.echo(part)
+
+
+@gates.command("train")
+@click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the gate (JSON).")
+@click.option("--model", type=click.Choice(["logreg", "gbt"]), default="gbt", show_default=True,
+              help="Logistic regression or gradient-boosted trees.")
+@click.option("--label", type=click.Choice(["reject", "impact"]), default="reject", show_default=True,
+              help="reject: the verifier ranks the token worse than R; impact: rejected and the token or its "
+                   "correction is an emotion word.")
+@click.option("--rank", default=1, show_default=True, help="R: a token is rejected when its verifier rank > R.")
+@click.option("--mode", default="audio", show_default=True, help="Which verifier judges: audio or blind.")
+@click.option("--features", default=None, help="Comma-separated feature subset (default: all the trace has).")
+@click.option("--folds", default=5, show_default=True, help="Cross-validation folds, grouped by utterance.")
+@click.option("--seed", default=0, show_default=True)
+def gates_train(trace_path, out, model, label, rank, mode, features, folds, seed):
+    """Train a learned gate on TRACE's trie nodes (drafter-side features, verifier labels).
+
+    Reports cross-validated ROC-AUC and PR-AUC (folds grouped by utterance) and writes a
+    JSON gate (numbers only: loading it runs no code) that records its features, label,
+    calibration and the trace it was trained on. Use it as --gate learned:OUT:0.5.
+    """
+    from tqdm import tqdm
+
+    from .learned import save_gate, train_gate
+
+    tr = _trace(trace_path)
+    feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    if feats:
+        from .features import available_features
+
+        bad = [f for f in feats if f not in available_features(tr)]
+        if bad:
+            raise UserError(f"unknown feature {bad[0]!r} for this trace; available: "
+                            f"{', '.join(available_features(tr))}")
+    if folds < 2:
+        raise UserError("--folds must be at least 2")
+    with tqdm(total=folds + 1, desc=f"training {model}", unit="fit", disable=None, leave=False) as bar:
+        doc = train_gate(tr, model, label, mode, rank, feats, folds, seed, progress=bar.update)
+    save_gate(doc, out)
+    cv = doc["cv"]
+    click.echo(f"trained {model} gate on {doc['trained_on']['tokens']} drafted tokens of "
+               f"{doc['trained_on']['utterances']} utterances ({tr.name}{', SYNTHETIC' if tr.synthetic else ''})")
+    click.echo(f"label {label} (rank > {rank}, {mode} verifier): base rate {cv['base_rate']:.3f}")
+    click.echo(f"cross-validated ({cv['folds']} folds by utterance): ROC-AUC {cv['roc_auc']:.3f}, "
+               f"PR-AUC {cv['pr_auc']:.3f}, Brier {cv['brier']:.3f}")
+    click.echo(f"features: {', '.join(doc['features'])}")
+    click.echo(f"wrote {out}; use it as --gate learned:{out}:0.5")
+
+
+@gates.command("eval")
+@click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
+@click.option("--gate", "learned", multiple=True, help="A learned gate file to score alongside the signals.")
+@click.option("--rank", default=1, show_default=True, help="A token is rejected when its verifier rank > R.")
+@click.option("--mode", default="audio", show_default=True, help="Which verifier judges: audio or blind.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the table as Parquet.")
+def gates_eval(trace_path, learned, rank, mode, out):
+    """RQ1: how well each drafter-side signal predicts the verifier's rejection (ROC-AUC, PR-AUC).
+
+    One row per signal and label (reject; impact = rejected and an emotion word involved),
+    over TRACE's drafted, judged trie nodes. A learned gate scored on the trace it was
+    trained on is in-sample: its honest figure is the cross-validated one `gates train` prints.
+    """
+    from .evaluate import signal_table
+    from .learned import load_learned
+
+    tr = _trace(trace_path)
+    gates_ = []
+    for path in learned:
+        path = path.split(":", 1)[1] if path.startswith("learned:") else path
+        path = path.rsplit(":", 1)[0] if path.rsplit(":", 1)[-1].replace(".", "").isdigit() else path
+        g = load_learned(path, 0.5, tr)
+        same = g.doc["trained_on"].get("trace") == str(tr.path)
+        gates_.append((f"learned:{Path(path).name}" + (" (in-sample)" if same else ""), g))
+    df = signal_table(tr, mode, rank, gates_)
+    click.echo(f"trace: {tr.path} ({'SYNTHETIC' if tr.synthetic else 'measured'}); rejected = {mode} verifier "
+               f"rank > {rank}")
+    click.echo(_table(df, [("signal", ""), ("label", ""), ("roc_auc", ".3f"), ("pr_auc", ".3f"),
+                           ("base_rate", ".3f"), ("tokens", "")]))
+    for name, g in gates_:
+        cv = g.doc["cv"]
+        click.echo(f"{name}: cross-validated when trained: ROC-AUC {cv['roc_auc']:.3f}, PR-AUC {cv['pr_auc']:.3f}")
+    if out:
+        _write(df, out)
+        click.echo(f"wrote {out}")
+
+
+@gates.command("frontier")
+@click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
+@click.option("--gate", "families", multiple=True,
+              default=["entropy", "logprob", "margin", "stability", "audio", "random"], show_default=True,
+              help="Gate families swept over their threshold range (quantiles of the signal), or full specs "
+                   "(content:emotion, oracle, any(...)); learned:FILE sweeps the block probability.")
+@click.option("--k", default=3, show_default=True, help="Block size.")
+@click.option("--accept", default="top1", show_default=True, help="Acceptance rule: top1, rank:R or prob:P.")
+@click.option("--privacy", type=click.Choice(["token-only", "features", "raw"]), default="features",
+              show_default=True)
+@click.option("--adaptive", default=None, type=float, help="Adaptive k threshold (off by default).")
+@click.option("--extend/--no-extend", default=None,
+              help="Generate states the trie lacks from a synthetic trace's own model (default: on for "
+                   "synthetic traces); off: such utterances are coverage misses.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the frontier as Parquet.")
+def gates_frontier(trace_path, families, k, accept, privacy, adaptive, extend, out):
+    """RQ1 end to end: every gate over its threshold range, cloud calls and tokens vs agreement with cloud-only.
+
+    Always includes always, never and the oracle (the upper bound). `dominance` lines say
+    whether each family reaches, at every cost an entropy point pays, at least its agreement.
+    """
+    from tqdm import tqdm
+
+    from .evaluate import SIGNALS, default_thresholds, dominates, frontier
+    from .features import available_features
+
+    tr = _trace(trace_path)
+    if extend is None:
+        extend = tr.synthetic and "synthetic_model" in tr.manifest
+    specs = []
+    for fam in families:
+        fam = fam.strip()
+        if fam.startswith("learned:"):
+            path = fam.split(":", 1)[1]
+            specs += [f"learned:{path}:{t}" for t in default_thresholds(tr, "learned")]
+        elif fam in SIGNALS and ":" not in fam and fam != "content:emotion":
+            if SIGNALS[fam][0] not in available_features(tr):
+                click.echo(f"note: skipping {fam}: the trace has no {SIGNALS[fam][0]} signal", err=True)
+                continue
+            specs += [f"{fam}:{t}" for t in default_thresholds(tr, fam)]
+        elif fam == "random":
+            specs += [f"random:{t}" for t in default_thresholds(tr, "random")]
+        else:
+            specs.append(fam)
+    specs += ["always", "never", "oracle"]
+    with tqdm(total=len(specs), desc="frontier", unit="gate", disable=None, leave=False) as bar:
+        df = frontier(tr, specs, k=k, accept=accept, privacy=privacy, extend=extend, progress=bar.update,
+                      adaptive=adaptive)
+    click.echo(f"trace: {tr.path} ({'SYNTHETIC' if tr.synthetic else 'measured'}); k={k}, accept {accept}, "
+               f"{privacy}{', adaptive ' + str(adaptive) if adaptive else ''}; "
+               f"{'states outside the trie generated from the synthetic model' if extend else 'replay only'}")
+    click.echo(_table(df, [("spec", ""), ("covered", ""), ("cloud_calls", ".2f"), ("cloud_tokens", ".1f"),
+                           ("escalated_share", ".2f"), ("exact_match_cloud", ".2f"), ("similarity_cloud", ".3f")]))
+    click.echo("cloud_calls / cloud_tokens: per caption (tokens sent for verification); exact_match / similarity: "
+               "agreement with the cloud-only caption")
+    for fam in sorted(set(df["gate"].to_list()) - {"entropy", "always", "never", "oracle"}):
+        d = dominates(df, fam, "entropy")
+        if d["dominates"] is None:
+            continue
+        click.echo(f"dominance: {fam} {'dominates' if d['dominates'] else 'does NOT dominate'} entropy "
+                   f"(similarity at entropy's costs: mean {d['mean_gain']:+.3f}, best {d['max_gain']:+.3f}"
+                   + (f"; {len(d['not_matched'])} entropy points beaten by more than 0.005" if d["not_matched"] else "")
+                   + ")")
+    if out:
+        _write(df, out)
+        click.echo(f"wrote {out}")

@@ -1,0 +1,175 @@
+"""RQ1 measured: which local signals predict the tokens that need the cloud, and what each gate buys end to end.
+
+* :func:`signal_table`: per drafter-side signal, ROC-AUC and PR-AUC for predicting the
+  verifier's rejection (and the high-impact label), on the trace's drafted nodes.
+* :func:`frontier`: every gate over its threshold range, replayed end to end: cloud calls
+  and cloud-verified tokens per caption against agreement with the cloud-only caption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+
+from ..errors import UserError
+from ..protocol import Accept, CoverageMiss, Policy, run
+from .features import available_features, node_table
+
+#: Signal -> (feature, sign): sign +1 when larger means riskier.
+SIGNALS = {
+    "entropy": ("entropy", 1), "logprob": ("logprob", -1), "margin": ("margin", -1), "p2": ("p2", 1),
+    "stability": ("x_stability", -1), "audio": ("x_audio_shift", 1), "content:emotion": ("emotion_word", 1),
+    "depth": ("depth", 1),
+}
+
+
+def signal_table(trace, mode: str = "audio", rank: int = 1, learned=()) -> pl.DataFrame:
+    """ROC-AUC / PR-AUC per signal for ``reject`` and ``impact`` labels; ``learned``: (name, LearnedGate) pairs."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    feats = available_features(trace)
+    tab = node_table(trace, feats, mode, rank)
+    rows = []
+    scores = {name: tab[f].to_numpy() * sign for name, (f, sign) in SIGNALS.items() if f in feats}
+    if learned:
+        from .learned import calibrated
+
+        for name, gate in learned:
+            X = node_table(trace, gate.features, mode, rank).select(gate.features).to_numpy().astype(float)
+            scores[name] = calibrated(gate.doc, X)
+    for label in ("reject", "impact"):
+        y = tab[label].to_numpy().astype(int)
+        if y.min() == y.max():
+            continue
+        for name, s in scores.items():
+            rows.append({"signal": name, "label": label, "roc_auc": float(roc_auc_score(y, s)),
+                         "pr_auc": float(average_precision_score(y, s)), "base_rate": float(y.mean()),
+                         "tokens": int(len(y))})
+    return pl.DataFrame(rows)
+
+
+def default_thresholds(trace, name: str, n: int = 8) -> list[float]:
+    """A gate's threshold range: quantiles of its signal over the trace's drafted nodes."""
+    if name in ("learned",):
+        return [0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999]
+    if name == "random":
+        return [0.1, 0.25, 0.5, 0.75, 0.9]
+    feat, _ = SIGNALS[name]
+    if feat not in available_features(trace):
+        raise UserError(f"the trace has no {feat} signal for the {name} gate")
+    vals = node_table(trace, [feat]).get_column(feat).to_numpy()
+    qs = np.quantile(vals, np.linspace(0.05, 0.95, n))
+    return sorted({round(float(q), 4) for q in qs})
+
+
+def frontier(trace, gate_specs, k: int = 5, accept: str = "top1", privacy: str = "features",
+             max_new_tokens: int | None = None, extend: bool = False, progress=None, adaptive=None) -> pl.DataFrame:
+    """One row per gate spec: mean cloud calls, verified tokens, drafted tokens and agreement with cloud-only.
+
+    ``extend``: for synthetic traces, states the trie lacks are generated from the trace's own
+    model (exact), so every threshold is covered; otherwise such utterances are coverage misses.
+    """
+    from ..simulate import similarity
+    from .spec import parse_gate
+
+    max_new = max_new_tokens or int(trace.manifest["decoding"].get("max_new_tokens", 64))
+    utt_ids = trace.utterances["utt_id"].to_list()
+    if extend:
+        from ..trace.synth import synth_recorders
+
+        sessions = synth_recorders(trace.manifest, utt_ids)
+    else:
+        from ..simulate import Replayer
+
+        sessions = Replayer(trace).sessions
+    acc = Accept.parse(accept)
+
+    def go(session, pol):
+        if getattr(pol.gate, "needs_session", False):
+            session, gate = pol.gate.prepare(session, pol)
+            pol = replace(pol, gate=gate)
+        return run(session, pol)
+
+    # The reference is what `simulate` calls cloud-only: raw audio up, the audio-hearing verifier decodes.
+    cloud_pol = Policy(k=0, gate=parse_gate("always"), gate_spec="always", accept=Accept("top1", 1),
+                       privacy="raw", max_new_tokens=max_new)
+    ref = {}
+    for uid in utt_ids:
+        try:
+            ref[uid] = go(sessions[uid], cloud_pol).tokens
+        except CoverageMiss:
+            ref[uid] = None
+    rows = []
+    for spec in gate_specs:
+        gate = parse_gate(spec, trace)
+        pol = Policy(k=k, gate=gate, gate_spec=spec, accept=acc, privacy=privacy, max_new_tokens=max_new,
+                     adaptive=adaptive)
+        vals = {key: [] for key in ("calls", "verified", "drafted", "blocks", "exact", "similar", "tokens")}
+        covered = 0
+        for uid in utt_ids:
+            try:
+                r = go(sessions[uid], pol)
+            except CoverageMiss:
+                continue
+            if ref[uid] is None:
+                continue
+            covered += 1
+            vals["calls"].append(r.escalations)
+            vals["verified"].append(r.verified)
+            vals["drafted"].append(r.drafted)
+            vals["blocks"].append(r.blocks)
+            vals["tokens"].append(len(r.tokens))
+            vals["exact"].append(float(r.tokens == ref[uid]))
+            vals["similar"].append(similarity(r.tokens, ref[uid]))
+        name = spec.split(":")[0].split("(")[0]
+        thr = spec.rsplit(":", 1)[1] if ":" in spec and name not in ("content", "any", "all") else None
+        if name == "learned":  # one family per gate file
+            from pathlib import Path
+
+            name = f"learned:{Path(spec[len('learned:'):].rsplit(':', 1)[0]).stem}"
+        mean = {key: (float(np.mean(v)) if v else float("nan")) for key, v in vals.items()}
+        rows.append({"gate": name, "spec": spec, "threshold": float(thr) if thr not in (None, "") else None,
+                     "k": k, "accept": str(acc), "privacy": privacy, "utterances": len(utt_ids), "covered": covered,
+                     "cloud_calls": mean["calls"], "cloud_tokens": mean["verified"], "drafted": mean["drafted"],
+                     "escalated_share": mean["calls"] / mean["blocks"] if mean["blocks"] else float("nan"),
+                     "exact_match_cloud": mean["exact"], "similarity_cloud": mean["similar"],
+                     "n_tokens": mean["tokens"]})
+        if progress:
+            progress(1)
+    return pl.DataFrame(rows, strict=False)
+
+
+def pareto(points: np.ndarray) -> np.ndarray:
+    """The (cost, quality) points no other point beats on both, sorted by cost."""
+    pts = points[np.lexsort((-points[:, 1], points[:, 0]))]
+    keep, best = [], -np.inf
+    for c, q in pts:
+        if q > best:
+            keep.append((c, q))
+            best = q
+    return np.array(keep)
+
+
+def dominates(front: pl.DataFrame, a: str, b: str, cost: str = "cloud_calls",
+              quality: str = "similarity_cloud", tol: float = 0.005) -> dict:
+    """Whether gate family ``a`` dominates ``b``: at the cost of every point of b, a's frontier (linearly
+    interpolated between its Pareto points, which mixing two thresholds achieves) reaches at least b's
+    quality, within ``tol``. Also returns the mean and largest quality gain over b's points."""
+    pa = front.filter(pl.col("gate") == a).select(cost, quality).to_numpy().astype(float)
+    pb = front.filter(pl.col("gate") == b).select(cost, quality).to_numpy().astype(float)
+    pa, pb = pa[~np.isnan(pa).any(axis=1)], pb[~np.isnan(pb).any(axis=1)]
+    if not len(pa) or not len(pb):
+        return {"dominates": None, "not_matched": [], "mean_gain": float("nan"), "max_gain": float("nan")}
+    pf = pareto(pa)
+    gains, worse = [], []
+    for c, q in pb:
+        qa = float(np.interp(c, pf[:, 0], pf[:, 1], left=-np.inf)) if c >= pf[0, 0] else -np.inf
+        gains.append(qa - q)
+        if qa < q - tol:
+            worse.append((float(c), float(q), qa))
+    finite = [g for g in gains if np.isfinite(g)]
+    return {"dominates": not worse, "not_matched": worse,
+            "mean_gain": float(np.mean(finite)) if finite else float("nan"),
+            "max_gain": float(np.max(finite)) if finite else float("nan")}
