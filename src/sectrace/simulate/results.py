@@ -74,7 +74,8 @@ def _policy_frame(trace, rep: Replay, ref_tokens, theta, configs, decode, n_utt,
     cols = {k: ([v[i] for i in idx] if isinstance(v, list) else np.asarray(v)[idx]) for k, v in per_utt.items()}
     lat_flat = lat.T.reshape(-1)
     df = pl.DataFrame({
-        "trace": trace.name, "synthetic": trace.synthetic, "tool_version": __version__,
+        "trace": trace.name, "trace_path": str(trace.path.resolve()) if trace.path else None,
+        "synthetic": trace.synthetic, "tool_version": __version__,
         "policy": pol.label, "k": pol.k, "gate": pol.gate_spec, "accept": str(pol.accept), "bonus": pol.bonus,
         "privacy": pol.privacy, "cloud_cache": pol.cloud_cache, "adaptive": pol.adaptive,
         "max_new_tokens": pol.max_new_tokens,
