@@ -159,11 +159,20 @@ def _float_or_none(text):
 @click.option("--adaptive", default=None, type=float,
               help="Stop drafting a block early after a token the drafter gives less than this probability.")
 @click.option("--max-new-tokens", default=None, type=int, help="Caption length cap (default: the trace's).")
-@click.option("--rtt", "rtts", multiple=True, default=["50ms"], show_default=True,
-              help="Round-trip time edge ⇄ cloud, e.g. 50ms or 0.05s; lists sweep: --rtt 20ms,100ms.")
-@click.option("--uplink", default="20Mbit/s", show_default=True, help="Edge → cloud bandwidth.")
-@click.option("--downlink", default="50Mbit/s", show_default=True, help="Cloud → edge bandwidth.")
-@click.option("--overhead", default="100B", show_default=True, help="Framing bytes per message.")
+@click.option("--network", "network_name", default=None,
+              help="Network preset (lan, wifi, 4g, 5g, leo-satellite, satellite; sources in docs/simulator.md); "
+                   "flags below override its fields.")
+@click.option("--rtt", "rtts", multiple=True, default=None,
+              help="Round-trip time edge ⇄ cloud, e.g. 50ms or 0.05s; lists sweep: --rtt 20ms,100ms. [default: 50ms]")
+@click.option("--uplink", default=None, help="Edge → cloud bandwidth. [default: 20Mbit/s]")
+@click.option("--downlink", default=None, help="Cloud → edge bandwidth. [default: 50Mbit/s]")
+@click.option("--overhead", default=None, help="Framing bytes per message. [default: 100B]")
+@click.option("--jitter", default=None, help="Extra one-way delay per message, a scipy.stats distribution in "
+                                             "seconds, e.g. 'expon(scale=0.002)'; priced at its mean here.")
+@click.option("--loss", default=None, type=float, help="Message loss probability, e.g. 0.01 (priced at its mean).")
+@click.option("--rto", default=None, help="Retransmission timeout per lost message. [default: 200ms]")
+@click.option("--edge-device", default=None, help="Edge device preset: study-cpu-2core, study-cpu-2core-x4.")
+@click.option("--cloud-device", default=None, help="Cloud device preset: study-a100, h100-sxm, l4.")
 @click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
               help="Model call costs: fitted to the trace's timings, or the study's devices "
                    "(edge 2.10 tok/s, cloud 24.16 tok/s).")
@@ -176,8 +185,8 @@ def _float_or_none(text):
 @click.option("--edge-speedup", default=1.0, show_default=True, help="Scale the edge: 4 = four times faster.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write per-utterance results as Parquet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
-def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptive, max_new_tokens, rtts, uplink,
-             downlink, overhead, cost_mode, edge_tps, edge_prefill, cloud_tps, cloud_prefill, cloud_verify, gate_cost,
+def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptive, max_new_tokens, network_name, rtts,
+             uplink, downlink, overhead, jitter, loss, rto, edge_device, cloud_device, cost_mode, edge_tps, edge_prefill, cloud_tps, cloud_prefill, cloud_verify, gate_cost,
              edge_speedup, out, as_json):
     """Replay TRACE under edge-only, cloud-only and hybrid policies and compare them.
 
@@ -198,7 +207,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
 
     from .gates import parse_gate
     from .protocol import Accept, Policy
-    from .simulate import CostModel, Network, Replayer, baselines, fit_costs, simulate as run_sim, summarise
+    from .simulate import CostModel, Network, Replayer, baselines, fit_costs, profiles, simulate as run_sim, summarise
     from .trace import load_trace
     from .units import parse_duration, parse_rate, parse_size
 
@@ -215,6 +224,10 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
                                    cloud_cache=cloud_cache, max_new_tokens=max_new,
                                    adaptive=_float_or_none(adaptive)))
     cost = fit_costs(tr.timings) if cost_mode == "fit" else CostModel()
+    if edge_device:
+        cost = profiles.edge_device(edge_device).apply(cost)
+    if cloud_device:
+        cost = profiles.cloud_device(cloud_device).apply(cost)
     over = {}
     if edge_tps:
         over.update(edge_step_a=1.0 / edge_tps, edge_step_c=0.0)
@@ -234,10 +247,23 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
         raise UserError("--edge-speedup must be positive")
     if edge_speedup != 1.0:
         cost = replace(cost.scaled(edge_speedup=edge_speedup), source=cost.source + f", edge ×{edge_speedup:g}")
-    up, down = parse_rate(uplink, "--uplink"), parse_rate(downlink, "--downlink")
-    ovh = parse_size(overhead, "--overhead")
-    configs = [(cost, Network(rtt_s=parse_duration(r, "--rtt"), up_Bps=up, down_Bps=down, overhead_bytes=ovh))
-               for r in _split(rtts, "RTT", str)]
+    base = profiles.network_preset(network_name) if network_name else Network()
+    net_over = {}
+    if uplink:
+        net_over["up_Bps"] = parse_rate(uplink, "--uplink")
+    if downlink:
+        net_over["down_Bps"] = parse_rate(downlink, "--downlink")
+    if overhead:
+        net_over["overhead_bytes"] = parse_size(overhead, "--overhead")
+    if jitter:
+        net_over["jitter"] = jitter
+    if loss is not None:
+        net_over["loss"] = loss
+    if rto:
+        net_over["rto_s"] = parse_duration(rto, "--rto")
+    base = replace(base, **net_over)
+    rtt_list = [parse_duration(r, "--rtt") for r in _split(rtts, "RTT", str)] if rtts else [base.rtt_s]
+    configs = [(cost, replace(base, rtt_s=r)) for r in rtt_list]
     rp = Replayer(tr)
     with tqdm(total=len(policies), desc="replaying", unit="policy", disable=None, leave=False) as bar:
         results = run_sim(tr, policies, configs, replayer=rp, progress=bar.update)
