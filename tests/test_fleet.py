@@ -99,10 +99,11 @@ def test_stateful_sessions_stay_on_one_server_stateless_spread(rp):
     pol = _policy(3, "always", "rank:20", "features", "stateful", True)
     pl_ = plans(rp, rp.replay(pol))
     f = Fleet(devices=40, servers=4, utterances_per_device=2)
-    a = fleet_summary(simulate_fleet(pl_, CostModel(), Network(), f, stateful=True))
-    b = fleet_summary(simulate_fleet(pl_, CostModel(), Network(), f, stateful=False))
-    assert a["escalations"] == b["escalations"] > 0
-    assert b["queue_mean_s"] <= a["queue_mean_s"] + 1e-9  # free placement never queues more on average here
+    a = simulate_fleet(pl_, CostModel(), Network(), f, stateful=True)
+    b = simulate_fleet(pl_, CostModel(), Network(), f, stateful=False)
+    assert a["cloud_calls"].sum() == b["cloud_calls"].sum() > 0
+    assert (a.filter(a["cloud_calls"] > 0)["servers_used"] == 1).all()  # the KV cache lives on one server
+    assert b["servers_used"].max() > 1  # stateless calls go wherever the queue is shortest
 
 
 def test_bad_fleets():

@@ -7,6 +7,7 @@ price thousands of configurations with one matrix product.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass, replace
 
@@ -126,8 +127,26 @@ def parse_jitter(spec: str | None):
     return frozen
 
 
+# Means in closed form for the common families, so pricing a preset does not import scipy.stats (seconds).
+_MEANS = {"expon": lambda loc=0.0, scale=1.0: loc + scale,
+          "lognorm": lambda s, loc=0.0, scale=1.0: loc + scale * math.exp(s * s / 2),
+          "uniform": lambda loc=0.0, scale=1.0: loc + scale / 2,
+          "gamma": lambda a, loc=0.0, scale=1.0: loc + a * scale}
+
+
 @functools.lru_cache(maxsize=256)
 def _jitter_mean(spec: str | None) -> float:
+    if spec is None or str(spec).strip().lower() in ("", "none", "0"):
+        return 0.0
+    m = _DIST.fullmatch(str(spec).lower())
+    if m and m.group(1) in _MEANS:
+        try:
+            kw = {k.strip(): float(v) for k, _, v in (p.partition("=") for p in m.group(2).split(",") if p.strip())}
+            mean = _MEANS[m.group(1)](**kw)
+            if mean >= 0 and all(v >= 0 for v in kw.values()) and kw.get("scale", 1.0) > 0:
+                return mean
+        except (TypeError, ValueError):
+            pass  # let scipy say what is wrong
     d = parse_jitter(spec)
     return 0.0 if d is None else float(d.mean())
 

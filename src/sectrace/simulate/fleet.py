@@ -219,21 +219,25 @@ def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Netwo
             start = env.now
             edge_s = up_s = down_s = wait_s = cloud_s = 0.0
             server = None
+            used = set()
             ei = ci = 0
+            delay = 0.0  # device-side time not yet slept: edge work, links (one timeout per call, not three)
             for kind in job.kinds:
                 if kind == 0:
                     dt = job.edge[ei]
                     ei += 1
                     edge_s += dt
-                    yield env.timeout(dt)
+                    delay += dt
                     continue
                 dt = job.up[ci] + (msg_noise() if noisy else 0.0)
                 up_s += dt
-                yield env.timeout(dt)
+                yield env.timeout(delay + dt)
+                delay = 0.0
                 if server is None or not stateful:
                     server = min(range(fleet.servers), key=lambda i: (load(i), pinned[i]) if stateful else load(i))
                     if stateful:
                         pinned[server] += 1
+                    used.add(server)
                 done = env.event()
                 req = [job.cloud[ci], done, 0.0]
                 t0 = env.now
@@ -243,11 +247,13 @@ def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Netwo
                 cloud_s += service
                 dt = job.down[ci] + (msg_noise() if noisy else 0.0)
                 down_s += dt
-                yield env.timeout(dt)
+                delay += dt
                 ci += 1
+            if delay:
+                yield env.timeout(delay)
             if stateful and server is not None:
                 pinned[server] -= 1
-            rows.append((d, job.utt_id, t_arr, start, env.now, edge_s, up_s, wait_s, cloud_s, down_s, ci))
+            rows.append((d, job.utt_id, t_arr, start, env.now, edge_s, up_s, wait_s, cloud_s, down_s, ci, len(used)))
 
     n_per = fleet.utterances_per_device or len(priced)
     for i in range(fleet.servers):
@@ -261,7 +267,8 @@ def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Netwo
         env.process(device_proc(d, jobs, arrivals))
     env.run()
     df = pl.DataFrame(rows, schema=["device", "utt_id", "arrival_s", "start_s", "finish_s", "edge_s", "uplink_s",
-                                    "queue_s", "cloud_s", "downlink_s", "cloud_calls"], orient="row")
+                                    "queue_s", "cloud_s", "downlink_s", "cloud_calls", "servers_used"],
+                      orient="row")
     return df.with_columns((pl.col("finish_s") - pl.col("start_s")).alias("latency_s"),
                            (pl.col("finish_s") - pl.col("arrival_s")).alias("response_s"))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..protocol import Draft, GateCall, Verify
-from .replay import FEATURES, FI, TOKEN_BYTES, Replay, Replayer
+from .replay import FEATURES, FI, TOKEN_BYTES, Replay, Replayer, schedule_features
 from .timing import PARTS
 
 SHADOW = ("wasted_steps", "wasted_ctx", "resync_tokens", "resync_bytes")
@@ -44,8 +44,6 @@ def overhead(replayer: Replayer, rep: Replay) -> Overhead:
     hit = getattr(rep, "_overhead", None)
     if hit is not None:
         return hit
-    from .fleet import plan_utterance
-
     utts = replayer._utts  # noqa: SLF001  (same stage)
     stateless = rep.policy.cloud_cache == "stateless"
     nf = len(FEATURES)
@@ -81,8 +79,12 @@ def overhead(replayer: Replayer, rep: Replay) -> Overhead:
         shadow[u] = (ws, wc, rt, rb)
         if not verifies or rep.policy.k == 0:
             continue
-        plan = plan_utterance(r, rep.policy, utt)
-        call = plan.up + plan.cloud + plan.down
+        marks: list = []
+        schedule_features(r, rep.policy, utt, marks)
+        marks_arr = np.array(marks)
+        idx = np.array(verifies)
+        # a Verify event adds exactly its call's features (uplink, cloud work, downlink)
+        call = marks_arr[idx] - np.where(idx[:, None] > 0, marks_arr[np.maximum(idx - 1, 0)], 0.0)
         for j, i in enumerate(verifies):
             ev = r.events[i]
             nd = np.zeros(nf)
@@ -107,8 +109,12 @@ def overlap_hidden(ov: Overhead, n_utt: int, theta: np.ndarray) -> np.ndarray:
     """Seconds the overlapping edge hides, (utterances, configs); theta is (features, configs)."""
     out = np.zeros((n_utt, theta.shape[1]))
     if len(ov.owner):
-        hidden = np.minimum(ov.call @ theta, ov.next_draft @ theta) * ov.valid[:, None]
-        np.add.at(out, ov.owner, hidden)
+        keep = ov.valid
+        if keep.any():
+            hidden = np.minimum(ov.call[keep] @ theta, ov.next_draft[keep] @ theta)
+            owner = ov.owner[keep]  # ascending: escalations are collected utterance by utterance
+            starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+            out[owner[starts]] = np.add.reduceat(hidden, starts, axis=0)
     return out
 
 
