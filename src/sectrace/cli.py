@@ -416,10 +416,9 @@ def sweep(grid, out, trace_path, cost_mode):
     from tqdm import tqdm
 
     from .simulate import Replayer
-    from .simulate.sweep import load_grid, run_sweep
+    from .simulate.sweep import load_grid, run_sweep, tomllib
     from .trace import load_trace
 
-    import tomllib
     try:
         doc_trace = tomllib.loads(grid.read_text()).get("trace")
     except tomllib.TOMLDecodeError as exc:

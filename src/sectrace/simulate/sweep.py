@@ -9,7 +9,11 @@ one matrix product (utterances × features) @ (features × configurations). Summ
 from __future__ import annotations
 
 import itertools
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
