@@ -71,3 +71,14 @@ def test_grid_file(tmp_path):
     g.write_text("[polcy]\nk = 3\n")
     with pytest.raises(UserError):
         load_grid(g, 64)
+
+
+def test_parallel_sweep_equals_serial(rp):
+    from sectrace.simulate.sweep import run_sweep_parallel
+
+    pols = [Policy(k=k, gate=parse_gate(g), gate_spec=g) for k in (1, 2, 3, 5, 8) for g in ("always", "entropy:2.5")]
+    ax = product_axes(NETS, [1.0, 2.0], [1.0])
+    a = run_sweep(rp, pols, CostModel(), ax)
+    b = run_sweep_parallel(sample_trace_path(), pols, CostModel(), ax, jobs=2)
+    assert a.select("policy", "config").equals(b.select("policy", "config"))
+    np.testing.assert_allclose(a["latency_s"].to_numpy(), b["latency_s"].to_numpy(), rtol=0, atol=1e-12)

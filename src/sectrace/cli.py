@@ -402,7 +402,8 @@ def _with(opts):
 @click.option("--trace", "trace_path", type=click.Path(path_type=Path), help="Trace (default: the grid's, or the sample).")
 @click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
               help="Base costs when the grid names no device: fitted to the trace, or the study's devices.")
-def sweep(grid, out, trace_path, cost_mode):
+@click.option("--jobs", default=1, show_default=True, help="Parallel worker processes (joblib), split by policy.")
+def sweep(grid, out, trace_path, cost_mode, jobs):
     """Price the cartesian product of GRID (policies × networks × devices) in one pass per policy.
 
     \b
@@ -416,7 +417,7 @@ def sweep(grid, out, trace_path, cost_mode):
     from tqdm import tqdm
 
     from .simulate import Replayer
-    from .simulate.sweep import load_grid, run_sweep, tomllib
+    from .simulate.sweep import load_grid, run_sweep, run_sweep_parallel, tomllib
     from .trace import load_trace
 
     try:
@@ -425,18 +426,22 @@ def sweep(grid, out, trace_path, cost_mode):
         raise UserError(f"cannot read grid {grid}: {exc}") from None
     if trace_path is None and doc_trace:
         trace_path = (grid.parent / doc_trace) if not Path(doc_trace).is_absolute() else Path(doc_trace)
-    tr = load_trace(trace_path or sample_trace_path())
+    trace_path = trace_path or sample_trace_path()
+    tr = load_trace(trace_path)
     max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
     policies, ax, cost, _ = load_grid(grid, max_new)
     cost = cost or _base_cost(tr, cost_mode)
     t0 = time.perf_counter()
-    rp = Replayer(tr)
+    n_utt = tr.utterances.height
     with tqdm(total=len(policies), desc="sweeping", unit="policy", disable=None, leave=False) as bar:
-        df = run_sweep(rp, policies, cost, ax, progress=bar.update)
+        if jobs == 1:
+            df = run_sweep(Replayer(tr), policies, cost, ax, progress=bar.update)
+        else:
+            df = run_sweep_parallel(trace_path, policies, cost, ax, jobs, progress=bar.update)
     dt = time.perf_counter() - t0
     _write_parquet_atomic(df, out)
     click.echo(f"{len(policies)} policies × {len(ax)} configurations = {df.height} rows → {out} "
-               f"({len(policies) * len(ax) * len(rp.utt_ids) / dt:,.0f} utterance-replays/s, {dt:.2f} s)")
+               f"({len(policies) * len(ax) * n_utt / dt:,.0f} utterance-replays/s, {dt:.2f} s)")
 
 
 @main.command()

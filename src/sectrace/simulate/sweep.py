@@ -253,3 +253,35 @@ def check_theta_grid(cost: CostModel, nets: Sequence[Network], ax: Axes) -> floa
                                                overhead_bytes=ax.overhead_bytes[i]))
                            for i in range(len(ax))])
     return float(np.max(np.abs(th - ref)))
+
+
+def _sweep_chunk(trace_path: str, policies: Sequence[Policy], cost: CostModel, ax: Axes,
+                 breakdown: bool) -> pl.DataFrame:
+    from ..trace import load_trace
+
+    return run_sweep(Replayer(load_trace(trace_path)), policies, cost, ax, breakdown=breakdown)
+
+
+def run_sweep_parallel(trace_path, policies: Sequence[Policy], cost: CostModel, ax: Axes, jobs: int,
+                       progress=None, breakdown: bool = True) -> pl.DataFrame:
+    """The same sweep over ``jobs`` joblib workers (each loads the trace and replays its share of policies).
+    Rows come back in the order of ``policies``, identical to :func:`run_sweep`."""
+    from joblib import Parallel, delayed
+
+    if jobs < 1:
+        raise UserError("--jobs must be at least 1")
+    n_chunks = min(len(policies), jobs * 4)
+    chunks = [list(policies[i::n_chunks]) for i in range(n_chunks)]
+    order = [i for c in range(n_chunks) for i in range(c, len(policies), n_chunks)]
+    frames = []
+    gen = Parallel(n_jobs=jobs, return_as="generator")(
+        delayed(_sweep_chunk)(str(trace_path), c, cost, ax, breakdown) for c in chunks)
+    for c, df in zip(chunks, gen):
+        frames.append(df)
+        if progress is not None:
+            progress(len(c))
+    df = pl.concat(frames, how="diagonal_relaxed")
+    n_cfg = len(ax)
+    # put the policies back in their given order: row block j holds policies[order[j]]
+    rank = np.repeat(np.array(order), n_cfg)
+    return df.with_columns(pl.Series("_r", rank)).sort("_r", "config", maintain_order=True).drop("_r")
