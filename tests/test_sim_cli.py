@@ -15,6 +15,8 @@ def test_simulate_with_presets():
              "--json")
     assert r.exit_code == 0, r.output
     assert '"latency_overlap_s"' in r.output
+    r = _run("simulate", "--breakdown", "--no-bonus", "--rtt", "20ms,200ms")
+    assert r.exit_code == 0 and "where the time goes" in r.output and "RTT 200 ms" in r.output
     bad = _run("simulate", "--network", "dialup")
     assert bad.exit_code == 2 and "unknown network" in bad.output
 

@@ -185,9 +185,11 @@ def _float_or_none(text):
 @click.option("--edge-speedup", default=1.0, show_default=True, help="Scale the edge: 4 = four times faster.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write per-utterance results as Parquet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+@click.option("--breakdown", is_flag=True, help="Also print where the time goes (mean seconds per part) and the "
+                                                "round-trip time an overlapping edge would hide.")
 def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptive, max_new_tokens, network_name, rtts,
              uplink, downlink, overhead, jitter, loss, rto, edge_device, cloud_device, cost_mode, edge_tps, edge_prefill, cloud_tps, cloud_prefill, cloud_verify, gate_cost,
-             edge_speedup, out, as_json):
+             edge_speedup, out, as_json, breakdown):
     """Replay TRACE under edge-only, cloud-only and hybrid policies and compare them.
 
     Without TRACE the bundled sample trace is used. Each hybrid policy is every
@@ -277,8 +279,29 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
             default=str))
         return
     _print_table(tr, summary, cost, configs)
+    if breakdown:
+        _print_breakdown(results)
     if out:
         click.echo(f"\nper-utterance results: {out} ({results.height} rows; columns in docs/results-format.md)")
+
+
+def _print_breakdown(results):
+    import polars as pl
+
+    parts = [c for c in results.columns if c.startswith("t_")]
+    agg = (results.filter(pl.col("covered")).group_by(["config", "rtt_s", "policy"], maintain_order=True)
+           .agg([pl.col(c).mean() for c in parts + ["latency_s", "overlap_hidden_s"]]))
+    click.echo("\nwhere the time goes (mean seconds per caption; parts add up to the latency)")
+    for rtt, grp in agg.group_by("rtt_s", maintain_order=True):
+        click.echo(f"RTT {rtt[0] * 1000:g} ms")
+        short = {"edge_prefill": "prefill", "edge_drafting": "drafting", "wasted_drafts": "wasted",
+                 "cloud_prefill": "c.prefill", "cloud_verify": "verify", "cloud_decode": "c.decode", "queueing": "queue"}
+        click.echo(f"{'policy':<44}" + "".join(f"{short.get(c[2:-2], c[2:-2]):>10}" for c in parts)
+                   + f"{'latency':>10}{'overlap':>10}")
+        for r in grp.iter_rows(named=True):
+            click.echo(f"{r['policy'][:43]:<44}" + "".join(f"{r[c]:>10.3f}" for c in parts)
+                       + f"{r['latency_s']:>10.3f}{-r['overlap_hidden_s']:>10.3f}")
+    click.echo("overlap: time hidden if the edge drafts ahead during verification (needs --no-bonus to pay off)")
 
 
 def _write_parquet_atomic(df, path: Path):
