@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from sectrace.cli import sample_trace_path
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
-from sectrace.protocol import Accept, Policy, cloud_only, drafter_only
+from sectrace.protocol import Accept, Policy, cloud_only
 from sectrace.simulate import CostModel, Network, Replayer, fit_costs, latency
 from sectrace.simulate.fleet import Fleet, fleet_summary, plans, simulate_fleet
 from sectrace.simulate.timing import cost_vector

@@ -188,7 +188,8 @@ def _float_or_none(text):
 @click.option("--breakdown", is_flag=True, help="Also print where the time goes (mean seconds per part) and the "
                                                 "round-trip time an overlapping edge would hide.")
 def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptive, max_new_tokens, network_name, rtts,
-             uplink, downlink, overhead, jitter, loss, rto, edge_device, cloud_device, cost_mode, edge_tps, edge_prefill, cloud_tps, cloud_prefill, cloud_verify, gate_cost,
+             uplink, downlink, overhead, jitter, loss, rto, edge_device, cloud_device, cost_mode, edge_tps,
+             edge_prefill, cloud_tps, cloud_prefill, cloud_verify, gate_cost,
              edge_speedup, out, as_json, breakdown):
     """Replay TRACE under edge-only, cloud-only and hybrid policies and compare them.
 
@@ -295,12 +296,13 @@ def _print_breakdown(results):
     for rtt, grp in agg.group_by("rtt_s", maintain_order=True):
         click.echo(f"RTT {rtt[0] * 1000:g} ms")
         short = {"edge_prefill": "prefill", "edge_drafting": "drafting", "wasted_drafts": "wasted",
-                 "cloud_prefill": "c.prefill", "cloud_verify": "verify", "cloud_decode": "c.decode", "queueing": "queue"}
+                 "cloud_prefill": "c.prefill", "cloud_verify": "verify", "cloud_decode": "c.decode",
+                 "queueing": "queue"}
         click.echo(f"{'policy':<44}" + "".join(f"{short.get(c[2:-2], c[2:-2]):>10}" for c in parts)
                    + f"{'latency':>10}{'overlap':>10}")
         for r in grp.iter_rows(named=True):
             click.echo(f"{r['policy'][:43]:<44}" + "".join(f"{r[c]:>10.3f}" for c in parts)
-                       + f"{r['latency_s']:>10.3f}{-r['overlap_hidden_s']:>10.3f}")
+                       + f"{r['latency_s']:>10.3f}{-r['overlap_hidden_s'] or 0.0:>10.3f}")
     click.echo("overlap: time hidden if the edge drafts ahead during verification (needs --no-bonus to pay off)")
 
 
@@ -422,7 +424,8 @@ def _with(opts):
 @main.command()
 @click.argument("grid", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Summary per (policy, config), Parquet.")
-@click.option("--trace", "trace_path", type=click.Path(path_type=Path), help="Trace (default: the grid's, or the sample).")
+@click.option("--trace", "trace_path", type=click.Path(path_type=Path),
+              help="Trace (default: the grid's, or the sample).")
 @click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
               help="Base costs when the grid names no device: fitted to the trace, or the study's devices.")
 @click.option("--jobs", default=1, show_default=True, help="Parallel worker processes (joblib), split by policy.")
