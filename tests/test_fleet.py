@@ -113,3 +113,15 @@ def test_bad_fleets():
         Fleet(max_batch=0)
     with pytest.raises(UserError):
         Fleet(arrival_rate=-1)
+
+
+def test_poisson_arrivals_wait_on_a_busy_device(rp):
+    pol = _policy(5, "entropy:2.5", "rank:20", "features", "stateful", True)
+    pl_ = plans(rp, rp.replay(pol))
+    slow = simulate_fleet(pl_, CostModel(), Network(), Fleet(devices=3, arrival_rate=0.001, utterances_per_device=8))
+    fast = simulate_fleet(pl_, CostModel(), Network(), Fleet(devices=3, arrival_rate=1.0, utterances_per_device=8))
+    for df in (slow, fast):
+        assert (df["response_s"] >= df["latency_s"] - 1e-12).all()
+        assert (df["start_s"] >= df["arrival_s"]).all()
+    # arrivals far faster than service pile up on the device; rare ones barely wait
+    assert (fast["response_s"] - fast["latency_s"]).mean() > 10 * (slow["response_s"] - slow["latency_s"]).mean()
