@@ -169,11 +169,20 @@ def _adaptive(text):
               help="Adaptive k: stop drafting a block early after a token the drafter gives less than this "
                    "probability (k is then the longest block), e.g. --adaptive 0.3; lists sweep: --adaptive off,0.2,0.4.")
 @click.option("--max-new-tokens", default=None, type=int, help="Caption length cap (default: the trace's).")
-@click.option("--rtt", "rtts", multiple=True, default=["50ms"], show_default=True,
-              help="Round-trip time edge ⇄ cloud, e.g. 50ms or 0.05s; lists sweep: --rtt 20ms,100ms.")
-@click.option("--uplink", default="20Mbit/s", show_default=True, help="Edge → cloud bandwidth.")
-@click.option("--downlink", default="50Mbit/s", show_default=True, help="Cloud → edge bandwidth.")
-@click.option("--overhead", default="100B", show_default=True, help="Framing bytes per message.")
+@click.option("--network", "network_name", default=None,
+              help="Network preset (lan, wifi, 4g, 5g, leo-satellite, satellite; sources in docs/simulator.md); "
+                   "flags below override its fields.")
+@click.option("--rtt", "rtts", multiple=True, default=None,
+              help="Round-trip time edge ⇄ cloud, e.g. 50ms or 0.05s; lists sweep: --rtt 20ms,100ms. [default: 50ms]")
+@click.option("--uplink", default=None, help="Edge → cloud bandwidth. [default: 20Mbit/s]")
+@click.option("--downlink", default=None, help="Cloud → edge bandwidth. [default: 50Mbit/s]")
+@click.option("--overhead", default=None, help="Framing bytes per message. [default: 100B]")
+@click.option("--jitter", default=None, help="Extra one-way delay per message, a scipy.stats distribution in "
+                                             "seconds, e.g. 'expon(scale=0.002)'; priced at its mean here.")
+@click.option("--loss", default=None, type=float, help="Message loss probability, e.g. 0.01 (priced at its mean).")
+@click.option("--rto", default=None, help="Retransmission timeout per lost message. [default: 200ms]")
+@click.option("--edge-device", default=None, help="Edge device preset: study-cpu-2core, study-cpu-2core-x4.")
+@click.option("--cloud-device", default=None, help="Cloud device preset: study-a100, h100-sxm, l4.")
 @click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
               help="Model call costs: fitted to the trace's timings, or the study's devices "
                    "(edge 2.10 tok/s, cloud 24.16 tok/s).")
@@ -186,9 +195,12 @@ def _adaptive(text):
 @click.option("--edge-speedup", default=1.0, show_default=True, help="Scale the edge: 4 = four times faster.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write per-utterance results as Parquet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
-def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptives, max_new_tokens, rtts, uplink,
-             downlink, overhead, cost_mode, edge_tps, edge_prefill, cloud_tps, cloud_prefill, cloud_verify, gate_cost,
-             edge_speedup, out, as_json):
+@click.option("--breakdown", is_flag=True, help="Also print where the time goes (mean seconds per part) and the "
+                                                "round-trip time an overlapping edge would hide.")
+def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptives, max_new_tokens, network_name, rtts,
+             uplink, downlink, overhead, jitter, loss, rto, edge_device, cloud_device, cost_mode, edge_tps,
+             edge_prefill, cloud_tps, cloud_prefill, cloud_verify, gate_cost,
+             edge_speedup, out, as_json, breakdown):
     """Replay TRACE under edge-only, cloud-only and hybrid policies and compare them.
 
     Without TRACE the bundled sample trace is used. Each hybrid policy is every
@@ -208,7 +220,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
 
     from .gates import parse_gate, split_top
     from .protocol import Accept, Policy
-    from .simulate import CostModel, Network, Replayer, baselines, fit_costs, simulate as run_sim, summarise
+    from .simulate import CostModel, Network, Replayer, baselines, fit_costs, profiles, simulate as run_sim, summarise
     from .trace import load_trace
     from .units import parse_duration, parse_rate, parse_size
 
@@ -229,6 +241,10 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
                                        privacy=privacy, cloud_cache=cloud_cache, max_new_tokens=max_new,
                                        adaptive=adaptive))
     cost = fit_costs(tr.timings) if cost_mode == "fit" else CostModel()
+    if edge_device:
+        cost = profiles.edge_device(edge_device).apply(cost)
+    if cloud_device:
+        cost = profiles.cloud_device(cloud_device).apply(cost)
     over = {}
     if edge_tps:
         over.update(edge_step_a=1.0 / edge_tps, edge_step_c=0.0)
@@ -251,10 +267,23 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
         raise UserError("--edge-speedup must be positive")
     if edge_speedup != 1.0:
         cost = replace(cost.scaled(edge_speedup=edge_speedup), source=cost.source + f", edge ×{edge_speedup:g}")
-    up, down = parse_rate(uplink, "--uplink"), parse_rate(downlink, "--downlink")
-    ovh = parse_size(overhead, "--overhead")
-    configs = [(cost, Network(rtt_s=seconds(r, "--rtt"), up_Bps=up, down_Bps=down, overhead_bytes=ovh))
-               for r in _split(rtts, "RTT", str)]
+    base = profiles.network_preset(network_name) if network_name else Network()
+    net_over = {}
+    if uplink:
+        net_over["up_Bps"] = parse_rate(uplink, "--uplink")
+    if downlink:
+        net_over["down_Bps"] = parse_rate(downlink, "--downlink")
+    if overhead:
+        net_over["overhead_bytes"] = parse_size(overhead, "--overhead")
+    if jitter:
+        net_over["jitter"] = jitter
+    if loss is not None:
+        net_over["loss"] = loss
+    if rto:
+        net_over["rto_s"] = seconds(rto, "--rto")
+    base = replace(base, **net_over)
+    rtt_list = [seconds(r, "--rtt") for r in _split(rtts, "RTT", str)] if rtts else [base.rtt_s]
+    configs = [(cost, replace(base, rtt_s=r)) for r in rtt_list]
     rp = Replayer(tr)
     with tqdm(total=len(policies), desc="replaying", unit="policy", disable=None, leave=False) as bar:
         results = run_sim(tr, policies, configs, replayer=rp, progress=bar.update)
@@ -268,8 +297,30 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
             default=str))
         return
     _print_table(tr, summary, cost, configs)
+    if breakdown:
+        _print_breakdown(results)
     if out:
         click.echo(f"\nper-utterance results: {out} ({results.height} rows; columns in docs/results-format.md)")
+
+
+def _print_breakdown(results):
+    import polars as pl
+
+    parts = [c for c in results.columns if c.startswith("t_")]
+    agg = (results.filter(pl.col("covered")).group_by(["config", "rtt_s", "policy"], maintain_order=True)
+           .agg([pl.col(c).mean() for c in parts + ["latency_s", "overlap_hidden_s"]]))
+    click.echo("\nwhere the time goes (mean seconds per caption; parts add up to the latency)")
+    for rtt, grp in agg.group_by("rtt_s", maintain_order=True):
+        click.echo(f"RTT {rtt[0] * 1000:g} ms")
+        short = {"edge_prefill": "prefill", "edge_drafting": "drafting", "wasted_drafts": "wasted",
+                 "cloud_prefill": "c.prefill", "cloud_verify": "verify", "cloud_decode": "c.decode",
+                 "queueing": "queue"}
+        click.echo(f"{'policy':<44}" + "".join(f"{short.get(c[2:-2], c[2:-2]):>10}" for c in parts)
+                   + f"{'latency':>10}{'overlap':>10}")
+        for r in grp.iter_rows(named=True):
+            click.echo(f"{r['policy'][:43]:<44}" + "".join(f"{r[c]:>10.3f}" for c in parts)
+                       + f"{r['latency_s']:>10.3f}{-r['overlap_hidden_s'] or 0.0:>10.3f}")
+    click.echo("overlap: time hidden if the edge drafts ahead during verification (needs --no-bonus to pay off)")
 
 
 def _write_parquet_atomic(df, path: Path):
@@ -354,3 +405,188 @@ main.add_command(_gates)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# --- sweep, breakeven, fleet (the simulator at scale) -----------------------------------------
+def _base_cost(tr, cost_mode, edge_device=None, cloud_device=None):
+    from .simulate import CostModel, fit_costs, profiles
+
+    cost = fit_costs(tr.timings) if cost_mode == "fit" else CostModel()
+    if edge_device:
+        cost = profiles.edge_device(edge_device).apply(cost)
+    if cloud_device:
+        cost = profiles.cloud_device(cloud_device).apply(cost)
+    return cost
+
+
+def _one_policy(k, gate, accept, bonus, privacy, cloud_cache, max_new):
+    from .gates import parse_gate
+    from .protocol import Accept, Policy
+
+    return Policy(k=k, gate=parse_gate(gate), gate_spec=gate.lower(), accept=Accept.parse(accept), bonus=bonus,
+                  privacy=privacy, cloud_cache=cloud_cache, max_new_tokens=max_new)
+
+
+_policy_opts = [
+    click.option("--k", default=5, show_default=True, help="Block size."),
+    click.option("--gate", default="entropy:2.5", show_default=True, help="Gate (always, entropy:T, margin:T, ...)."),
+    click.option("--accept", default="rank:20", show_default=True, help="Acceptance rule: top1, rank:R, prob:P."),
+    click.option("--bonus/--no-bonus", default=True, show_default=True, help="Take the verifier's bonus token."),
+    click.option("--privacy", type=click.Choice(["token-only", "features"]), default="features", show_default=True),
+    click.option("--cloud-cache", type=click.Choice(["stateful", "stateless"]), default="stateful",
+                 show_default=True),
+    click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
+                 help="Costs fitted to the trace's timings, or the study's devices."),
+    click.option("--edge-device", default=None, help="Edge device preset (see docs/simulator.md)."),
+    click.option("--cloud-device", default=None, help="Cloud device preset (see docs/simulator.md)."),
+]
+
+
+def _with(opts):
+    def deco(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+    return deco
+
+
+@main.command()
+@click.argument("grid", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Summary per (policy, config), Parquet.")
+@click.option("--trace", "trace_path", type=click.Path(path_type=Path),
+              help="Trace (default: the grid's, or the sample).")
+@click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
+              help="Base costs when the grid names no device: fitted to the trace, or the study's devices.")
+@click.option("--jobs", default=1, show_default=True, help="Parallel worker processes (joblib), split by policy.")
+def sweep(grid, out, trace_path, cost_mode, jobs):
+    """Price the cartesian product of GRID (policies × networks × devices) in one pass per policy.
+
+    \b
+    Example grid (docs/simulator.md lists every key):
+      [policy]  k = [1, 3, 5, 8]   gate = ["always", "entropy:2.5"]   accept = ["top1", "rank:20"]
+      [network] preset = ["wifi", "4g"]   rtt = ["10ms", "50ms", "200ms"]
+      [device]  edge = "study-cpu-2core"   edge_speedup = [1, 2, 4, 8]
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from .simulate import Replayer
+    from .simulate.sweep import load_grid, run_sweep, run_sweep_parallel, tomllib
+    from .trace import load_trace
+
+    try:
+        doc_trace = tomllib.loads(grid.read_text()).get("trace")
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"cannot read grid {grid}: {exc}") from None
+    if trace_path is None and doc_trace:
+        trace_path = (grid.parent / doc_trace) if not Path(doc_trace).is_absolute() else Path(doc_trace)
+    trace_path = trace_path or sample_trace_path()
+    tr = load_trace(trace_path)
+    max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
+    policies, ax, cost, _ = load_grid(grid, max_new)
+    cost = cost or _base_cost(tr, cost_mode)
+    t0 = time.perf_counter()
+    n_utt = tr.utterances.height
+    with tqdm(total=len(policies), desc="sweeping", unit="policy", disable=None, leave=False) as bar:
+        if jobs == 1:
+            df = run_sweep(Replayer(tr), policies, cost, ax, progress=bar.update)
+        else:
+            df = run_sweep_parallel(trace_path, policies, cost, ax, jobs, progress=bar.update)
+    dt = time.perf_counter() - t0
+    _write_parquet_atomic(df, out)
+    click.echo(f"{len(policies)} policies × {len(ax)} configurations = {df.height} rows → {out} "
+               f"({len(policies) * len(ax) * n_utt / dt:,.0f} utterance-replays/s, {dt:.2f} s)")
+
+
+@main.command()
+@click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
+@_with(_policy_opts)
+@click.option("--edge-tps", "tps", default="0.5,1,2,4,8,16,32,64", show_default=True,
+              help="Edge decode speeds (tokens/s) to map.")
+@click.option("--rtt", "rtts", default="1ms,10ms,20ms,50ms,100ms,200ms,600ms", show_default=True,
+              help="Round-trip times to map.")
+@click.option("--network", "network_name", default=None, help="Network preset for bandwidths, jitter, loss.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the map as Parquet.")
+def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, tps,
+              rtts, network_name, out):
+    """Where, in the edge tok/s × RTT plane, the hybrid beats edge-only and cloud-only (mean latency).
+
+    In the printed map: H = hybrid fastest, E = edge-only fastest, C = cloud-only fastest;
+    lower case h: the hybrid beats edge-only but not cloud-only."""
+    from .simulate import Network, Replayer, profiles
+    from .simulate.sweep import breakeven as run_map
+    from .trace import load_trace
+    from .units import parse_duration
+
+    tr = load_trace(trace_path or sample_trace_path())
+    max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
+    pol = _one_policy(k, gate, accept, bonus, privacy, cloud_cache, max_new)
+    cost = _base_cost(tr, cost_mode, edge_device, cloud_device)
+    net = profiles.network_preset(network_name) if network_name else Network()
+    tps_list = _split([tps], "edge speed", float)
+    if min(tps_list) <= 0:
+        raise UserError("--edge-tps values must be positive")
+    rtt_list = [parse_duration(r, "--rtt", require_unit=True) for r in _split([rtts], "RTT", str)]
+    m = run_map(Replayer(tr), pol, cost, net, tps_list, rtt_list)
+    if out:
+        _write_parquet_atomic(m, out)
+    click.echo(f"policy: {pol.label}   costs: {cost.source}")
+    click.echo("edge tok/s \\ RTT " + " ".join(f"{r * 1000:>6.0f}ms" for r in rtt_list))
+    for t in tps_list:
+        row = m.filter(m["edge_tps"] == t)
+        cells = []
+        for r in row.iter_rows(named=True):
+            best = min(("H", r["hybrid_s"]), ("E", r["edge_only_s"]), ("C", r["cloud_only_s"]), key=lambda x: x[1])[0]
+            cells.append("h" if best == "C" and r["beats_edge"] else best)
+        click.echo(f"{t:>16g} " + " ".join(f"{c:>8}" for c in cells))
+    if out:
+        click.echo(f"map: {out} ({m.height} rows)")
+
+
+@main.command()
+@click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
+@_with(_policy_opts)
+@click.option("--devices", default=10, show_default=True, help="Edge devices sharing the cloud.")
+@click.option("--servers", default=1, show_default=True, help="Cloud GPU servers.")
+@click.option("--max-batch", default=8, show_default=True, help="Verifications a server runs as one batch.")
+@click.option("--batch-window", default="0ms", show_default=True, help="How long a server waits to fill a batch.")
+@click.option("--batch-slowdown", default=0.05, show_default=True, help="Extra time per extra request in a batch.")
+@click.option("--arrival-rate", default=None, type=float,
+              help="Utterances per second per device (Poisson); default: back to back.")
+@click.option("--utterances-per-device", default=None, type=int, help="Default: the whole trace.")
+@click.option("--network", "network_name", default=None, help="Network preset (jitter and loss are sampled).")
+@click.option("--rtt", default=None, help="Override the network's RTT.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Per-utterance fleet results as Parquet.")
+def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, devices,
+          servers, max_batch, batch_window, batch_slowdown, arrival_rate, utterances_per_device, network_name, rtt,
+          seed, out):
+    """Play one policy on a fleet (SimPy): devices share batching cloud servers; jitter and loss are sampled."""
+    from dataclasses import replace
+
+    from .simulate import Network, Replayer, profiles
+    from .simulate.fleet import Fleet, fleet_summary, plans, simulate_fleet
+    from .trace import load_trace
+    from .units import parse_duration
+
+    tr = load_trace(trace_path or sample_trace_path())
+    max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
+    pol = _one_policy(k, gate, accept, bonus, privacy, cloud_cache, max_new)
+    cost = _base_cost(tr, cost_mode, edge_device, cloud_device)
+    net = profiles.network_preset(network_name) if network_name else Network()
+    if rtt:
+        net = replace(net, rtt_s=parse_duration(rtt, "--rtt", require_unit=True))
+    fl = Fleet(devices=devices, servers=servers, max_batch=max_batch,
+               batch_window_s=parse_duration(batch_window, "--batch-window", require_unit=True), batch_slowdown=batch_slowdown,
+               arrival_rate=arrival_rate, utterances_per_device=utterances_per_device, seed=seed)
+    rp = Replayer(tr)
+    df = simulate_fleet(plans(rp, rp.replay(pol)), cost, net, fl, stateful=cloud_cache == "stateful")
+    if out:
+        _write_parquet_atomic(df, out)
+    s = fleet_summary(df)
+    click.echo(f"policy: {pol.label}   {devices} devices, {servers} servers, batch ≤{max_batch}")
+    for key, v in s.items():
+        click.echo(f"  {key:<22} {v:,.4g}" if isinstance(v, float) else f"  {key:<22} {v}")
+    parts = ["edge_s", "uplink_s", "queue_s", "cloud_s", "downlink_s"]
+    click.echo("  mean seconds: " + ", ".join(f"{p[:-2]} {df[p].mean():.3f}" for p in parts))

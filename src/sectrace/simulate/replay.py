@@ -70,8 +70,13 @@ def _audio_payload(policy: Policy, utt: dict) -> int:
     return {"token-only": 0, "features": utt["feature_bytes"], "raw": utt["raw_audio_bytes"]}[policy.privacy]
 
 
-def schedule_features(run_: Run, policy: Policy, utt: dict) -> tuple[np.ndarray, np.ndarray, int, int, int]:
-    """Turn a run's ordered events into linear cost features (whole run, and up to the first commit)."""
+def schedule_features(run_: Run, policy: Policy, utt: dict,
+                      marks: list | None = None) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """Turn a run's ordered events into linear cost features (whole run, and up to the first commit).
+
+    With ``marks`` (a list), the running feature totals after each event are appended to it, and
+    once more at the end: the SimPy engine cuts the schedule into timed steps from their differences,
+    so both engines price the very same features."""
     f = np.zeros(len(FEATURES))
     first = None
     audio_up = 0
@@ -121,11 +126,15 @@ def schedule_features(run_: Run, policy: Policy, utt: dict) -> tuple[np.ndarray,
             f[FI["up_bytes"]] += up
             f[FI["cloud_prefills"]] += 1
             f[FI["cloud_prefill_tokens"]] += cloud_prompt
+        if marks is not None:
+            marks.append(f.copy())
     if policy.k == 0:  # the caption streams down: one message, its bytes, arriving after the last step
         f[FI["down_msgs"]] += 1
         f[FI["down_bytes"]] += TOKEN_BYTES * len(run_.tokens)
     if first is None:
         first = f.copy()
+    if marks is not None:
+        marks.append(f.copy())
     return f, first, int(f[FI["up_bytes"]]), int(f[FI["down_bytes"]]), audio_up
 
 

@@ -12,6 +12,7 @@ from ..protocol import Policy, cloud_only, drafter_only
 from ..trace import Trace
 from .costs import CostModel, Network
 from .replay import FI, Replay, Replayer, similarity
+from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
 from .timing import cost_matrix, latency
 
 
@@ -33,16 +34,20 @@ def simulate(trace: Trace, policies: Sequence[Policy], configs: Sequence[tuple[C
     n_cfg = len(configs)
     for pol in policies:
         rep = rp.replay(pol)
-        frames.append(_policy_frame(trace, rep, ref_tokens, theta, configs, decode, n_utt, n_cfg))
+        frames.append(_policy_frame(trace, rep, ref_tokens, theta, configs, decode, n_utt, n_cfg, rp))
         if progress is not None:
             progress(1)
     return pl.concat(frames, how="diagonal_relaxed")
 
 
-def _policy_frame(trace, rep: Replay, ref_tokens, theta, configs, decode, n_utt, n_cfg) -> pl.DataFrame:
+def _policy_frame(trace, rep: Replay, ref_tokens, theta, configs, decode, n_utt, n_cfg, rp) -> pl.DataFrame:
     pol = rep.policy
     lat = latency(rep.total, theta)  # (U, C)
     ttft = latency(rep.first, theta)
+    ov = overhead(rp, rep)
+    hidden = overlap_hidden(ov, n_utt, theta)
+    hidden[~rep.covered] = np.nan
+    parts = breakdown_parts(rep, ov, theta, np.array([net.up_Bps for _, net in configs]))
     runs = rep.runs
     tokens = [r.tokens if r is not None else None for r in runs]
     n_tok = np.array([len(t) if t is not None else np.nan for t in tokens])
@@ -86,6 +91,8 @@ def _policy_frame(trace, rep: Replay, ref_tokens, theta, configs, decode, n_utt,
         **cols,
         "ttft_s": ttft.T.reshape(-1), "latency_s": lat_flat,
         "tokens_per_s": cols["n_tokens"] / lat_flat,
+        "overlap_hidden_s": hidden.T.reshape(-1), "latency_overlap_s": lat_flat - hidden.T.reshape(-1),
+        **{f"t_{name}_s": parts[name].T.reshape(-1) for name in BREAKDOWN_PARTS},
     }, strict=False)
     return df
 
@@ -109,6 +116,8 @@ def summarise(results: pl.DataFrame) -> pl.DataFrame:
             pl.col("ttft_s").filter(cov).mean().alias("ttft_s"),
             pl.col("latency_s").filter(cov).mean().alias("latency_s"),
             pl.col("latency_s").filter(cov).quantile(0.9).alias("latency_p90_s"),
+            pl.col("latency_overlap_s").filter(cov).mean().alias("latency_overlap_s"),
+            pl.col("overlap_hidden_s").filter(cov).mean().alias("overlap_hidden_s"),
             (pl.col("n_tokens").filter(cov).sum() / pl.col("latency_s").filter(cov).sum()).alias("tokens_per_s"),
         )
     )

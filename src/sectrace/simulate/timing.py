@@ -23,9 +23,10 @@ def cost_vector(cost: CostModel, net: Network) -> np.ndarray:
     theta[FI["draft_steps"]] = cost.edge_step_a
     theta[FI["draft_ctx"]] = cost.edge_step_c
     theta[FI["gate_calls"]] = cost.gate_s
-    theta[FI["up_msgs"]] = net.rtt_s / 2 + net.overhead_bytes / net.up_Bps
+    extra = net.expected_extra_s  # 0 without jitter and loss
+    theta[FI["up_msgs"]] = net.rtt_s / 2 + net.overhead_bytes / net.up_Bps + extra
     theta[FI["up_bytes"]] = 1.0 / net.up_Bps
-    theta[FI["down_msgs"]] = net.rtt_s / 2 + net.overhead_bytes / net.down_Bps
+    theta[FI["down_msgs"]] = net.rtt_s / 2 + net.overhead_bytes / net.down_Bps + extra
     theta[FI["down_bytes"]] = 1.0 / net.down_Bps
     theta[FI["cloud_prefills"]] = cost.cloud_prefill_a
     theta[FI["cloud_prefill_tokens"]] = cost.cloud_prefill_b

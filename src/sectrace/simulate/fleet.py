@@ -1,0 +1,285 @@
+"""The SimPy fleet engine: many edge devices, cloud GPU servers that queue and batch verifications.
+
+It plays the same schedules as the closed form (``replay.schedule_features`` with marks): each
+utterance becomes alternating steps, *edge work* (prefill, drafts, gate calls) and *calls* (uplink,
+cloud work, downlink), priced with the same cost vector. What the closed form cannot see is added
+here: devices share servers (queueing), servers batch requests (max batch, batching window),
+stateful sessions stay pinned to the server holding their KV cache, and each message samples
+jitter and loss (every loss costs one retransmission timeout). With one device, no jitter, no loss
+and no batching window the two engines agree on every utterance (tests/test_fleet.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+from ..errors import UserError
+from .costs import CostModel, Network
+from .replay import FEATURES, FI, Replay, Replayer, schedule_features
+from .timing import cost_vector
+
+_UP = np.zeros(len(FEATURES), bool)
+_UP[[FI["up_msgs"], FI["up_bytes"]]] = True
+_DOWN = np.zeros(len(FEATURES), bool)
+_DOWN[[FI["down_msgs"], FI["down_bytes"]]] = True
+_CLOUD = np.zeros(len(FEATURES), bool)
+_CLOUD[[FI[n] for n in ("cloud_prefills", "cloud_prefill_tokens", "verify_calls", "verify_tokens", "verify_ctx",
+                        "cloud_steps", "cloud_ctx")]] = True
+_EDGE = ~(_UP | _DOWN | _CLOUD)
+_PHASES = (("edge", _EDGE), ("up", _UP), ("cloud", _CLOUD), ("down", _DOWN))
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The fleet around one (cost model, network) configuration.
+
+    ``arrival_rate``: utterances per second per device (Poisson); ``None`` plays each device's
+    utterances back to back. ``batch_slowdown``: a batch of b verifications takes the longest
+    one's time × (1 + batch_slowdown·(b−1)), a modelling assumption (batch-1 decoding is memory
+    bound, so extra requests cost little until compute saturates).
+    """
+
+    devices: int = 1
+    servers: int = 1
+    max_batch: int = 8
+    batch_window_s: float = 0.0
+    batch_slowdown: float = 0.05
+    arrival_rate: float | None = None
+    utterances_per_device: int | None = None  # default: each device plays the whole trace once
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.devices < 1 or self.servers < 1:
+            raise UserError("a fleet needs at least one device and one cloud server")
+        if self.max_batch < 1:
+            raise UserError("--max-batch must be at least 1")
+        if self.batch_window_s < 0 or self.batch_slowdown < 0:
+            raise UserError("the batching window and batch slowdown cannot be negative")
+        if self.arrival_rate is not None and self.arrival_rate <= 0:
+            raise UserError("the arrival rate must be positive, e.g. 0.01 utterances/s per device")
+
+
+@dataclass
+class Plan:
+    """One utterance cut into steps: ``kinds[i]`` is 0 for edge work, 1 for a call; feature rows per phase."""
+
+    utt_id: str
+    kinds: list[int]
+    edge: np.ndarray  # (edge steps, features)
+    up: np.ndarray  # (calls, features)
+    cloud: np.ndarray
+    down: np.ndarray
+    session_first: list[bool]  # per call: the session's first call (pins a stateful session to a server)
+
+
+def plan_utterance(run_, policy, utt: dict) -> Plan:
+    """Cut a run's schedule into edge steps and calls, from the running feature totals after each event."""
+    marks: list = []
+    schedule_features(run_, policy, utt, marks)
+    kinds: list[int] = []
+    rows = {"edge": [], "up": [], "cloud": [], "down": []}
+    prev = np.zeros(len(FEATURES))
+    last = None  # phase of the step being built
+    for m in marks:
+        delta = m - prev
+        prev = m
+        for phase, mask in _PHASES:
+            part = np.where(mask, delta, 0.0)
+            if not part.any():
+                continue
+            if phase == last or (phase == "cloud" and last == "cloud"):
+                rows[phase][-1] += part
+                continue
+            if phase == "edge":
+                kinds.append(0)
+                rows["edge"].append(part)
+            elif phase == "up":
+                kinds.append(1)
+                rows["up"].append(part)
+                rows["cloud"].append(np.zeros(len(FEATURES)))
+                rows["down"].append(np.zeros(len(FEATURES)))
+            elif phase in ("cloud", "down"):
+                if not kinds or kinds[-1] != 1:
+                    raise AssertionError(f"{phase} work outside a call in the schedule")
+                rows[phase][-1] += part
+            last = phase
+    n_calls = len(rows["up"])
+    z = np.zeros((0, len(FEATURES)))
+    return Plan(utt["utt_id"], kinds, np.array(rows["edge"]) if rows["edge"] else z,
+                np.array(rows["up"]) if n_calls else z, np.array(rows["cloud"]) if n_calls else z,
+                np.array(rows["down"]) if n_calls else z, [i == 0 for i in range(n_calls)])
+
+
+def plans(replayer: Replayer, rep: Replay) -> list[Plan | None]:
+    """Plans for every utterance of a replay (None where the trie was left)."""
+    utts = replayer._utts  # noqa: SLF001  (same stage)
+    return [None if r is None else plan_utterance(r, rep.policy, utts[uid]) for uid, r in zip(rep.utt_ids, rep.runs)]
+
+
+class _Priced:
+    """A plan's step durations under one configuration, as Python floats (fast inside SimPy)."""
+
+    __slots__ = ("utt_id", "kinds", "edge", "up", "cloud", "down", "first")
+
+    def __init__(self, p: Plan, theta: np.ndarray):
+        self.utt_id = p.utt_id
+        self.kinds = p.kinds
+        self.edge = (p.edge @ theta).tolist()
+        self.up = (p.up @ theta).tolist()
+        self.cloud = (p.cloud @ theta).tolist()
+        self.down = (p.down @ theta).tolist()
+        self.first = p.session_first
+
+
+def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Network, fleet: Fleet,
+                   stateful: bool = True) -> pl.DataFrame:
+    """Play the plans on a fleet; one row per played utterance (device, times, and where the time went).
+
+    The message delays here exclude jitter and loss from the cost vector (they are sampled instead).
+    """
+    import simpy
+
+    base_net = Network(rtt_s=net.rtt_s, up_Bps=net.up_Bps, down_Bps=net.down_Bps, overhead_bytes=net.overhead_bytes)
+    theta = cost_vector(cost, base_net)
+    priced = [_Priced(p, theta) for p in plan_list if p is not None]
+    if not priced:
+        raise UserError("no utterance of this policy is covered by the trace; nothing to simulate")
+    rng = np.random.default_rng(fleet.seed)
+    jit = net.jitter_dist()
+    loss, rto = net.loss, net.rto_s
+    noisy = jit is not None or loss > 0
+
+    # Pre-draw the noise in blocks: far faster than one scipy call per message.
+    noise_buf: list[float] = []
+
+    def msg_noise() -> float:
+        if not noise_buf:
+            n = 4096
+            x = jit.rvs(size=n, random_state=rng) if jit is not None else np.zeros(n)
+            if loss > 0:
+                x = x + rng.geometric(1.0 - loss, size=n).astype(float) * rto - rto
+            noise_buf.extend(x.tolist())
+        return noise_buf.pop()
+
+    env = simpy.Environment()
+    queues = [[] for _ in range(fleet.servers)]  # pending requests per server
+    wakeups: list = [None] * fleet.servers  # an event a sleeping server waits on
+    busy = [0] * fleet.servers
+    pinned = [0] * fleet.servers
+    window, max_b, slow = fleet.batch_window_s, fleet.max_batch, fleet.batch_slowdown
+    cloud_busy_s = [0.0]
+    batches: list[int] = []
+
+    def submit(server: int, req):
+        queues[server].append(req)
+        w = wakeups[server]
+        if w is not None and not w.triggered:
+            w.succeed()
+
+    def server_proc(i: int):
+        q = queues[i]
+        while True:
+            if not q:
+                wakeups[i] = env.event()
+                yield wakeups[i]
+                wakeups[i] = None
+            if window > 0 and len(q) < max_b:
+                deadline = env.now + window
+                while len(q) < max_b and env.now < deadline:
+                    wakeups[i] = env.event()
+                    yield wakeups[i] | env.timeout(deadline - env.now)
+                    wakeups[i] = None
+            batch = q[:max_b]
+            del q[:max_b]
+            busy[i] = 1
+            service = max(r[0] for r in batch) * (1.0 + slow * (len(batch) - 1))
+            now = env.now
+            for r in batch:
+                r[2] = now  # service start
+            batches.append(len(batch))
+            yield env.timeout(service)
+            cloud_busy_s[0] += service
+            busy[i] = 0
+            for r in batch:
+                r[1].succeed(service)
+
+    def load(i):
+        return len(queues[i]) + busy[i]
+
+    rows = []
+
+    def device_proc(d: int, jobs: list[_Priced], arrivals: list[float]):
+        for job, t_arr in zip(jobs, arrivals):
+            if env.now < t_arr:
+                yield env.timeout(t_arr - env.now)
+            start = env.now
+            edge_s = up_s = down_s = wait_s = cloud_s = 0.0
+            server = None
+            used = set()
+            ei = ci = 0
+            delay = 0.0  # device-side time not yet slept: edge work, links (one timeout per call, not three)
+            for kind in job.kinds:
+                if kind == 0:
+                    dt = job.edge[ei]
+                    ei += 1
+                    edge_s += dt
+                    delay += dt
+                    continue
+                dt = job.up[ci] + (msg_noise() if noisy else 0.0)
+                up_s += dt
+                yield env.timeout(delay + dt)
+                delay = 0.0
+                if server is None or not stateful:
+                    server = min(range(fleet.servers), key=lambda i: (load(i), pinned[i]) if stateful else load(i))
+                    if stateful:
+                        pinned[server] += 1
+                    used.add(server)
+                done = env.event()
+                req = [job.cloud[ci], done, 0.0]
+                t0 = env.now
+                submit(server, req)
+                service = yield done
+                wait_s += req[2] - t0
+                cloud_s += service
+                dt = job.down[ci] + (msg_noise() if noisy else 0.0)
+                down_s += dt
+                delay += dt
+                ci += 1
+            if delay:
+                yield env.timeout(delay)
+            if stateful and server is not None:
+                pinned[server] -= 1
+            rows.append((d, job.utt_id, t_arr, start, env.now, edge_s, up_s, wait_s, cloud_s, down_s, ci, len(used)))
+
+    n_per = fleet.utterances_per_device or len(priced)
+    for i in range(fleet.servers):
+        env.process(server_proc(i))
+    for d in range(fleet.devices):
+        jobs = [priced[(d + j) % len(priced)] for j in range(n_per)]
+        if fleet.arrival_rate is None:
+            arrivals = [0.0] * n_per
+        else:
+            arrivals = np.cumsum(rng.exponential(1.0 / fleet.arrival_rate, size=n_per)).tolist()
+        env.process(device_proc(d, jobs, arrivals))
+    env.run()
+    df = pl.DataFrame(rows, schema=["device", "utt_id", "arrival_s", "start_s", "finish_s", "edge_s", "uplink_s",
+                                    "queue_s", "cloud_s", "downlink_s", "cloud_calls", "servers_used"],
+                      orient="row")
+    return df.with_columns((pl.col("finish_s") - pl.col("start_s")).alias("latency_s"),
+                           (pl.col("finish_s") - pl.col("arrival_s")).alias("response_s"))
+
+
+def fleet_summary(df: pl.DataFrame) -> dict:
+    """Means, percentiles and totals of a fleet run."""
+    lat = df["latency_s"].to_numpy()
+    resp = df["response_s"].to_numpy()
+    span = float(df["finish_s"].max())
+    return {"utterances": df.height, "escalations": int(df["cloud_calls"].sum()),
+            "latency_mean_s": float(lat.mean()), "latency_p50_s": float(np.percentile(lat, 50)),
+            "latency_p95_s": float(np.percentile(lat, 95)), "response_p95_s": float(np.percentile(resp, 95)),
+            "queue_mean_s": float(df["queue_s"].mean()), "makespan_s": span,
+            "throughput_utt_per_s": df.height / span if span > 0 else float("nan")}

@@ -1,0 +1,287 @@
+"""Sweeps: the cartesian product of policies × networks × devices, priced in one pass per policy.
+
+Replay (walking the trie) happens once per policy; every (network, device) configuration is then a
+column of a cost matrix built with numpy broadcasting, and a policy's latencies for all of them are
+one matrix product (utterances × features) @ (features × configurations). Summaries per
+(policy, configuration) keep the speculative-decoding counters people know from vLLM.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+from ..errors import UserError
+from ..protocol import Accept, Policy, cloud_only, drafter_only
+from ..units import parse_duration, parse_rate, parse_size
+from .costs import CostModel, Network
+from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
+from .profiles import cloud_device, edge_device, network_preset
+from .replay import FEATURES, FI, Replayer
+from .timing import cost_vector
+
+
+@dataclass
+class Axes:
+    """One value per configuration (arrays of equal length C) on top of a base cost model."""
+
+    edge_speedup: np.ndarray
+    cloud_speedup: np.ndarray
+    rtt_s: np.ndarray
+    up_Bps: np.ndarray
+    down_Bps: np.ndarray
+    overhead_bytes: np.ndarray
+    extra_s: np.ndarray  # expected jitter + retransmission seconds per message
+    labels: dict = field(default_factory=dict)  # extra per-configuration columns for the output (name → list)
+
+    def __len__(self):
+        return len(self.rtt_s)
+
+
+def theta_grid(cost: CostModel, ax: Axes) -> np.ndarray:
+    """(features, configurations): cost_vector for every configuration, built without a Python loop."""
+    n = len(ax)
+    th = np.zeros((len(FEATURES), n))
+    e, c = 1.0 / ax.edge_speedup, 1.0 / ax.cloud_speedup
+    th[FI["edge_prefills"]] = cost.edge_prefill_a * e
+    th[FI["edge_prefill_tokens"]] = cost.edge_prefill_b * e
+    th[FI["draft_steps"]] = cost.edge_step_a * e
+    th[FI["draft_ctx"]] = cost.edge_step_c * e
+    th[FI["gate_calls"]] = cost.gate_s
+    th[FI["up_msgs"]] = ax.rtt_s / 2 + ax.overhead_bytes / ax.up_Bps + ax.extra_s
+    th[FI["up_bytes"]] = 1.0 / ax.up_Bps
+    th[FI["down_msgs"]] = ax.rtt_s / 2 + ax.overhead_bytes / ax.down_Bps + ax.extra_s
+    th[FI["down_bytes"]] = 1.0 / ax.down_Bps
+    th[FI["cloud_prefills"]] = cost.cloud_prefill_a * c
+    th[FI["cloud_prefill_tokens"]] = cost.cloud_prefill_b * c
+    th[FI["verify_calls"]] = cost.verify_a * c
+    th[FI["verify_tokens"]] = cost.verify_b * c
+    th[FI["verify_ctx"]] = cost.verify_c * c
+    th[FI["cloud_steps"]] = cost.cloud_step_a * c
+    th[FI["cloud_ctx"]] = cost.cloud_step_c * c
+    return th
+
+
+def product_axes(nets: Sequence[Network], edge_speedups: Sequence[float], cloud_speedups: Sequence[float],
+                 extra_labels: dict | None = None) -> Axes:
+    """The cartesian product networks × edge speedups × cloud speedups."""
+    grid = list(itertools.product(range(len(nets)), edge_speedups, cloud_speedups))
+    ni = np.array([g[0] for g in grid], int)
+    labels = {"network": [nets[i].name or f"net{i}" for i in ni]}
+    for k, v in (extra_labels or {}).items():
+        labels[k] = [v[i] for i in ni]
+    return Axes(edge_speedup=np.array([g[1] for g in grid], float), cloud_speedup=np.array([g[2] for g in grid], float),
+                rtt_s=np.array([nets[i].rtt_s for i in ni]), up_Bps=np.array([nets[i].up_Bps for i in ni]),
+                down_Bps=np.array([nets[i].down_Bps for i in ni]),
+                overhead_bytes=np.array([nets[i].overhead_bytes for i in ni], float),
+                extra_s=np.array([nets[i].expected_extra_s for i in ni]), labels=labels)
+
+
+def _nanpct(x: np.ndarray, q: float) -> np.ndarray:
+    return np.percentile(x, q, axis=0) if not np.isnan(x).any() else np.nanpercentile(x, q, axis=0)
+
+
+def sweep_policy(rp: Replayer, pol: Policy, cost: CostModel, ax: Axes, breakdown: bool = True) -> dict:
+    """Summary columns (one value per configuration) for one policy."""
+    rep = rp.replay(pol)
+    theta = theta_grid(cost, ax)
+    ok = rep.covered
+    n_cfg = len(ax)
+    out = {"policy": [pol.label] * n_cfg, "k": np.full(n_cfg, pol.k), "gate": [pol.gate_spec] * n_cfg,
+           "accept": [str(pol.accept)] * n_cfg, "bonus": np.full(n_cfg, pol.bonus),
+           "privacy": [pol.privacy] * n_cfg, "cloud_cache": [pol.cloud_cache] * n_cfg,
+           "utterances": np.full(n_cfg, len(ok)), "covered": np.full(n_cfg, int(ok.sum()))}
+    if not ok.any():
+        return out
+    runs = [r for r in rep.runs if r is not None]
+    tot = {a: float(sum(getattr(r, a) for r in runs)) for a in ("drafted", "verified", "accepted", "corrected",
+                                                               "bonus", "escalations")}
+    emitted = tot["accepted"] + tot["corrected"] + tot["bonus"]
+    n = len(runs)
+    counters = {
+        "drafted_tokens": tot["drafted"] / n, "draft_tokens": tot["verified"] / n,
+        "accepted_tokens": tot["accepted"] / n,
+        "acceptance_rate": tot["accepted"] / tot["verified"] if tot["verified"] else np.nan,
+        "mean_accepted_length": emitted / tot["escalations"] if tot["escalations"] and pol.k else np.nan,
+        "system_efficiency": emitted / ((pol.k + 1) * tot["escalations"]) if tot["escalations"] and pol.k else np.nan,
+        "cloud_calls": tot["escalations"] / n,
+        "cloud_tokens": float(np.mean(rep.total[ok, FI["verify_tokens"]] + rep.total[ok, FI["cloud_steps"]])),
+        "bytes_up": float(rep.bytes_up[ok].mean()), "bytes_down": float(rep.bytes_down[ok].mean()),
+        "n_tokens": float(np.mean([len(r.tokens) for r in runs])),
+    }
+    for k, v in counters.items():
+        out[k] = np.full(n_cfg, v)
+    f = rep.total[ok]
+    lat = f @ theta
+    out["latency_s"] = lat.mean(0)
+    out["latency_p50_s"] = np.percentile(lat, 50, axis=0)
+    out["latency_p95_s"] = np.percentile(lat, 95, axis=0)
+    out["ttft_s"] = (rep.first[ok] @ theta).mean(0)
+    ov = overhead(rp, rep)
+    hidden = overlap_hidden(ov, len(ok), theta)[ok]
+    out["overlap_hidden_s"] = hidden.mean(0)
+    out["latency_overlap_s"] = (lat - hidden).mean(0)
+    if breakdown:
+        parts = breakdown_parts(rep, ov, theta, ax.up_Bps)
+        for name in BREAKDOWN_PARTS:
+            out[f"t_{name}_s"] = parts[name][ok].mean(0)
+    return out
+
+
+def run_sweep(rp: Replayer, policies: Sequence[Policy], cost: CostModel, ax: Axes, progress=None,
+              breakdown: bool = True) -> pl.DataFrame:
+    frames = []
+    cfg_cols = {"config": np.arange(len(ax)), "edge_speedup": ax.edge_speedup, "cloud_speedup": ax.cloud_speedup,
+                "rtt_s": ax.rtt_s, "up_Bps": ax.up_Bps, "down_Bps": ax.down_Bps, **ax.labels}
+    for pol in policies:
+        cols = sweep_policy(rp, pol, cost, ax, breakdown)
+        frames.append(pl.DataFrame({**cols, **cfg_cols}, strict=False))
+        if progress is not None:
+            progress(1)
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+# --- grid files -----------------------------------------------------------------------------
+def _list(x):
+    return x if isinstance(x, list) else [x]
+
+
+def load_grid(path: Path, max_new_tokens: int) -> tuple[list[Policy], Axes, CostModel | None, dict]:
+    """Read a grid TOML (docs/simulator.md): [policy], [network], [device] tables of lists."""
+    from ..gates import parse_gate
+
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"cannot read grid {path}: {exc}") from None
+    unknown = set(doc) - {"trace", "policy", "network", "device", "baselines"}
+    if unknown:
+        raise UserError(f"grid {path}: unknown table(s) {', '.join(sorted(unknown))}; use policy, network, device")
+    p, n, d = doc.get("policy", {}), doc.get("network", {}), doc.get("device", {})
+    policies = [drafter_only(max_new_tokens), cloud_only(max_new_tokens)] if doc.get("baselines", True) else []
+    gates = {g: parse_gate(g) for g in _list(p.get("gate", ["entropy:2.5"]))}
+    for k, g, acc, bonus, priv, cache, adapt in itertools.product(
+            _list(p.get("k", [5])), gates, _list(p.get("accept", ["rank:20"])), _list(p.get("bonus", [True])),
+            _list(p.get("privacy", ["features"])), _list(p.get("cloud_cache", ["stateful"])),
+            _list(p.get("adaptive", ["off"]))):
+        policies.append(Policy(k=int(k), gate=gates[g], gate_spec=g.lower(), accept=Accept.parse(str(acc)),
+                               bonus=bool(bonus), privacy=priv, cloud_cache=cache, max_new_tokens=max_new_tokens,
+                               adaptive=None if adapt in ("off", None) else float(adapt)))
+    nets = []
+    for preset in _list(n.get("preset", [None])):
+        base = network_preset(preset) if preset else Network()
+        for rtt, up, down, ovh, jit, loss in itertools.product(
+                _list(n.get("rtt", [None])), _list(n.get("uplink", [None])), _list(n.get("downlink", [None])),
+                _list(n.get("overhead", [None])), _list(n.get("jitter", [base.jitter])),
+                _list(n.get("loss", [base.loss]))):
+            over = {"jitter": jit if jit not in ("none", "") else None, "loss": float(loss)}
+            if rtt is not None:
+                over["rtt_s"] = parse_duration(rtt, "rtt")
+            if up is not None:
+                over["up_Bps"] = parse_rate(up, "uplink")
+            if down is not None:
+                over["down_Bps"] = parse_rate(down, "downlink")
+            if ovh is not None:
+                over["overhead_bytes"] = parse_size(ovh, "overhead")
+            net = replace(base, **over)
+            nets.append(replace(net, name=preset or "custom"))
+    cost = None
+    edge, cloud = d.get("edge"), d.get("cloud")
+    if edge or cloud:
+        cost = CostModel()
+        if edge:
+            cost = edge_device(edge).apply(cost)
+        if cloud:
+            cost = cloud_device(cloud).apply(cost)
+    ax = product_axes(nets, [float(x) for x in _list(d.get("edge_speedup", [1.0]))],
+                      [float(x) for x in _list(d.get("cloud_speedup", [1.0]))])
+    if np.any(ax.edge_speedup <= 0) or np.any(ax.cloud_speedup <= 0):
+        raise UserError(f"grid {path}: speedups must be positive")
+    return policies, ax, cost, doc
+
+
+# --- break-even maps ------------------------------------------------------------------------
+def breakeven(rp: Replayer, pol: Policy, cost: CostModel, net: Network, edge_tps: Sequence[float],
+              rtts: Sequence[float]) -> pl.DataFrame:
+    """The edge tok/s × RTT plane for one policy: mean latency of the hybrid, edge-only and cloud-only.
+
+    Edge tok/s is the context-free decode speed 1/edge_step_a; the whole edge (prefill included)
+    is scaled to reach it, as --edge-speedup does."""
+    if cost.edge_step_a <= 0:
+        raise UserError("the cost model has no edge decode cost to scale; give --edge-tps")
+    base_tps = 1.0 / cost.edge_step_a
+    tps = np.repeat(np.asarray(edge_tps, float), len(rtts))
+    rtt = np.tile(np.asarray(rtts, float), len(edge_tps))
+    n = len(tps)
+    ax = Axes(edge_speedup=tps / base_tps, cloud_speedup=np.ones(n), rtt_s=rtt, up_Bps=np.full(n, net.up_Bps),
+              down_Bps=np.full(n, net.down_Bps), overhead_bytes=np.full(n, float(net.overhead_bytes)),
+              extra_s=np.full(n, net.expected_extra_s))
+    mx = pol.max_new_tokens
+    res = {}
+    for name, p in (("hybrid", pol), ("edge_only", drafter_only(mx)), ("cloud_only", cloud_only(mx))):
+        cols = sweep_policy(rp, p, cost, ax, breakdown=False)
+        if "latency_s" not in cols:
+            raise UserError(f"no utterance of the {name.replace('_', '-')} run is covered by the trace")
+        res[name] = cols["latency_s"]
+        if name == "hybrid":
+            res["hybrid_overlap"] = cols["latency_overlap_s"]
+    return pl.DataFrame({
+        "policy": pol.label, "edge_tps": tps, "rtt_s": rtt,
+        "hybrid_s": res["hybrid"], "hybrid_overlap_s": res["hybrid_overlap"], "edge_only_s": res["edge_only"],
+        "cloud_only_s": res["cloud_only"],
+        "beats_edge": res["hybrid"] < res["edge_only"], "beats_cloud": res["hybrid"] < res["cloud_only"],
+        "overlap_beats_edge": res["hybrid_overlap"] < res["edge_only"],
+        "speedup_vs_edge": res["edge_only"] / res["hybrid"], "speedup_vs_cloud": res["cloud_only"] / res["hybrid"],
+    })
+
+
+def check_theta_grid(cost: CostModel, nets: Sequence[Network], ax: Axes) -> float:
+    """Largest difference between theta_grid and the per-configuration cost_vector (a self-check)."""
+    th = theta_grid(cost, ax)
+    ref = np.column_stack([cost_vector(cost.scaled(ax.edge_speedup[i], ax.cloud_speedup[i]),
+                                       replace(nets[0], rtt_s=ax.rtt_s[i], up_Bps=ax.up_Bps[i], down_Bps=ax.down_Bps[i],
+                                               overhead_bytes=ax.overhead_bytes[i]))
+                           for i in range(len(ax))])
+    return float(np.max(np.abs(th - ref)))
+
+
+def _sweep_chunk(trace_path: str, policies: Sequence[Policy], cost: CostModel, ax: Axes,
+                 breakdown: bool) -> pl.DataFrame:
+    from ..trace import load_trace
+
+    return run_sweep(Replayer(load_trace(trace_path)), policies, cost, ax, breakdown=breakdown)
+
+
+def run_sweep_parallel(trace_path, policies: Sequence[Policy], cost: CostModel, ax: Axes, jobs: int,
+                       progress=None, breakdown: bool = True) -> pl.DataFrame:
+    """The same sweep over ``jobs`` joblib workers (each loads the trace and replays its share of policies).
+    Rows come back in the order of ``policies``, identical to :func:`run_sweep`."""
+    from joblib import Parallel, delayed
+
+    if jobs < 1:
+        raise UserError("--jobs must be at least 1")
+    n_chunks = min(len(policies), jobs * 4)
+    chunks = [list(policies[i::n_chunks]) for i in range(n_chunks)]
+    order = [i for c in range(n_chunks) for i in range(c, len(policies), n_chunks)]
+    frames = []
+    gen = Parallel(n_jobs=jobs, return_as="generator")(
+        delayed(_sweep_chunk)(str(trace_path), c, cost, ax, breakdown) for c in chunks)
+    for c, df in zip(chunks, gen):
+        frames.append(df)
+        if progress is not None:
+            progress(len(c))
+    df = pl.concat(frames, how="diagonal_relaxed")
+    n_cfg = len(ax)
+    # put the policies back in their given order: row block j holds policies[order[j]]
+    rank = np.repeat(np.array(order), n_cfg)
+    return df.with_columns(pl.Series("_r", rank)).sort("_r", "config", maintain_order=True).drop("_r")
