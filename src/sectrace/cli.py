@@ -325,3 +325,10 @@ def _print_table(tr, summary, cost, configs):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# --- demo (issue 4): speech data, on-device front end, model weights -------------------
+from .demo.commands import data as _data, weights as _weights  # noqa: E402
+
+main.add_command(_data)
+main.add_command(_weights)
