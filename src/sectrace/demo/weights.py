@@ -156,7 +156,14 @@ def convert(spec: WeightSpec, gguf: Path, dest: Path, dtype: str = "bfloat16") -
     except ImportError:
         raise UserError("loading GGUF files needs accelerate; install it with: pip install accelerate") from None
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype))
+    kwargs = {}
+    try:  # transformers ≥ 5 keeps GGUF weights packed unless asked to unpack them; we want a plain checkpoint
+        from transformers import GgufConfig
+        kwargs["quantization_config"] = GgufConfig(gguf_file=gguf.name, dequantize=True)
+    except ImportError:
+        pass
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype),
+                                                 **kwargs)
     model.save_pretrained(dest)
     tok.save_pretrained(dest)
     info = {"role": spec.role, "name": spec.name, "source": spec.pip_command(), "gguf_file": spec.gguf_name,
