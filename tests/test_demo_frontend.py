@@ -57,7 +57,7 @@ def test_rate_counts_words_and_syllables_over_speech_time():
 def test_audio_text_and_byte_accounting():
     p = measure(voice(250, amp=0.5, vibrato_st=5), SR, "I can't believe it")
     text = audio_text("I can't believe it", p)
-    assert '"I can\'t believe it"' in text and "(high)" in text and "(wide)" in text
+    assert '"I can\'t believe it"' in text and "(high for a high-register voice)" in text and "(wide)" in text
 
 
 def test_unreadable_audio_is_a_user_error(tmp_path):

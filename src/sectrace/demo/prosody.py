@@ -2,7 +2,7 @@
 
 Why our own small tracker: the edge front end must run on a 2-core CPU with light dependencies,
 and the drafter only needs coarse, robust cues (is the voice high, wide-ranging, loud, fast?).
-Pitch is a normalised autocorrelation per 40 ms frame (10 ms hop) between 70 and 450 Hz; a frame
+Pitch is a window-corrected normalised autocorrelation per 40 ms frame (10 ms hop) between 70 and 450 Hz; a frame
 counts as voiced when its peak correlation is at least 0.6 and its energy is within 30 dB of the
 loudest frame.
 """
@@ -45,12 +45,23 @@ def pitch_track(fr: np.ndarray, sr: int, threshold: float = 0.6) -> tuple[np.nda
     """F0 per frame (nan where unvoiced) and the peak normalised autocorrelation."""
     fr = fr - fr.mean(axis=1, keepdims=True)
     n = fr.shape[1]
-    spec = np.fft.rfft(fr * np.hanning(n), 2 * n, axis=1)
+    w = np.hanning(n)
+    spec = np.fft.rfft(fr * w, 2 * n, axis=1)
     ac = np.fft.irfft(np.abs(spec) ** 2, axis=1)[:, :n]
     ac = ac / np.maximum(ac[:, :1], 1e-12)
+    # Divide by the window's own autocorrelation (Boersma 1993): otherwise the taper alone pulls the
+    # peak of a perfectly periodic frame down to ~0.6 at low pitches and voiced frames are missed.
+    wac = np.fft.irfft(np.abs(np.fft.rfft(w, 2 * n)) ** 2)[:n]
+    ac = ac / np.maximum(wac / wac[0], 1e-3)[None, :]
     lo, hi = int(sr / FMAX), min(int(sr / FMIN), n - 1)
     seg = ac[:, lo:hi]
-    lag = np.argmax(seg, axis=1)
+    # Octave errors: a periodic frame correlates as well at 2T as at T, so take the shortest lag
+    # that is a local maximum within 10% of the best one, not the global argmax.
+    best = seg.max(axis=1, keepdims=True)
+    local = np.zeros_like(seg, dtype=bool)
+    local[:, 1:-1] = (seg[:, 1:-1] >= seg[:, :-2]) & (seg[:, 1:-1] >= seg[:, 2:])
+    ok = local & (seg >= 0.9 * best)
+    lag = np.where(ok.any(axis=1), np.argmax(ok, axis=1), np.argmax(seg, axis=1))
     peak = seg[np.arange(len(seg)), lag]
     # parabolic interpolation around the peak for sub-sample lag
     i = lag + lo

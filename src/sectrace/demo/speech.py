@@ -88,8 +88,8 @@ EMOTIONS: tuple[Emotion, ...] = (
 VOICES = (
     ("en-us+m3", "man"),
     ("en-us+f2", "woman"),
-    ("en-gb+m1", "man"),
-    ("en-gb+f4", "woman"),
+    ("en+m1", "man"),
+    ("en+f3", "woman"),
     ("en-gb-scotland+m2", "man"),
     ("en-us+f5", "woman"),
 )
