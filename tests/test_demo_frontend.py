@@ -36,7 +36,7 @@ def test_pitch_of_a_steady_tone(f0):
 
 def test_pitch_range_grows_with_vibrato():
     narrow, wide = measure(voice(180, vibrato_st=1), SR), measure(voice(180, vibrato_st=5), SR)
-    assert narrow.pitch_range_st < 2.5 < 6 < wide.pitch_range_st < 11
+    assert narrow.pitch_range_st < 2.5 and 6 < wide.pitch_range_st < 11
 
 
 def test_loudness_and_silence():

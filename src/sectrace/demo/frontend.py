@@ -111,7 +111,7 @@ def load_audio(path: Path) -> np.ndarray:
         audio = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
     except ImportError:
         raise UserError("reading audio needs faster-whisper; install it with: pip install faster-whisper") from None
-    except Exception as exc:  # av raises many kinds; all mean the same to the user
+    except Exception as exc:  # noqa: BLE001  (av raises many kinds; all mean the same to the user)
         raise UserError(f"{path} could not be read as audio ({type(exc).__name__}); give a WAV, FLAC, MP3 "
                         f"or another file ffmpeg can decode") from None
     if audio.size == 0:

@@ -19,9 +19,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import UserError
 
@@ -181,7 +181,7 @@ def render(clip: Clip, effects: list[str], out_wav: Path, tmp: Path) -> None:
 
 
 def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise UserError(f"{cmd[0]} failed ({proc.stderr.strip() or proc.returncode}); check the install "
                         f"with: apt-get install -y espeak-ng sox")
@@ -206,8 +206,7 @@ def synthesise(out: Path, n_clips: int = 72, seed: int = 0, n_refs: int = 3, for
             if progress:
                 progress(1)
     with open(out / MANIFEST, "w") as f:
-        for c in clips:
-            f.write(json.dumps({**asdict(c), "synthetic": True}) + "\n")
+        f.writelines(json.dumps({**asdict(c), "synthetic": True}) + "\n" for c in clips)
     card = {
         "name": "sectrace-espeak-emotions",
         "synthetic": True,
@@ -230,7 +229,7 @@ def synthesise(out: Path, n_clips: int = 72, seed: int = 0, n_refs: int = 3, for
 
 def _version(cmd: list[str]) -> str:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+        return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip().splitlines()[0]
     except (OSError, IndexError):
         return "unknown"
 
