@@ -403,8 +403,11 @@ from .gates.commands import gates as _gates  # noqa: E402
 main.add_command(_gates)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+# --- demo (issue 4): speech data, on-device front end, model weights -------------------
+from .demo.commands import data as _data, weights as _weights  # noqa: E402
+
+main.add_command(_data)
+main.add_command(_weights)
 
 
 # --- sweep, breakeven, fleet (the simulator at scale) -----------------------------------------
@@ -590,3 +593,7 @@ def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, e
         click.echo(f"  {key:<22} {v:,.4g}" if isinstance(v, float) else f"  {key:<22} {v}")
     parts = ["edge_s", "uplink_s", "queue_s", "cloud_s", "downlink_s"]
     click.echo("  mean seconds: " + ", ".join(f"{p[:-2]} {df[p].mean():.3f}" for p in parts))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
