@@ -30,37 +30,81 @@ class Counters:
 
 
 class CachedLM:
-    """One model's KV cache over one token sequence; ``logits_for(seq, n)`` gives the last ``n`` logit rows.
+    """One model's KV caches over token sequences; ``logits_for(seq, n)`` gives the last ``n`` logit rows.
 
+    Several cache *slots* are kept (``slots``, default 4): exploring a new branch of the
+    trie copies the cache of the nearest branch and crops the copy, so coming back to the
+    old branch later costs nothing. The slot with the longest common prefix serves each
+    request; when all slots are taken the least recently used one is replaced.
     ``first_kwargs`` are passed only on a pass that starts from an empty cache (the audio
     features of a multimodal prompt): they must never be passed again on cached steps.
-    Positions are always passed explicitly, so a crop never confuses the model's position count.
+    Cached steps get explicit positions, so a crop never confuses the model's position count.
     """
 
-    def __init__(self, model, vocab: int, first_kwargs: dict | None = None, reset_hook=None):
+    def __init__(self, model, vocab: int, first_kwargs: dict | None = None, reset_hook=None, slots: int = 4):
         self.model = model
         self.vocab = vocab  # logits are cut to the shared vocabulary: padding rows never win
         self.first_kwargs = first_kwargs or {}
         self.reset_hook = reset_hook
+        self.max_slots = max(1, slots)
         self.device = next(model.parameters()).device
         self.counters = Counters()
         self.reset()
 
     def reset(self):
-        from transformers import DynamicCache
-
-        self.cache = DynamicCache(config=self.model.config.get_text_config()) if _cache_takes_config() else DynamicCache()
-        self.seq: list[int] = []
+        self.slots: list[list] = []  # [cache, seq, last_used]
+        self._clock = 0
         if self.reset_hook is not None:
             self.reset_hook(self.model)
 
-    def _common(self, seq) -> int:
+    @property
+    def seq(self) -> list[int]:
+        return max(self.slots, key=lambda s: s[2])[1] if self.slots else []
+
+    @staticmethod
+    def _common(a, b) -> int:
         n = 0
-        for a, b in zip(self.seq, seq):
-            if a != b:
+        for x, y in zip(a, b):
+            if x != y:
                 break
             n += 1
         return n
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config.get_text_config()) if _cache_takes_config() else DynamicCache()
+
+    def _slot_for(self, seq, n):
+        """(slot, keep): the cache to extend and how many of its positions to keep."""
+        import copy
+
+        self._clock += 1
+        best, common = None, 0
+        for slot in self.slots:
+            c = self._common(slot[1], seq)
+            if best is None or c > common:
+                best, common = slot, c
+        if best is None or common == 0:
+            if len(self.slots) >= self.max_slots:
+                self.slots.remove(min(self.slots, key=lambda s: s[2]))
+            slot = [self._new_cache(), [], self._clock]
+            self.slots.append(slot)
+            return slot, 0, 0
+        keep = min(common, len(seq) - n)
+        if keep < len(best[1]) and self.max_slots > 1:
+            # The best slot holds a branch we would lose by cropping: crop a copy instead.
+            if len(self.slots) >= self.max_slots:
+                victim = min((s for s in self.slots if s is not best), key=lambda s: s[2])
+                self.slots.remove(victim)
+            slot = [copy.deepcopy(best[0]), list(best[1]), self._clock]
+            self.slots.append(slot)
+            best = slot
+        best[2] = self._clock
+        if keep < len(best[1]):
+            best[0].crop(-(len(best[1]) - keep))
+            best[1] = best[1][:keep]
+        return best, keep, common
 
     @torch.inference_mode()
     def logits_for(self, seq: list[int], n: int) -> torch.Tensor:
@@ -69,23 +113,19 @@ class CachedLM:
 
         if n < 1 or n > len(seq):
             raise ValueError("need 1 <= n <= len(seq)")
-        common = self._common(seq)
-        keep = min(common, len(seq) - n)
-        if keep == 0 and self.seq:
-            self.reset()
-        elif keep < len(self.seq):
-            self.cache.crop(-(len(self.seq) - keep))
-        self.seq = self.seq[:keep]
+        slot, keep, common = self._slot_for(seq, n)
         new = seq[keep:]
         t0 = time.perf_counter()
         ids = torch.tensor([new], dtype=torch.long, device=self.device)
-        pos = torch.arange(keep, len(seq), dtype=torch.long, device=self.device).unsqueeze(0)
-        kwargs = dict(input_ids=ids, past_key_values=self.cache, use_cache=True, position_ids=pos)
+        kwargs = dict(input_ids=ids, past_key_values=slot[0], use_cache=True)
         if keep == 0:
-            kwargs.update(self.first_kwargs)
-            kwargs.pop("position_ids")  # the first pass computes its own (multimodal rope needs that)
+            if self.reset_hook is not None:
+                self.reset_hook(self.model)
+            kwargs.update(self.first_kwargs)  # the first pass computes its own positions (multimodal rope)
+        else:
+            kwargs["position_ids"] = torch.arange(keep, len(seq), dtype=torch.long, device=self.device).unsqueeze(0)
         out = self.model(**kwargs)
-        self.cache = out.past_key_values
+        slot[0] = out.past_key_values
         logits = out.logits[0, -n:, : self.vocab].double().cpu()
         c = self.counters
         c.seconds += time.perf_counter() - t0
@@ -94,7 +134,7 @@ class CachedLM:
         if keep == 0:
             c.prefill_tokens += len(new)
         c.recomputed += max(0, common - keep)  # cached positions run again only to get their logits
-        self.seq = list(seq)
+        slot[1] = list(seq)
         return logits
 
 
