@@ -50,7 +50,7 @@ class CausalLMBackend:
         self.tok = tokenizer
         self.template = template
 
-    def prepare(self, utt: Utterance, modes) -> Prepared:
+    def prepare(self, utt: Utterance, modes, edge_device="cpu", cloud_device="cpu") -> Prepared:
         import soundfile as sf
 
         if not utt.text:

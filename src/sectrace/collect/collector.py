@@ -103,6 +103,7 @@ def model_card(path: str, model, tok_fp: str) -> dict:
 def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     """Run (or resume) one shard of a collection; returns a summary dict."""
     from ..trace.schema import TIMINGS
+    from .audio import DEFAULT_INSTRUCTION, AudioChatBackend, load_feature_extractor
     from .backends import DEFAULT_TEXT_PROMPT, CausalLMBackend
     from .pair import load_pair, tokenizer_fingerprint
     from .probes import hardware, peaks, probe
@@ -131,10 +132,11 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     out = Path(cfg.out)
     parts = out.with_name(out.name + ".parts")
     # Cheap checks before the heavy load: tokenizers first.
-    pair = load_pair(cfg.drafter, cfg.verifier, cfg.edge_device, cfg.cloud_device, cfg.dtype, cfg.edge_threads)
+    pair = load_pair(cfg.drafter, cfg.verifier, cfg.edge_device, cfg.cloud_device, cfg.dtype, cfg.edge_threads,
+                     cfg.backend)
     tok_fp = tokenizer_fingerprint(pair.tokenizer)
     if cfg.prompt is None:
-        cfg.prompt = DEFAULT_TEXT_PROMPT
+        cfg.prompt = DEFAULT_TEXT_PROMPT if cfg.backend == "causal-lm" else DEFAULT_INSTRUCTION
     ident = collection_identity(cfg, tok_fp, base_id)
     coll_id = _id_of(ident)
     if out.exists():
@@ -157,8 +159,12 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     else:
         _atomic_write_bytes(cpath, json.dumps(mine, indent=2).encode())
 
-    backend = CausalLMBackend(pair.tokenizer, cfg.prompt)
-    prepared_first = backend.prepare(utts[0], cfg.modes)
+    if cfg.backend == "causal-lm":
+        backend = CausalLMBackend(pair.tokenizer, cfg.prompt)
+    else:
+        backend = AudioChatBackend(cfg.backend, pair.tokenizer, pair.verifier, load_feature_extractor(cfg.drafter),
+                                   cfg.prompt)
+    prepared_first = backend.prepare(utts[0], cfg.modes, cfg.edge_device, cfg.cloud_device)
 
     hw_path = parts / "hardware.json"
     tpath = parts / "timings.parquet"
@@ -201,7 +207,7 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
 
 
 def _collect_one(cfg, pair, backend, u: Utterance, base) -> dict:
-    prep = backend.prepare(u, cfg.modes)
+    prep = backend.prepare(u, cfg.modes, cfg.edge_device, cfg.cloud_device)
     d = CachedLM(pair.drafter, pair.shared_vocab, prep.edge_kwargs)
     vs = {m: CachedLM(pair.verifier, pair.shared_vocab, prep.cloud_kwargs.get(m)) for m in cfg.modes}
     from .pair import PairSource

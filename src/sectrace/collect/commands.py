@@ -53,11 +53,14 @@ def parse_policy(text: str, max_new_tokens: int):
 @click.option("--drafter", required=True, help="Edge model: a local directory (or a hub id).")
 @click.option("--verifier", required=True, help="Cloud model: a local directory (or a hub id); same tokenizer.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Trace directory to write.")
-@click.option("--backend", type=click.Choice(["causal-lm"]), default="causal-lm", show_default=True,
-              help="Model kind: causal-lm = any AutoModelForCausalLM pair with a text prompt (manifest 'text').")
+@click.option("--backend", type=click.Choice(["omni-thinker", "qwen2-audio", "causal-lm"]), default="omni-thinker",
+              show_default=True, help="Model kind: omni-thinker = Qwen2.5-Omni's thinker (audio in), qwen2-audio = "
+                                      "Qwen2-Audio, causal-lm = any AutoModelForCausalLM pair with a text prompt "
+                                      "(the manifest's 'text' column).")
 @click.option("--modes", default="audio,blind", show_default=True,
               help="Verifier modes to record: audio (sees the audio/transcript), blind (instruction + tokens).")
-@click.option("--prompt", default=None, help="Prompt template; the causal-lm backend needs {transcript} in it.")
+@click.option("--prompt", default=None, help="The instruction (audio backends) or the prompt template (causal-lm, "
+                                             "with {transcript} where the text goes).")
 @click.option("--max-new-tokens", default=64, show_default=True, help="Longest caption explored.")
 @click.option("--max-nodes", default=4000, show_default=True, help="Trie node budget per utterance (0 = none).")
 @click.option("--policy", "policies", multiple=True,

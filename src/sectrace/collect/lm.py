@@ -48,11 +48,14 @@ class CachedLM:
         self.reset_hook = reset_hook
         self.max_slots = max(1, slots)
         self.device = next(model.parameters()).device
+        # Multimodal rope (Qwen2.5-Omni thinker): positions are 3-D and offset by rope_deltas, which the
+        # model computes on a first pass and keeps as state that goes stale between requests.
+        self.mrope = hasattr(getattr(model, "model", None), "rope_deltas")
         self.counters = Counters()
         self.reset()
 
     def reset(self):
-        self.slots: list[list] = []  # [cache, seq, last_used]
+        self.slots: list[list] = []  # [cache, seq, last_used, rope_deltas]
         self._clock = 0
         if self.reset_hook is not None:
             self.reset_hook(self.model)
@@ -88,7 +91,7 @@ class CachedLM:
         if best is None or common == 0:
             if len(self.slots) >= self.max_slots:
                 self.slots.remove(min(self.slots, key=lambda s: s[2]))
-            slot = [self._new_cache(), [], self._clock]
+            slot = [self._new_cache(), [], self._clock, None]
             self.slots.append(slot)
             return slot, 0, 0
         keep = min(common, len(seq) - n)
@@ -97,7 +100,7 @@ class CachedLM:
             if len(self.slots) >= self.max_slots:
                 victim = min((s for s in self.slots if s is not best), key=lambda s: s[2])
                 self.slots.remove(victim)
-            slot = [copy.deepcopy(best[0]), list(best[1]), self._clock]
+            slot = [copy.deepcopy(best[0]), list(best[1]), self._clock, best[3]]
             self.slots.append(slot)
             best = slot
         best[2] = self._clock
@@ -121,10 +124,19 @@ class CachedLM:
         if keep == 0:
             if self.reset_hook is not None:
                 self.reset_hook(self.model)
-            kwargs.update(self.first_kwargs)  # the first pass computes its own positions (multimodal rope)
+            kwargs.update(self.first_kwargs)  # audio features go in on the first pass only
+            if self.mrope:
+                self.model.model.rope_deltas = None  # never reuse another request's deltas
+                kwargs["attention_mask"] = torch.ones_like(ids)  # lets the model build 3-D positions
         else:
-            kwargs["position_ids"] = torch.arange(keep, len(seq), dtype=torch.long, device=self.device).unsqueeze(0)
+            pos = torch.arange(keep, len(seq), dtype=torch.long, device=self.device).unsqueeze(0)
+            if self.mrope:
+                pos = pos.view(1, 1, -1).expand(3, 1, -1) + slot[3].to(self.device)
+            kwargs["position_ids"] = pos
         out = self.model(**kwargs)
+        if keep == 0 and self.mrope:
+            deltas = self.model.model.rope_deltas
+            slot[3] = deltas.clone() if deltas is not None else torch.zeros(1, 1, dtype=torch.long)
         slot[0] = out.past_key_values
         logits = out.logits[0, -n:, : self.vocab].double().cpu()
         c = self.counters

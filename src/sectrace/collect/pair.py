@@ -64,17 +64,36 @@ def load_tokenizer(path: str, what: str):
                         "the folder needs tokenizer files (tokenizer.json or vocab/merges)") from None
 
 
-def load_causal_lm(path: str, what: str, device: str = "cpu", dtype: str = "auto"):
+BACKENDS = ("causal-lm", "omni-thinker", "qwen2-audio")
+
+
+def torch_dtype(dtype: str):
     import torch
+
+    out = {"auto": "auto", "float32": torch.float32, "float16": torch.float16,
+           "bfloat16": torch.bfloat16, "float64": torch.float64}.get(dtype)
+    if out is None:
+        raise UserError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+    return out
+
+
+def load_model(backend: str, path: str, what: str, device: str = "cpu", dtype: str = "auto"):
+    if backend == "causal-lm":
+        return load_causal_lm(path, what, device, dtype)
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    from .audio import load_audio_model
+
+    return load_audio_model(backend, path, what, device, torch_dtype(dtype))
+
+
+def load_causal_lm(path: str, what: str, device: str = "cpu", dtype: str = "auto"):
     from transformers import AutoModelForCausalLM
 
     src, local = _resolve(path, what)
-    torch_dtype = {"auto": "auto", "float32": torch.float32, "float16": torch.float16,
-                   "bfloat16": torch.bfloat16, "float64": torch.float64}.get(dtype)
-    if torch_dtype is None:
-        raise UserError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+    torch_dtype_ = torch_dtype(dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, local_files_only=local, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(src, local_files_only=local, dtype=torch_dtype_)
     except Exception as exc:
         raise UserError(f"cannot load the {what} from {path} ({str(exc).splitlines()[0][:200]})") from None
     return model.to(device).eval()
@@ -122,7 +141,7 @@ class PairInfo:
 
 
 def load_pair(drafter: str, verifier: str, edge_device="cpu", cloud_device="cpu", dtype="auto",
-              edge_threads: int | None = None) -> PairInfo:
+              edge_threads: int | None = None, backend: str = "causal-lm") -> PairInfo:
     """Load both models after checking their tokenizers (cheap) so a bad pair fails before the heavy load."""
     import torch
 
@@ -131,9 +150,18 @@ def load_pair(drafter: str, verifier: str, edge_device="cpu", cloud_device="cpu"
     check_tokenizers(d_tok, v_tok)
     if edge_threads:
         torch.set_num_threads(edge_threads)
-    d = load_causal_lm(drafter, "drafter", edge_device, dtype)
-    v = load_causal_lm(verifier, "verifier", cloud_device, dtype)
-    return PairInfo(v_tok, d, v, shared_vocab(v_tok, d, v), eos_ids(v_tok, d, v), drafter, verifier)
+    d = load_model(backend, drafter, "drafter", edge_device, dtype)
+    v = load_model(backend, verifier, "verifier", cloud_device, dtype)
+    eos = eos_ids(v_tok, d, v)
+    if backend != "causal-lm":
+        for name in ("audio_token_index", "audio_token_id", "audio_start_token_id", "audio_end_token_id"):
+            if getattr(d.config, name, None) != getattr(v.config, name, None):
+                raise UserError(f"the drafter and verifier disagree on {name} ({getattr(d.config, name, None)} vs "
+                                f"{getattr(v.config, name, None)}); use two checkpoints of the same model family")
+        end = v_tok.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(end, int) and end != v_tok.unk_token_id:
+            eos = eos | {end}  # chat models end their turn with <|im_end|>
+    return PairInfo(v_tok, d, v, shared_vocab(v_tok, d, v), eos, drafter, verifier)
 
 
 class PairSource:
