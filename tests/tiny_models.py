@@ -102,3 +102,29 @@ def tone(seconds: float, freq: float, sr: int = 16000):
 
     t = np.arange(int(sr * seconds)) / sr
     return (0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def make_qwen2_audio(path: Path, tok, seed: int, hidden: int = 32, dtype="float64"):
+    """A tiny Qwen2-Audio (one-layer Whisper-style encoder, 128 mels, Qwen2 text model)."""
+    import torch
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, WhisperFeatureExtractor
+
+    torch.manual_seed(seed)
+    cfg = Qwen2AudioConfig(
+        audio_config=dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                          d_model=16, max_source_positions=1500),
+        text_config=dict(model_type="qwen2", vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                         pad_token_id=tok.eos_token_id, tie_word_embeddings=False),
+        audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"))
+    model = Qwen2AudioForConditionalGeneration(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)
+    model = model.to(getattr(torch, dtype)).eval()
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tok.eos_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=128, sampling_rate=16000).save_pretrained(path)
+    return model
