@@ -106,7 +106,7 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     from .audio import DEFAULT_INSTRUCTION, AudioChatBackend, load_feature_extractor
     from .backends import DEFAULT_TEXT_PROMPT, CausalLMBackend
     from .pair import load_pair, tokenizer_fingerprint
-    from .probes import hardware, peaks, probe
+    from .probes import GpuSampler, hardware, peaks, probe
 
     if not cfg.policies:
         raise UserError("no exploration policies to run; give at least one --policy")
@@ -187,23 +187,26 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     bar = progress_factory(total=len(utts), initial=len(utts) - len(todo)) if progress_factory else None
     t_start = time.perf_counter()
     nodes_made = 0
-    for count, (_, u) in enumerate(todo):
-        if cfg.stop_after is not None and count >= cfg.stop_after:
+    with GpuSampler(cfg.cloud_device) as gpu:
+        for count, (_, u) in enumerate(todo):
+            if cfg.stop_after is not None and count >= cfg.stop_after:
+                if bar:
+                    bar.close()
+                return {"complete": False, "out": str(out), "parts": str(parts)}
+            stats = _collect_one(cfg, pair, backend, u, base)
+            stem = parts / f"utt-{_safe(u.utt_id)}"
+            _atomic_parquet(stats.pop("nodes"), stem.with_suffix(".nodes.parquet"))
+            _atomic_write_bytes(stem.with_suffix(".json"), json.dumps(stats).encode())
+            nodes_made += stats["nodes_new"]
             if bar:
-                bar.close()
-            return {"complete": False, "out": str(out), "parts": str(parts)}
-        stats = _collect_one(cfg, pair, backend, u, base)
-        stem = parts / f"utt-{_safe(u.utt_id)}"
-        _atomic_parquet(stats.pop("nodes"), stem.with_suffix(".nodes.parquet"))
-        _atomic_write_bytes(stem.with_suffix(".json"), json.dumps(stats).encode())
-        nodes_made += stats["nodes_new"]
-        if bar:
-            rate = nodes_made / max(time.perf_counter() - t_start, 1e-9)
-            bar.set_postfix_str(f"{rate:.1f} nodes/s")
-            bar.update(1)
+                rate = nodes_made / max(time.perf_counter() - t_start, 1e-9)
+                bar.set_postfix_str(f"{rate:.1f} nodes/s")
+                bar.update(1)
     if bar:
         bar.close()
-    return _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, peaks(cfg.cloud_device))
+    usage = {**peaks(cfg.cloud_device), **gpu.summary(), "nodes_per_s_this_session": round(
+        nodes_made / max(time.perf_counter() - t_start, 1e-9), 2)}
+    return _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, usage)
 
 
 def _collect_one(cfg, pair, backend, u: Utterance, base) -> dict:
@@ -249,8 +252,7 @@ def _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, peak) -> d
     timings = pl.read_parquet(tpath) if tpath.exists() else (base.timings if base is not None else
                                                                 pl.DataFrame(schema=S.TIMINGS))
     hw = json.loads((parts / "hardware.json").read_text())
-    for side in ("edge", "cloud"):
-        hw[side].update(peak if side == "cloud" else {})
+    hw["usage"] = peak  # peak RSS of the collecting process (both sides), GPU peaks and sampled utilisation
     n_nodes = sum(s["n_nodes"] for s in stats)
     drafted = sum(s["source_calls"]["draft"] for s in stats)
     new_nodes = sum(s["nodes_new"] for s in stats)

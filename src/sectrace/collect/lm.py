@@ -18,6 +18,8 @@ import torch
 from ..protocol import DraftToken, Judgement
 from ..trace.schema import TOPK
 
+KEEP_ROWS = 24  # logit rows kept per cache slot (a verify block is at most ~17)
+
 
 @dataclass
 class Counters:
@@ -26,6 +28,7 @@ class Counters:
     prefill_tokens: int = 0  # positions computed by passes that started from an empty cache
     recomputed: int = 0  # positions that were cached but run again because their logits were needed
     seconds: float = 0.0
+    reused: int = 0  # logit rows served from an earlier pass
     extra: dict = field(default_factory=dict)
 
 
@@ -78,45 +81,65 @@ class CachedLM:
 
         return DynamicCache(config=self.model.config.get_text_config()) if _cache_takes_config() else DynamicCache()
 
-    def _slot_for(self, seq, n):
-        """(slot, keep): the cache to extend and how many of its positions to keep."""
-        import copy
-
-        self._clock += 1
+    def _best(self, seq):
         best, common = None, 0
         for slot in self.slots:
             c = self._common(slot[1], seq)
             if best is None or c > common:
                 best, common = slot, c
-        if best is None or common == 0:
+        return best, common
+
+    def _prepare(self, best, keep):
+        """The slot to extend after keeping ``keep`` positions of ``best`` (a copy when cropping would lose a branch)."""
+        import copy
+
+        self._clock += 1
+        if best is None or keep == 0:
             if len(self.slots) >= self.max_slots:
                 self.slots.remove(min(self.slots, key=lambda s: s[2]))
-            slot = [self._new_cache(), [], self._clock, None]
+            slot = [self._new_cache(), [], self._clock, None, None, 0]
             self.slots.append(slot)
-            return slot, 0, 0
-        keep = min(common, len(seq) - n)
+            return slot
         if keep < len(best[1]) and self.max_slots > 1:
-            # The best slot holds a branch we would lose by cropping: crop a copy instead.
             if len(self.slots) >= self.max_slots:
                 victim = min((s for s in self.slots if s is not best), key=lambda s: s[2])
                 self.slots.remove(victim)
-            slot = [copy.deepcopy(best[0]), list(best[1]), self._clock, best[3]]
-            self.slots.append(slot)
-            best = slot
+            best = [copy.deepcopy(best[0]), list(best[1]), self._clock, best[3], best[4], best[5]]
+            self.slots.append(best)
         best[2] = self._clock
         if keep < len(best[1]):
             best[0].crop(-(len(best[1]) - keep))
             best[1] = best[1][:keep]
-        return best, keep, common
+            if best[4] is not None:
+                best[4] = best[4][: max(0, keep - best[5])]
+        return best
+
+    @staticmethod
+    def _rows(slot, lo, hi):
+        """Stored logit rows for positions [lo, hi) of the slot's sequence, or None."""
+        if slot is None or slot[4] is None or lo < slot[5] or hi > slot[5] + slot[4].shape[0]:
+            return None
+        return slot[4][lo - slot[5]: hi - slot[5]]
 
     @torch.inference_mode()
     def logits_for(self, seq: list[int], n: int) -> torch.Tensor:
-        """Logits (float64, shared vocabulary) at the last ``n`` positions of ``seq``; rows predict the next token."""
+        """Logits (float64, shared vocabulary) at the last ``n`` positions of ``seq``; rows predict the next token.
+
+        Rows the last passes already produced for the same tokens are reused, so a verify
+        that starts at the last committed token does not run that token again.
+        """
         import time
 
         if n < 1 or n > len(seq):
             raise ValueError("need 1 <= n <= len(seq)")
-        slot, keep, common = self._slot_for(seq, n)
+        first = len(seq) - n
+        best, common = self._best(seq)
+        have = self._rows(best, first, common) if common > first else None
+        if have is not None and common == len(seq):
+            self.counters.reused += n
+            return have.clone()
+        keep = common if have is not None else min(common, first)
+        slot = self._prepare(best, keep)
         new = seq[keep:]
         t0 = time.perf_counter()
         ids = torch.tensor([new], dtype=torch.long, device=self.device)
@@ -138,11 +161,23 @@ class CachedLM:
             deltas = self.model.model.rope_deltas
             slot[3] = deltas.clone() if deltas is not None else torch.zeros(1, 1, dtype=torch.long)
         slot[0] = out.past_key_values
-        logits = out.logits[0, -n:, : self.vocab].double().cpu()
+        fresh = out.logits[0, -min(len(new), KEEP_ROWS):, : self.vocab].double().cpu()
+        fresh_p0 = len(seq) - fresh.shape[0]
+        # Keep the last KEEP_ROWS rows of this slot's sequence for later requests.
+        old = self._rows(slot, max(slot[5], fresh_p0 - KEEP_ROWS), keep) if slot[4] is not None else None
+        if old is not None and old.shape[0] and slot[5] + (slot[4].shape[0]) == keep and fresh_p0 == keep:
+            rows = torch.cat([old, fresh])[-KEEP_ROWS:]
+        else:
+            rows = fresh
+        slot[4], slot[5] = rows, len(seq) - rows.shape[0]
+        logits = torch.cat([have, fresh[-(len(seq) - keep):]]) if have is not None and keep > first else \
+            fresh[-n:]
         c = self.counters
         c.seconds += time.perf_counter() - t0
         c.calls += 1
         c.tokens += len(new)
+        if have is not None:
+            c.reused += keep - first
         if keep == 0:
             c.prefill_tokens += len(new)
         c.recomputed += max(0, common - keep)  # cached positions run again only to get their logits

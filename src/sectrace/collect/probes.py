@@ -106,3 +106,59 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or os.uname().machine
+
+
+class GpuSampler:
+    """Samples the cloud GPU's utilisation and memory (pynvml) in a background thread while collecting.
+
+    Optional: without CUDA or pynvml it records nothing and says so.
+    """
+
+    def __init__(self, device: str, every_s: float = 1.0):
+        self.device, self.every = device, every_s
+        self.util: list[int] = []
+        self.mem: list[int] = []
+        self._stop = None
+        self.note = None
+
+    def __enter__(self):
+        import threading
+
+        try:
+            import torch
+
+            if not (self.device.startswith("cuda") and torch.cuda.is_available()):
+                self.note = "no CUDA device"
+                return self
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.device(self.device).index or 0)
+        except Exception as exc:  # pynvml missing or no driver
+            self.note = self.note or f"not sampled ({type(exc).__name__}); pip install nvidia-ml-py to sample"
+            return self
+        self._stop = threading.Event()
+
+        def loop():
+            while not self._stop.wait(self.every):
+                try:
+                    self.util.append(int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+                    self.mem.append(int(pynvml.nvmlDeviceGetMemoryInfo(handle).used))
+                except Exception:
+                    return
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+
+    def summary(self) -> dict:
+        if not self.util:
+            return {"gpu_sampling": self.note or "no samples"}
+        return {"gpu_utilization_pct_mean": round(sum(self.util) / len(self.util), 1),
+                "gpu_utilization_pct_max": max(self.util), "gpu_memory_used_gb_max": round(max(self.mem) / 1e9, 3),
+                "gpu_samples": len(self.util)}
