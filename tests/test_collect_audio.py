@@ -33,7 +33,8 @@ def omni(tmp_path_factory):
         sf.write(p, tone(secs, f, 22050), 22050)  # not 16 kHz: the loader resamples
         wavs.append(p)
     info = load_pair(str(root / "drafter"), str(root / "verifier"), backend="omni-thinker")
-    backend = AudioChatBackend("omni-thinker", info.tokenizer, info.verifier, load_feature_extractor(str(root / "drafter")))
+    fe = load_feature_extractor(str(root / "drafter"))
+    backend = AudioChatBackend("omni-thinker", info.tokenizer, info.verifier, fe)
     return root, info, backend, wavs
 
 

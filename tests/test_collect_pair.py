@@ -46,8 +46,9 @@ def test_always_escalate_top1_equals_verifier_greedy_generate(pair, k):
     expect = gen[0, ids.shape[1]:].tolist()
     assert out.tokens == expect
     # The drafter disagrees somewhere, so the check exercises corrections, not only acceptances.
-    drafter_only = run(TrieRecorder(src, ("audio",)), __import__("sectrace.protocol", fromlist=["x"]).drafter_only(max_new))
-    assert drafter_only.tokens != expect
+    from sectrace.protocol import drafter_only
+
+    assert run(TrieRecorder(src, ("audio",)), drafter_only(max_new)).tokens != expect
 
 
 def test_logits_after_crop_equal_recompute(pair):
@@ -74,7 +75,7 @@ def test_logits_after_crop_equal_recompute(pair):
 def test_mismatched_tokenizers_refused(tmp_path, pair):
     from tiny_models import make_qwen2
 
-    other_tok = make_tokenizer(tmp_path / "tok2", vocab_size=300, extra="completely different words here, zebra quartz xylophone")
+    other_tok = make_tokenizer(tmp_path / "tok2", extra="completely different words here, zebra quartz xylophone")
     make_qwen2(tmp_path / "other", other_tok, seed=3)
     pair_dir = pair.drafter_name
     with pytest.raises(UserError, match="tokenizers differ"):

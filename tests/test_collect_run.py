@@ -56,7 +56,8 @@ def _nodes(path):
 def test_cli_collect_writes_a_trace_every_policy_replays(setup, tmp_path):
     root, manifest, d, v = setup
     out = tmp_path / "tr"
-    res = CliRunner().invoke(main, ["collect", str(manifest), "--backend", "causal-lm", "--drafter", str(d), "--verifier", str(v), "--out",
+    res = CliRunner().invoke(main, ["collect", str(manifest), "--backend", "causal-lm", "--drafter", str(d),
+                                    "--verifier", str(v), "--out",
                                     str(out), "--max-new-tokens", "6", "--timing-repeats", "1", "--edge-threads",
                                     "1", "--limit", "2"])
     assert res.exit_code == 0, res.output
@@ -77,7 +78,8 @@ def test_cli_collect_writes_a_trace_every_policy_replays(setup, tmp_path):
         for pol in default_exploration(6):
             run(sess, pol)
     # Rerunning the finished command does nothing.
-    again = CliRunner().invoke(main, ["collect", str(manifest), "--backend", "causal-lm", "--drafter", str(d), "--verifier", str(v), "--out",
+    again = CliRunner().invoke(main, ["collect", str(manifest), "--backend", "causal-lm", "--drafter", str(d),
+                                      "--verifier", str(v), "--out",
                                       str(out), "--max-new-tokens", "6", "--timing-repeats", "1", "--edge-threads",
                                       "1", "--limit", "2"])
     assert again.exit_code == 0 and "already complete" in again.output
@@ -156,7 +158,8 @@ def test_bad_inputs_are_clear_errors(setup, tmp_path):
     runner = CliRunner()
 
     def go(*args, man=manifest, drafter=d, verifier=v):
-        return runner.invoke(main, ["collect", str(man), "--backend", "causal-lm", "--drafter", str(drafter), "--verifier", str(verifier),
+        return runner.invoke(main, ["collect", str(man), "--backend", "causal-lm", "--drafter", str(drafter),
+                                    "--verifier", str(verifier),
                                     "--out", str(tmp_path / "x"), "--no-probes", *args])
 
     r = go(drafter=tmp_path / "missing")

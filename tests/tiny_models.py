@@ -50,8 +50,8 @@ def make_qwen2(path: Path, tok, seed: int, vocab_rows: int | None = None, layers
 def make_pair(root: Path, drafter_rows: int | None = None):
     """A drafter (padded output layer when ``drafter_rows``) and a verifier sharing one tokenizer."""
     tok = make_tokenizer(root / "tok")
-    d = make_qwen2(root / "drafter", tok, seed=1, vocab_rows=drafter_rows)
-    v = make_qwen2(root / "verifier", tok, seed=2, layers=3)
+    make_qwen2(root / "drafter", tok, seed=1, vocab_rows=drafter_rows)
+    make_qwen2(root / "verifier", tok, seed=2, layers=3)
     return tok, root / "drafter", root / "verifier"
 
 
@@ -68,7 +68,8 @@ def make_audio_tokenizer(path: Path):
 def make_thinker(path: Path, tok, seed: int, layers: int = 2, hidden: int = 32, dtype="float64"):
     """A tiny Qwen2.5-Omni thinker (audio encoder of one layer, 128 mels) plus its WhisperFeatureExtractor."""
     import torch
-    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration, WhisperFeatureExtractor
+    from transformers import (Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration,
+                              WhisperFeatureExtractor)
 
     torch.manual_seed(seed)
     ids = {t: tok.convert_tokens_to_ids(t) for t in AUDIO_SPECIALS}
@@ -77,7 +78,8 @@ def make_thinker(path: Path, tok, seed: int, layers: int = 2, hidden: int = 32, 
                           d_model=16, output_dim=hidden, n_window=100, max_source_positions=1500),
         vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=hidden,
                            fullatt_block_indexes=[0]),
-        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
                          eos_token_id=ids["<|im_end|>"], pad_token_id=tok.eos_token_id, tie_word_embeddings=False),

@@ -75,8 +75,6 @@ class AudioChatBackend:
         return head + audio + tail
 
     def features(self, wav, device):
-        import torch
-
         f = self.fe(wav, sampling_rate=SAMPLE_RATE, return_attention_mask=True, padding="max_length",
                     return_tensors="pt")
         mask = f["attention_mask"]

@@ -46,6 +46,7 @@ class CollectConfig:
     edge_threads: int | None = 2
     cloud_device: str = "cpu"
     dtype: str = "auto"
+    edge_dtype: str | None = None  # default: dtype
     shard: tuple[int, int] = (0, 1)
     timing_repeats: int = 5
     probes: bool = True
@@ -83,6 +84,7 @@ def collection_identity(cfg: CollectConfig, tok_fp: str, base_id: str | None) ->
         "drafter": cfg.drafter, "verifier": cfg.verifier, "tokenizer_fingerprint": tok_fp, "backend": cfg.backend,
         "prompt": cfg.prompt, "modes": list(cfg.modes), "max_new_tokens": cfg.max_new_tokens,
         "max_nodes": cfg.max_nodes, "policies": [p.label for p in cfg.policies], "dtype": cfg.dtype,
+        "edge_dtype": cfg.edge_dtype,
         "manifest_sha": _file_sha(cfg.manifest), "limit": cfg.limit, "extends": base_id,
     }
 
@@ -133,7 +135,7 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     parts = out.with_name(out.name + ".parts")
     # Cheap checks before the heavy load: tokenizers first.
     pair = load_pair(cfg.drafter, cfg.verifier, cfg.edge_device, cfg.cloud_device, cfg.dtype, cfg.edge_threads,
-                     cfg.backend)
+                     cfg.backend, cfg.edge_dtype)
     tok_fp = tokenizer_fingerprint(pair.tokenizer)
     if cfg.prompt is None:
         cfg.prompt = DEFAULT_TEXT_PROMPT if cfg.backend == "causal-lm" else DEFAULT_INSTRUCTION
@@ -326,7 +328,8 @@ def merge_traces(paths: list[Path], out: Path, force: bool = False) -> dict:
     traces = [load_trace(p) for p in paths]
     ids = {t.manifest.get("collection", {}).get("id") for t in traces}
     if None in ids:
-        raise UserError("a trace has no collection record (not made by `sectrace collect`); only collect's shards merge")
+        raise UserError("a trace has no collection record (not made by `sectrace collect`); "
+                        "only collect's shards merge")
     if len(ids) > 1:
         raise UserError("these traces come from different collections (models, prompt, policies or manifest "
                         "differ); merge only the shards of one `sectrace collect` command")
@@ -352,4 +355,5 @@ def merge_traces(paths: list[Path], out: Path, force: bool = False) -> dict:
     m.pop("format", None)
     m.pop("schema_version", None)
     write_trace(out, m, utt, nodes, timings, traces[0].vocab, overwrite=force)
-    return {"utterances": utt.height, "nodes": nodes.height, "shards": len(shards), "complete": m["collection"]["complete"]}
+    return {"utterances": utt.height, "nodes": nodes.height, "shards": len(shards),
+            "complete": m["collection"]["complete"]}

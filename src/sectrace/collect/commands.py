@@ -72,13 +72,14 @@ def parse_policy(text: str, max_new_tokens: int):
 @click.option("--edge-threads", default=2, show_default=True, help="CPU threads (the study emulated a 2-core edge).")
 @click.option("--cloud-device", default=None, help="Default: cuda when present, else cpu.")
 @click.option("--dtype", default="auto", show_default=True, help="auto, float32, float16 or bfloat16.")
+@click.option("--edge-dtype", default=None, help="The drafter's dtype when it differs (the study's edge: float32).")
 @click.option("--shard", default=None, help="i/n: collect every n-th utterance from the i-th (0-based); "
                                             "default from SLURM_ARRAY_TASK_ID/COUNT when set.")
 @click.option("--limit", type=int, help="Only the first N utterances of the manifest.")
 @click.option("--timing-repeats", default=5, show_default=True, help="Repeats per timing probe (after a warm-up).")
 @click.option("--no-probes", is_flag=True, help="Skip the timing probes.")
 def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_new_tokens, max_nodes, policies, extend,
-                edge_device, edge_threads, cloud_device, dtype, shard, limit, timing_repeats, no_probes):
+                edge_device, edge_threads, cloud_device, dtype, edge_dtype, shard, limit, timing_repeats, no_probes):
     """Decode MANIFEST's utterances with a real drafter and verifier and write a trace.
 
     Every exploration policy (default: edge-only, cloud greedy, always-escalate with
@@ -117,7 +118,8 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
     cfg = CollectConfig(manifest=manifest, drafter=drafter, verifier=verifier, out=out, policies=pols,
                         modes=mode_list, backend=backend, prompt=prompt, max_new_tokens=max_new_tokens,
                         max_nodes=max_nodes or None, edge_device=edge_device, edge_threads=edge_threads,
-                        cloud_device=cloud_device, dtype=dtype, shard=parse_shard(shard, os.environ), limit=limit,
+                        cloud_device=cloud_device, dtype=dtype, edge_dtype=edge_dtype,
+                        shard=parse_shard(shard, os.environ), limit=limit,
                         timing_repeats=timing_repeats, probes=not no_probes, extend=extend)
 
     def bar(total, initial):

@@ -65,7 +65,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise UserError(f"{path} line {n} is not valid JSON ({exc.msg}); one JSON object per line") from None
+                    raise UserError(f"{path} line {n} is not valid JSON ({exc.msg}); "
+                                    "write one JSON object per line") from None
                 if not isinstance(row, dict):
                     raise UserError(f"{path} line {n} must be a JSON object")
                 rows.append(row)

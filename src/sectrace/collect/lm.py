@@ -90,7 +90,7 @@ class CachedLM:
         return best, common
 
     def _prepare(self, best, keep):
-        """The slot to extend after keeping ``keep`` positions of ``best`` (a copy when cropping would lose a branch)."""
+        """The slot to extend, keeping ``keep`` positions of ``best`` (a copy when a crop would lose a branch)."""
         import copy
 
         self._clock += 1

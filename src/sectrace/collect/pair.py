@@ -141,7 +141,7 @@ class PairInfo:
 
 
 def load_pair(drafter: str, verifier: str, edge_device="cpu", cloud_device="cpu", dtype="auto",
-              edge_threads: int | None = None, backend: str = "causal-lm") -> PairInfo:
+              edge_threads: int | None = None, backend: str = "causal-lm", edge_dtype: str | None = None) -> PairInfo:
     """Load both models after checking their tokenizers (cheap) so a bad pair fails before the heavy load."""
     import torch
 
@@ -150,7 +150,7 @@ def load_pair(drafter: str, verifier: str, edge_device="cpu", cloud_device="cpu"
     check_tokenizers(d_tok, v_tok)
     if edge_threads:
         torch.set_num_threads(edge_threads)
-    d = load_model(backend, drafter, "drafter", edge_device, dtype)
+    d = load_model(backend, drafter, "drafter", edge_device, edge_dtype or dtype)
     v = load_model(backend, verifier, "verifier", cloud_device, dtype)
     eos = eos_ids(v_tok, d, v)
     if backend != "causal-lm":
