@@ -117,6 +117,13 @@ def trace_info(path):
     click.echo("valid       yes")
 
 
+# --- collect (issue 3) ---------------------------------------------------------------
+from .collect.commands import collect_cmd as _collect_cmd, merge_cmd as _merge_cmd  # noqa: E402
+
+main.add_command(_collect_cmd, "collect")
+trace.add_command(_merge_cmd, "merge")
+
+
 # --- simulate ------------------------------------------------------------------------
 def _split(values, what, parse):
     out = []

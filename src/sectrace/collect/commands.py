@@ -1,0 +1,158 @@
+"""Click commands of the collect stage: ``sectrace collect`` and ``sectrace trace merge``.
+
+Heavy imports (torch, transformers) happen inside the commands, so ``sectrace --help``
+and the simulator stay light.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+
+def parse_policy(text: str, max_new_tokens: int):
+    """A policy from words like ``k=5 gate=entropy:2.5 accept=rank:20 token-only`` (Policy.label's form)."""
+    from ..gates import parse_gate
+    from ..protocol import Accept, Policy
+
+    kw = {"k": 5, "gate_spec": "always", "accept": Accept("rank", 20), "privacy": "features"}
+    for word in text.replace(",", " ").split():
+        key, eq, value = word.partition("=")
+        key = key.lower()
+        if not eq and key in ("token-only", "features", "raw"):
+            kw["privacy"] = key
+        elif not eq and key == "no-bonus":
+            kw["bonus"] = False
+        elif not eq and key == "stateless":
+            kw["cloud_cache"] = "stateless"
+        elif key == "k":
+            try:
+                kw["k"] = int(value)
+            except ValueError:
+                raise UserError(f"policy {text!r}: k={value} is not a whole number") from None
+        elif key == "gate":
+            kw["gate_spec"] = value.lower()
+        elif key == "accept":
+            kw["accept"] = Accept.parse(value)
+        elif key == "privacy":
+            kw["privacy"] = value
+        elif key == "adaptive":
+            kw["adaptive"] = float(value)
+        else:
+            raise UserError(f"cannot read {word!r} in policy {text!r}; write e.g. "
+                            "'k=5 gate=entropy:2.5 accept=rank:20 token-only'")
+    return Policy(gate=parse_gate(kw["gate_spec"]), max_new_tokens=max_new_tokens, **kw)
+
+
+@click.command("collect")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--drafter", required=True, help="Edge model: a local directory (or a hub id).")
+@click.option("--verifier", required=True, help="Cloud model: a local directory (or a hub id); same tokenizer.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Trace directory to write.")
+@click.option("--backend", type=click.Choice(["omni-thinker", "qwen2-audio", "causal-lm"]), default="omni-thinker",
+              show_default=True, help="Model kind: omni-thinker = Qwen2.5-Omni's thinker (audio in), qwen2-audio = "
+                                      "Qwen2-Audio, causal-lm = any AutoModelForCausalLM pair with a text prompt "
+                                      "(the manifest's 'text' column).")
+@click.option("--modes", default="audio,blind", show_default=True,
+              help="Verifier modes to record: audio (sees the audio/transcript), blind (instruction + tokens).")
+@click.option("--prompt", default=None, help="The instruction (audio backends) or the prompt template (causal-lm, "
+                                             "with {transcript} where the text goes).")
+@click.option("--max-new-tokens", default=64, show_default=True, help="Longest caption explored.")
+@click.option("--max-nodes", default=4000, show_default=True, help="Trie node budget per utterance (0 = none).")
+@click.option("--policy", "policies", multiple=True,
+              help="Explore these policies instead of the default set, e.g. 'k=5 gate=entropy:2.0 accept=rank:10 "
+                   "token-only'. Repeatable.")
+@click.option("--extend", type=click.Path(path_type=Path),
+              help="Start from this trace and add the states the --policy runs need (its coverage misses).")
+@click.option("--edge-device", default="cpu", show_default=True)
+@click.option("--edge-threads", default=2, show_default=True, help="CPU threads (the study emulated a 2-core edge).")
+@click.option("--cloud-device", default=None, help="Default: cuda when present, else cpu.")
+@click.option("--dtype", default="auto", show_default=True, help="auto, float32, float16 or bfloat16.")
+@click.option("--edge-dtype", default=None, help="The drafter's dtype when it differs (the study's edge: float32).")
+@click.option("--shard", default=None, help="i/n: collect every n-th utterance from the i-th (0-based); "
+                                            "default from SLURM_ARRAY_TASK_ID/COUNT when set.")
+@click.option("--limit", type=int, help="Only the first N utterances of the manifest.")
+@click.option("--timing-repeats", default=5, show_default=True, help="Repeats per timing probe (after a warm-up).")
+@click.option("--no-probes", is_flag=True, help="Skip the timing probes.")
+def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_new_tokens, max_nodes, policies, extend,
+                edge_device, edge_threads, cloud_device, dtype, edge_dtype, shard, limit, timing_repeats, no_probes):
+    """Decode MANIFEST's utterances with a real drafter and verifier and write a trace.
+
+    Every exploration policy (default: edge-only, cloud greedy, always-escalate with
+    rank ≤ R, the built-in gates at a few thresholds; k in 1, 3, 5, 8) runs live and
+    every decoding state it visits is recorded, so replaying any of them reproduces its
+    output token for token. Resumable: rerun the same command after a kill.
+
+    \b
+    Examples:
+      sectrace collect data.jsonl --drafter models/small --verifier models/large --out traces/t1
+      sectrace collect data.jsonl ... --out traces/t1.s0 --shard 0/4
+      sectrace trace merge traces/t1.s0 traces/t1.s1 traces/t1.s2 traces/t1.s3 --out traces/t1
+    """
+    from tqdm import tqdm
+
+    from ..gates import default_exploration
+    from .collector import CollectConfig, collect
+    from .dataset import parse_shard
+
+    mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+    if not mode_list or any(m not in ("audio", "blind") for m in mode_list):
+        raise UserError(f"--modes {modes!r}: list audio, blind or both, e.g. --modes audio,blind")
+    if max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    if extend and not policies:
+        raise UserError("--extend needs the policies to add: give one or more --policy")
+    pols = [parse_policy(p, max_new_tokens) for p in policies] if policies else default_exploration(max_new_tokens)
+    if cloud_device is None:
+        try:
+            import torch
+
+            cloud_device = "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            cloud_device = "cpu"
+    _need_collect_deps()
+    cfg = CollectConfig(manifest=manifest, drafter=drafter, verifier=verifier, out=out, policies=pols,
+                        modes=mode_list, backend=backend, prompt=prompt, max_new_tokens=max_new_tokens,
+                        max_nodes=max_nodes or None, edge_device=edge_device, edge_threads=edge_threads,
+                        cloud_device=cloud_device, dtype=dtype, edge_dtype=edge_dtype,
+                        shard=parse_shard(shard, os.environ), limit=limit,
+                        timing_repeats=timing_repeats, probes=not no_probes, extend=extend)
+
+    def bar(total, initial):
+        return tqdm(total=total, initial=initial, desc="collecting", unit="utt", disable=None)
+
+    res = collect(cfg, progress_factory=bar, echo=click.echo)
+    if res.get("skipped"):
+        return
+    c = res["compute"]
+    click.echo(f"wrote {res['out']}: {res['utterances']} utterances, {res['nodes']} trie nodes, "
+               f"{len(pols)} policies; drafter {c['drafter_tokens_per_node']:.2f} tokens/node, verifier "
+               + ", ".join(f"{m} {v:.2f}" for m, v in c["verifier_tokens_per_judged_node"].items())
+               + f" tokens/judged node; {res['truncated']} utterances hit the node budget")
+
+
+@click.command("merge")
+@click.argument("shards", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Merged trace directory.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def merge_cmd(shards, out, force):
+    """Join the shard traces of one `sectrace collect` run into one trace."""
+    from .collector import merge_traces
+
+    res = merge_traces(list(shards), out, force=force)
+    click.echo(f"wrote {out}: {res['shards']} shards, {res['utterances']} utterances, {res['nodes']} nodes"
+               + ("" if res["complete"] else " (some shards are missing)"))
+
+
+def _need_collect_deps():
+    try:
+        import soundfile  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"collect needs the 'collect' extra ({exc.name} is missing): pip install torch==2.13.0 "
+                        "(or your CUDA build) first, then pip install 'sectrace[collect]'") from None
