@@ -155,3 +155,26 @@ def test_node_budget_truncates(pair):
 
     ex = explore(_source(pair), default_exploration(max_new_tokens=8, ks=(3,)), ("audio",), max_nodes=10)
     assert ex.truncated and len(ex.recorder.nodes) <= 10
+
+
+def test_timing_probes_run_real_forward_passes(pair):
+    """Every timed probe call must be a forward pass, not a reuse of stored logit rows."""
+    from sectrace.collect.probes import probe
+
+    model = pair.drafter
+    calls = []
+    orig = model.forward
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return orig(*a, **kw)
+
+    model.forward = counting
+    try:
+        rows = probe(model, pair.shared_vocab, list(range(3, 13)), "edge", "cpu", 1, repeats=3,
+                     verify=True, ctxs=(0,), ns=(1, 2))
+    finally:
+        del model.forward
+    assert len(rows) == 1 + 3 + 3 + 3  # prefill repeats, decode repeats, verify n=1 and n=2 repeats
+    timed = 2 + 4 + 4 + 4  # each with its warm-up
+    assert len(calls) >= timed

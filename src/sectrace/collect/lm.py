@@ -63,6 +63,14 @@ class CachedLM:
         if self.reset_hook is not None:
             self.reset_hook(self.model)
 
+    def forget_logits(self):
+        """Drop stored logit rows (KV caches stay), so the next request really runs its last positions.
+
+        Timing probes need this: without it a repeated request is answered from the stored rows
+        and times a lookup instead of a forward pass."""
+        for slot in self.slots:
+            slot[4] = None
+
     @property
     def seq(self) -> list[int]:
         return max(self.slots, key=lambda s: s[2])[1] if self.slots else []

@@ -26,6 +26,7 @@ def _filler(prompt: list[int], n: int) -> list[int]:
 def _timed(lm: CachedLM, seq, n) -> float:
     import torch
 
+    lm.forget_logits()  # time a forward pass, never a reuse of stored rows
     if lm.device.type == "cuda":
         torch.cuda.synchronize(lm.device)
     t0 = time.perf_counter()
