@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,25 @@ def small_trace(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_trace_path(small_trace):
     return small_trace.path
+
+
+@functools.lru_cache(maxsize=None)
+def synthetic_sample() -> Path:
+    """The synthetic sample trace (40 utterances, seed 0, default exploration), built once per test run.
+
+    Tests that need a sizeable trace with known statistics (x_* signals, a stated model) use this
+    rather than the bundled sample, which is a real-model trace once one is shipped.
+    """
+    from sectrace.trace.synth import synth_recorders  # noqa: F401  (fails early if synth changed shape)
+
+    out = Path(tempfile.mkdtemp(prefix="sectrace-synthetic-sample-")) / "sample-trace"
+    return make_trace(out, n=40, max_new=64, seed=0)
+
+
+def trace_subset(trace, n: int):
+    """The first n utterances of a trace, as a Trace (fast fixtures for slower stages)."""
+    import polars as pl
+
+    keep = trace.utterances["utt_id"].to_list()[:n]
+    return type(trace)(trace.manifest, trace.utterances.filter(pl.col("utt_id").is_in(keep)),
+                       trace.nodes.filter(pl.col("utt_id").is_in(keep)), trace.timings, trace.vocab, trace.path)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
+from conftest import synthetic_sample  # noqa: E402
 from sectrace.errors import UserError
 from sectrace.gates import (AllGate, AnyGate, AudioShift, ContentGate, MaxEntropy, Oracle, Stability, parse_gate,
                             split_top)
@@ -17,7 +17,7 @@ from sectrace.trace import load_trace
 from sectrace.trace.synth import AlphaModel, AlphaSource
 from sectrace.trace.trie import TrieRecorder
 
-SAMPLE = Path(__file__).resolve().parents[1] / "src" / "sectrace" / "data" / "sample-trace"
+SAMPLE = synthetic_sample()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -12,6 +11,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("sklearn")
 
+from conftest import synthetic_sample, trace_subset  # noqa: E402
 from sectrace.cli import main  # noqa: E402
 from sectrace.errors import UserError  # noqa: E402
 from sectrace.gates import parse_gate  # noqa: E402
@@ -21,7 +21,7 @@ from sectrace.protocol import Accept, Block, Policy  # noqa: E402
 from sectrace.simulate import Replayer  # noqa: E402
 from sectrace.trace import load_trace  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parents[1] / "src" / "sectrace" / "data" / "sample-trace"
+SAMPLE = synthetic_sample()
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,7 @@ def trace():
 @pytest.fixture(scope="module")
 def small(trace):
     """The first 12 utterances: enough for 3-fold grouped CV, fast enough for the default test run."""
-    keep = trace.utterances["utt_id"].to_list()[:12]
-    return type(trace)(trace.manifest, trace.utterances.filter(pl.col("utt_id").is_in(keep)),
-                       trace.nodes.filter(pl.col("utt_id").is_in(keep)), trace.timings, trace.vocab, trace.path)
+    return trace_subset(trace, 12)
 
 
 @pytest.fixture(scope="module")

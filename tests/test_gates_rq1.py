@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -10,11 +9,12 @@ from click.testing import CliRunner
 
 pytest.importorskip("sklearn")
 
+from conftest import synthetic_sample, trace_subset  # noqa: E402
 from sectrace.cli import main  # noqa: E402
 from sectrace.gates.evaluate import default_thresholds, dominates, frontier, pareto, signal_table  # noqa: E402
 from sectrace.trace import load_trace  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parents[1] / "src" / "sectrace" / "data" / "sample-trace"
+SAMPLE = synthetic_sample()
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,7 @@ def trace():
 
 @pytest.fixture(scope="module")
 def small(trace):
-    keep = trace.utterances["utt_id"].to_list()[:10]
-    return type(trace)(trace.manifest, trace.utterances.filter(pl.col("utt_id").is_in(keep)),
-                       trace.nodes.filter(pl.col("utt_id").is_in(keep)), trace.timings, trace.vocab, trace.path)
+    return trace_subset(trace, 10)
 
 
 def test_signal_table(trace):

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sectrace.cli import sample_trace_path
+from conftest import synthetic_sample as sample_trace_path
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Draft, GateCall, Policy, Verify, cloud_only, drafter_only
 from sectrace.simulate import CostModel, Network, Replayer, latency, simulate

@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from sectrace.cli import main, sample_trace_path
+from conftest import synthetic_sample as sample_trace_path
+from sectrace.cli import main
 from sectrace.reports.pareto import pareto_mask
 from sectrace.reports.tables import policy_points, table1, table2
 

@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from sectrace.cli import main, sample_trace_path
+from conftest import synthetic_sample as sample_trace_path
+from sectrace.cli import main
 
 SAMPLE = str(sample_trace_path())
 

@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sectrace.cli import sample_trace_path
+from conftest import synthetic_sample as sample_trace_path
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
 from sectrace.protocol import Policy

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import click
 
 from . import __version__
+from .atomic import write_parquet_atomic
 from .errors import UserError
 
 
@@ -296,7 +295,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
         results = run_sim(tr, policies, configs, replayer=rp, progress=bar.update)
     summary = summarise(results)
     if out:
-        _write_parquet_atomic(results, out)
+        write_parquet_atomic(results, out)
     if as_json:
         click.echo(json.dumps({
             "trace": str(tr.path), "synthetic": tr.synthetic, "tool_version": __version__,
@@ -328,20 +327,6 @@ def _print_breakdown(results):
             click.echo(f"{r['policy'][:43]:<44}" + "".join(f"{r[c]:>10.3f}" for c in parts)
                        + f"{r['latency_s']:>10.3f}{-r['overlap_hidden_s'] or 0.0:>10.3f}")
     click.echo("overlap: time hidden if the edge drafts ahead during verification (needs --no-bonus to pay off)")
-
-
-def _write_parquet_atomic(df, path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        df.write_parquet(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _fmt(x, kind):
@@ -504,7 +489,7 @@ def sweep(grid, out, trace_path, cost_mode, jobs):
         else:
             df = run_sweep_parallel(trace_path, policies, cost, ax, jobs, progress=bar.update)
     dt = time.perf_counter() - t0
-    _write_parquet_atomic(df, out)
+    write_parquet_atomic(df, out)
     click.echo(f"{len(policies)} policies × {len(ax)} configurations = {df.height} rows → {out} "
                f"({len(policies) * len(ax) * n_utt / dt:,.0f} utterance-replays/s, {dt:.2f} s)")
 
@@ -540,7 +525,7 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
     rtt_list = [parse_duration(r, "--rtt", require_unit=True) for r in _split([rtts], "RTT", str)]
     m = run_map(Replayer(tr), pol, cost, net, tps_list, rtt_list)
     if out:
-        _write_parquet_atomic(m, out)
+        write_parquet_atomic(m, out)
     click.echo(f"policy: {pol.label}   costs: {cost.source}")
     click.echo("edge tok/s \\ RTT " + " ".join(f"{r * 1000:>6.0f}ms" for r in rtt_list))
     for t in tps_list:
@@ -593,7 +578,7 @@ def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, e
     rp = Replayer(tr)
     df = simulate_fleet(plans(rp, rp.replay(pol)), cost, net, fl, stateful=cloud_cache == "stateful")
     if out:
-        _write_parquet_atomic(df, out)
+        write_parquet_atomic(df, out)
     s = fleet_summary(df)
     click.echo(f"policy: {pol.label}   {devices} devices, {servers} servers, batch ≤{max_batch}")
     for key, v in s.items():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..atomic import write_parquet_atomic
 from ..errors import UserError
 
 
@@ -31,21 +32,6 @@ def _table(df, cols):
     for r in rows:
         lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
     return "\n".join(lines)
-
-
-def _write(df, out: Path):
-    import os
-    import tempfile
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        df.write_parquet(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @click.group("gates")
@@ -143,7 +129,7 @@ def gates_eval(trace_path, learned, rank, mode, out):
         cv = g.doc["cv"]
         click.echo(f"{name}: cross-validated when trained: ROC-AUC {cv['roc_auc']:.3f}, PR-AUC {cv['pr_auc']:.3f}")
     if out:
-        _write(df, out)
+        write_parquet_atomic(df, out)
         click.echo(f"wrote {out}")
 
 
@@ -211,5 +197,5 @@ def gates_frontier(trace_path, families, k, accept, privacy, adaptive, extend, o
                    + (f"; {len(d['not_matched'])} entropy points beaten by more than 0.005" if d["not_matched"] else "")
                    + ")")
     if out:
-        _write(df, out)
+        write_parquet_atomic(df, out)
         click.echo(f"wrote {out}")
