@@ -1,11 +1,13 @@
-"""How fast the backbone replays and prices: run with `python benchmarks/bench_replay_closed_form.py`.
+"""How fast the backbone replays and prices: `python benchmarks/bench_replay_closed_form.py [TRACE]`.
 
-Prints (1) trace load time, (2) replay time per policy over the bundled sample trace, and
+The README's figures use the synthetic sample: `sectrace trace synth /tmp/synth --utterances 40 --seed 0`,
+then pass /tmp/synth (without TRACE the bundled sample is used). Prints (1) trace load time, (2) replay time per policy over the bundled sample trace, and
 (3) closed-form latency for tens of thousands of (device, network) configurations at once.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -19,7 +21,7 @@ from sectrace.trace import load_trace
 
 def main():
     t0 = time.perf_counter()
-    tr = load_trace(sample_trace_path())
+    tr = load_trace(sys.argv[1] if len(sys.argv) > 1 else sample_trace_path())
     rp = Replayer(tr)
     t1 = time.perf_counter()
     print(f"load + index sample trace ({tr.utterances.height} utterances, {tr.nodes.height} nodes): {t1 - t0:.3f} s")
