@@ -37,6 +37,25 @@ def run(cmd):
     subprocess.run([str(c) for c in cmd], check=True)
 
 
+def relabel(trace_dir: Path, picked_from: Path):
+    """Name the models and the data in the manifest (the collector records local paths)."""
+    from sectrace.demo.weights import require
+    from sectrace.trace import load_trace, write_trace
+
+    tr = load_trace(trace_dir)
+    m = dict(tr.manifest)
+    for side, role in (("drafter", "drafter"), ("verifier", "verifier")):
+        info = json.loads((Path(require(role)) / "sectrace-weights.json").read_text())
+        m[side] = {**m[side], "name": info["name"].replace(" (GGUF)", ""), "source": info["source"],
+                   "gguf_sha256": info.get("gguf_sha256"), "converted_with": "transformers (GGUF dequantized)"}
+    m["dataset"] = {**m["dataset"], "name": "sectrace-demo-speech",
+                    "description": "espeak-ng emotional speech (synthetic audio, 6 emotions, 3 references each), "
+                                   "cascaded: Whisper tiny.en transcript + prosody text on the device; models are "
+                                   "stand-ins for Qwen2.5-Omni 3B/7B on MER2024",
+                    "source": f"sectrace data synth ({picked_from.name}), scripts/make_sample_trace.py"}
+    write_trace(trace_dir, m, tr.utterances, tr.nodes, tr.timings, tr.vocab, overwrite=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "sample-trace-work")
@@ -73,6 +92,7 @@ def main():
     for p in POLICIES:
         cmd += ["--policy", p]
     run(cmd)
+    relabel(trace, picked_from=data)
     if args.out.exists():
         shutil.rmtree(args.out)
     shutil.copytree(trace, args.out)

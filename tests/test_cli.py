@@ -18,7 +18,7 @@ def invoke(*args):
 def test_simulate_bundled_sample_out_of_the_box():
     res = invoke("simulate", "--rtt", "50ms")
     assert res.exit_code == 0, res.output
-    assert "SYNTHETIC" in res.output
+    assert "12 utterances; measured trace" in res.output  # the bundled sample: real models, scripts/make_sample_trace.py
     for name in ("edge-only", "cloud-only", "k=5 gate=entropy:2.5 accept=rank:20"):
         assert name in res.output
 
@@ -84,3 +84,18 @@ def test_help_teaches():
     assert "validate" not in commands and "serve" not in commands  # live runs: not built yet, not listed
     res = invoke("simulate", "--help")
     assert "50ms" in res.output and "Examples" in res.output
+
+
+def test_bundled_sample_is_real_and_lossless_replays():
+    from sectrace.cli import sample_trace_path
+    from sectrace.protocol import cloud_only, lossless
+    from sectrace.simulate import Replayer
+    from sectrace.trace import load_trace
+
+    tr = load_trace(sample_trace_path())
+    assert not tr.synthetic and tr.manifest["drafter"]["name"].startswith("Qwen2.5-Coder-0.5B")
+    rp = Replayer(tr)
+    cloud = rp.replay(cloud_only(32))
+    for k in (3, 5):
+        rep = rp.replay(lossless(k, 32))
+        assert all(a is not None and a.tokens == b.tokens for a, b in zip(rep.runs, cloud.runs))

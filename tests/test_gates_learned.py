@@ -152,7 +152,7 @@ def test_cli_train_eval_simulate(tmp_path, small, trace):
     assert res.exit_code == 0, res.output
     df = pl.read_parquet(tmp_path / "e.parquet")
     assert {"entropy", "stability", "audio"} <= set(df["signal"].to_list())
-    res = runner.invoke(main, ["simulate", "--gate", f"learned:{out}:0.5", "--k", "3", "--accept", "top1"])
+    res = runner.invoke(main, ["simulate", str(SAMPLE), "--gate", f"learned:{out}:0.5", "--k", "3", "--accept", "top1"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(main, ["gates", "train", "--out", str(out), "--features", "nope"])
     assert res.exit_code == 2 and "unknown feature" in res.output
