@@ -42,6 +42,20 @@ def synthetic_sample() -> Path:
     return make_trace(out, n=40, max_new=64, seed=0)
 
 
+@functools.lru_cache(maxsize=None)
+def synthetic_trace():
+    """The synthetic sample, loaded once per test run (it is read-only: polars frames, no test mutates it)."""
+    return load_trace(synthetic_sample())
+
+
+@functools.lru_cache(maxsize=None)
+def synthetic_replayer():
+    """One replayer over the synthetic sample: replays are pure and cached per policy, so modules share it."""
+    from sectrace.simulate import Replayer
+
+    return Replayer(synthetic_trace())
+
+
 def trace_subset(trace, n: int):
     """The first n utterances of a trace, as a Trace (fast fixtures for slower stages)."""
     import polars as pl

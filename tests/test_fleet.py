@@ -4,19 +4,18 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import synthetic_sample as sample_trace_path
+from conftest import synthetic_replayer
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Policy, cloud_only
-from sectrace.simulate import CostModel, Network, Replayer, fit_costs, latency
+from sectrace.simulate import CostModel, Network, fit_costs, latency
 from sectrace.simulate.fleet import Fleet, fleet_summary, plans, simulate_fleet
 from sectrace.simulate.timing import cost_vector
-from sectrace.trace import load_trace
 
 
 @pytest.fixture(scope="module")
 def rp():
-    return Replayer(load_trace(sample_trace_path()))
+    return synthetic_replayer()
 
 
 def _policy(k, gate, accept, privacy, cache, bonus):

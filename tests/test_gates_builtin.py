@@ -6,14 +6,13 @@ import math
 
 import pytest
 
-from conftest import synthetic_sample  # noqa: E402
+from conftest import synthetic_sample, synthetic_trace, synthetic_replayer  # noqa: E402
 from sectrace.errors import UserError
 from sectrace.gates import (AllGate, AnyGate, AudioShift, ContentGate, MaxEntropy, Oracle, Stability, parse_gate,
                             split_top)
 from sectrace.gates.content import token_flags
 from sectrace.protocol import Accept, Block, Policy, run
 from sectrace.simulate import Replayer
-from sectrace.trace import load_trace
 from sectrace.trace.synth import AlphaModel, AlphaSource
 from sectrace.trace.trie import TrieRecorder
 
@@ -22,12 +21,12 @@ SAMPLE = synthetic_sample()
 
 @pytest.fixture(scope="module")
 def trace():
-    return load_trace(SAMPLE)
+    return synthetic_trace()
 
 
 @pytest.fixture(scope="module")
-def replayer(trace):
-    return Replayer(trace)
+def replayer():
+    return synthetic_replayer()
 
 
 def block(tokens=(5, 6), ent=(0.5, 0.5), lp=(-0.1, -0.1), mar=(0.8, 0.8), extras=None):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("sklearn")
 
-from conftest import synthetic_sample, trace_subset  # noqa: E402
+from conftest import synthetic_sample, trace_subset, synthetic_trace  # noqa: E402
 from sectrace.cli import main  # noqa: E402
 from sectrace.errors import UserError  # noqa: E402
 from sectrace.gates import parse_gate  # noqa: E402
@@ -19,14 +19,13 @@ from sectrace.gates.features import available_features, block_matrix, node_table
 from sectrace.gates.learned import _fit, export_model, load_learned, raw_score, save_gate, train_gate  # noqa: E402
 from sectrace.protocol import Accept, Block, Policy  # noqa: E402
 from sectrace.simulate import Replayer  # noqa: E402
-from sectrace.trace import load_trace  # noqa: E402
 
 SAMPLE = synthetic_sample()
 
 
 @pytest.fixture(scope="module")
 def trace():
-    return load_trace(SAMPLE)
+    return synthetic_trace()
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,16 @@ from click.testing import CliRunner
 
 pytest.importorskip("sklearn")
 
-from conftest import synthetic_sample, trace_subset  # noqa: E402
+from conftest import synthetic_sample, trace_subset, synthetic_trace  # noqa: E402
 from sectrace.cli import main  # noqa: E402
 from sectrace.gates.evaluate import default_thresholds, dominates, frontier, pareto, signal_table  # noqa: E402
-from sectrace.trace import load_trace  # noqa: E402
 
 SAMPLE = synthetic_sample()
 
 
 @pytest.fixture(scope="module")
 def trace():
-    return load_trace(SAMPLE)
+    return synthetic_trace()
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import synthetic_sample as sample_trace_path
+from conftest import synthetic_replayer
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Draft, GateCall, Policy, Verify, cloud_only, drafter_only
-from sectrace.simulate import CostModel, Network, Replayer, latency, simulate
+from sectrace.simulate import CostModel, Network, latency, simulate
 from sectrace.simulate.overhead import SHADOW, overhead, overlap_hidden
 from sectrace.simulate.timing import cost_matrix
-from sectrace.trace import load_trace
 
 
 @pytest.fixture(scope="module")
 def rp():
-    return Replayer(load_trace(sample_trace_path()))
+    return synthetic_replayer()
 
 
 POLICIES = [

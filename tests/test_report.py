@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from conftest import synthetic_sample as sample_trace_path
+from conftest import synthetic_sample as sample_trace_path, synthetic_trace
 from sectrace.cli import main
 from sectrace.reports.pareto import pareto_mask
 from sectrace.reports.tables import policy_points, table1, table2
@@ -136,10 +136,9 @@ def test_report_bad_input(tmp_path):
 def test_break_even_matches_simulated_latency(results):
     from sectrace.cli_report import break_even
     from sectrace.reports.build import normalise_configs
-    from sectrace.trace import load_trace
 
     res = normalise_configs(pl.read_parquet(results))
-    tr = load_trace(SAMPLE)
+    tr = synthetic_trace()
     pol = "k=3 gate=entropy:2.5 accept=rank:20 features"
     c0 = res.filter(pl.col("config") == 0)
     rtt = c0["rtt_s"][0]

@@ -5,18 +5,17 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from conftest import synthetic_sample as sample_trace_path
+from conftest import synthetic_trace
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Policy
 from sectrace.reports.privacy import exposure, modes_side_by_side, privacy_table
 from sectrace.simulate import CostModel, Network, baselines, simulate
-from sectrace.trace import load_trace
 
 
 @pytest.fixture(scope="module")
 def run():
-    tr = load_trace(sample_trace_path())
+    tr = synthetic_trace()
     pols = list(baselines(64))
     for privacy in ("token-only", "features"):
         for spec in ("entropy:2.5", "always"):

@@ -4,18 +4,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import synthetic_sample as sample_trace_path
+from conftest import synthetic_sample as sample_trace_path, synthetic_replayer
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
 from sectrace.protocol import Policy
-from sectrace.simulate import CostModel, Network, Replayer, simulate, summarise
+from sectrace.simulate import CostModel, Network, simulate, summarise
 from sectrace.simulate.sweep import breakeven, check_theta_grid, load_grid, product_axes, run_sweep
-from sectrace.trace import load_trace
 
 
 @pytest.fixture(scope="module")
 def rp():
-    return Replayer(load_trace(sample_trace_path()))
+    return synthetic_replayer()
 
 
 NETS = [Network(rtt_s=0.01, name="a"), Network(rtt_s=0.2, up_Bps=1e5, down_Bps=3e5, overhead_bytes=40, name="b",
