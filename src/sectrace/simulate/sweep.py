@@ -27,8 +27,8 @@ from ..units import parse_duration, parse_rate, parse_size
 from .costs import CostModel, Network
 from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
 from .profiles import cloud_device, edge_device, network_preset
-from .replay import FEATURES, FI, Replayer
-from .timing import cost_vector
+from .replay import FI, Replayer
+from .timing import cost_theta, cost_vector
 
 
 @dataclass
@@ -50,26 +50,8 @@ class Axes:
 
 def theta_grid(cost: CostModel, ax: Axes) -> np.ndarray:
     """(features, configurations): cost_vector for every configuration, built without a Python loop."""
-    n = len(ax)
-    th = np.zeros((len(FEATURES), n))
-    e, c = 1.0 / ax.edge_speedup, 1.0 / ax.cloud_speedup
-    th[FI["edge_prefills"]] = cost.edge_prefill_a * e
-    th[FI["edge_prefill_tokens"]] = cost.edge_prefill_b * e
-    th[FI["draft_steps"]] = cost.edge_step_a * e
-    th[FI["draft_ctx"]] = cost.edge_step_c * e
-    th[FI["gate_calls"]] = cost.gate_s
-    th[FI["up_msgs"]] = ax.rtt_s / 2 + ax.overhead_bytes / ax.up_Bps + ax.extra_s
-    th[FI["up_bytes"]] = 1.0 / ax.up_Bps
-    th[FI["down_msgs"]] = ax.rtt_s / 2 + ax.overhead_bytes / ax.down_Bps + ax.extra_s
-    th[FI["down_bytes"]] = 1.0 / ax.down_Bps
-    th[FI["cloud_prefills"]] = cost.cloud_prefill_a * c
-    th[FI["cloud_prefill_tokens"]] = cost.cloud_prefill_b * c
-    th[FI["verify_calls"]] = cost.verify_a * c
-    th[FI["verify_tokens"]] = cost.verify_b * c
-    th[FI["verify_ctx"]] = cost.verify_c * c
-    th[FI["cloud_steps"]] = cost.cloud_step_a * c
-    th[FI["cloud_ctx"]] = cost.cloud_step_c * c
-    return th
+    return cost_theta(cost, ax.rtt_s, ax.up_Bps, ax.down_Bps, ax.overhead_bytes, ax.extra_s,
+                      1.0 / ax.edge_speedup, 1.0 / ax.cloud_speedup)
 
 
 def product_axes(nets: Sequence[Network], edge_speedups: Sequence[float], cloud_speedups: Sequence[float],

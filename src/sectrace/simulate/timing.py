@@ -15,27 +15,39 @@ from .costs import CostModel, Network
 from .replay import FEATURES, FI
 
 
+def cost_theta(cost: CostModel, rtt_s, up_Bps, down_Bps, overhead_bytes, extra_s=0.0, edge_scale=1.0,
+               cloud_scale=1.0) -> np.ndarray:
+    """Seconds per unit of each schedule feature: the one mapping from costs and network to the cost vector.
+
+    Network fields and scales may be arrays (one value per configuration), giving (features, configurations);
+    scalars give (features,). ``extra_s`` is the expected jitter and loss delay per message; the scales
+    multiply edge and cloud model time (1 / speed-up).
+    """
+    shape = np.broadcast(rtt_s, up_Bps, down_Bps, overhead_bytes, extra_s, edge_scale, cloud_scale).shape
+    th = np.zeros((len(FEATURES),) + shape)
+    e, c = edge_scale, cloud_scale
+    th[FI["edge_prefills"]] = cost.edge_prefill_a * e
+    th[FI["edge_prefill_tokens"]] = cost.edge_prefill_b * e
+    th[FI["draft_steps"]] = cost.edge_step_a * e
+    th[FI["draft_ctx"]] = cost.edge_step_c * e
+    th[FI["gate_calls"]] = cost.gate_s
+    th[FI["up_msgs"]] = rtt_s / 2 + overhead_bytes / up_Bps + extra_s
+    th[FI["up_bytes"]] = 1.0 / up_Bps
+    th[FI["down_msgs"]] = rtt_s / 2 + overhead_bytes / down_Bps + extra_s
+    th[FI["down_bytes"]] = 1.0 / down_Bps
+    th[FI["cloud_prefills"]] = cost.cloud_prefill_a * c
+    th[FI["cloud_prefill_tokens"]] = cost.cloud_prefill_b * c
+    th[FI["verify_calls"]] = cost.verify_a * c
+    th[FI["verify_tokens"]] = cost.verify_b * c
+    th[FI["verify_ctx"]] = cost.verify_c * c
+    th[FI["cloud_steps"]] = cost.cloud_step_a * c
+    th[FI["cloud_ctx"]] = cost.cloud_step_c * c
+    return th
+
+
 def cost_vector(cost: CostModel, net: Network) -> np.ndarray:
-    """Seconds per unit of each schedule feature."""
-    theta = np.zeros(len(FEATURES))
-    theta[FI["edge_prefills"]] = cost.edge_prefill_a
-    theta[FI["edge_prefill_tokens"]] = cost.edge_prefill_b
-    theta[FI["draft_steps"]] = cost.edge_step_a
-    theta[FI["draft_ctx"]] = cost.edge_step_c
-    theta[FI["gate_calls"]] = cost.gate_s
-    extra = net.expected_extra_s  # 0 without jitter and loss
-    theta[FI["up_msgs"]] = net.rtt_s / 2 + net.overhead_bytes / net.up_Bps + extra
-    theta[FI["up_bytes"]] = 1.0 / net.up_Bps
-    theta[FI["down_msgs"]] = net.rtt_s / 2 + net.overhead_bytes / net.down_Bps + extra
-    theta[FI["down_bytes"]] = 1.0 / net.down_Bps
-    theta[FI["cloud_prefills"]] = cost.cloud_prefill_a
-    theta[FI["cloud_prefill_tokens"]] = cost.cloud_prefill_b
-    theta[FI["verify_calls"]] = cost.verify_a
-    theta[FI["verify_tokens"]] = cost.verify_b
-    theta[FI["verify_ctx"]] = cost.verify_c
-    theta[FI["cloud_steps"]] = cost.cloud_step_a
-    theta[FI["cloud_ctx"]] = cost.cloud_step_c
-    return theta
+    """Seconds per unit of each schedule feature, for one device and network (jitter and loss at their mean)."""
+    return cost_theta(cost, net.rtt_s, net.up_Bps, net.down_Bps, net.overhead_bytes, net.expected_extra_s)
 
 
 def cost_matrix(configs: Sequence[tuple[CostModel, Network]]) -> np.ndarray:
