@@ -226,7 +226,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
 
     from .gates import parse_gate, split_top
     from .protocol import Accept, Policy
-    from .simulate import CostModel, Network, Replayer, baselines, fit_costs, profiles, simulate as run_sim, summarise
+    from .simulate import Network, Replayer, baselines, profiles, simulate as run_sim, summarise
     from .trace import load_trace
     from .units import parse_duration, parse_rate, parse_size
 
@@ -246,11 +246,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
                 policies.append(Policy(k=k, gate=g, gate_spec=spec.lower(), accept=acc, bonus=bonus,
                                        privacy=privacy, cloud_cache=cloud_cache, max_new_tokens=max_new,
                                        adaptive=adaptive))
-    cost = fit_costs(tr.timings) if cost_mode == "fit" else CostModel()
-    if edge_device:
-        cost = profiles.edge_device(edge_device).apply(cost)
-    if cloud_device:
-        cost = profiles.cloud_device(cloud_device).apply(cost)
+    cost = _base_cost(tr, cost_mode, edge_device, cloud_device)
     over = {}
     if edge_tps:
         over.update(edge_step_a=1.0 / edge_tps, edge_step_c=0.0)
@@ -573,8 +569,9 @@ def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, e
     if rtt:
         net = replace(net, rtt_s=parse_duration(rtt, "--rtt", require_unit=True))
     fl = Fleet(devices=devices, servers=servers, max_batch=max_batch,
-               batch_window_s=parse_duration(batch_window, "--batch-window", require_unit=True), batch_slowdown=batch_slowdown,
-               arrival_rate=arrival_rate, utterances_per_device=utterances_per_device, seed=seed)
+               batch_window_s=parse_duration(batch_window, "--batch-window", require_unit=True),
+               batch_slowdown=batch_slowdown, arrival_rate=arrival_rate,
+               utterances_per_device=utterances_per_device, seed=seed)
     rp = Replayer(tr)
     df = simulate_fleet(plans(rp, rp.replay(pol)), cost, net, fl, stateful=cloud_cache == "stateful")
     if out:

@@ -8,14 +8,13 @@ from ..protocol import Block
 
 
 @dataclass(frozen=True)
-class AnyGate:
+class _Combination:
+    """What both combinations share: binding members to a replay session, and whether any member needs one."""
+
     gates: tuple
 
-    def escalate(self, block: Block) -> bool:
-        return any(g.escalate(block) for g in self.gates)
-
     def bind(self, session, policy):
-        return AnyGate(tuple(_bind(g, session, policy) for g in self.gates))
+        return type(self)(tuple(_bind(g, session, policy) for g in self.gates))
 
     @property
     def needs_session(self) -> bool:
@@ -28,23 +27,15 @@ class AnyGate:
 
 
 @dataclass(frozen=True)
-class AllGate:
-    gates: tuple
+class AnyGate(_Combination):
+    def escalate(self, block: Block) -> bool:
+        return any(g.escalate(block) for g in self.gates)
 
+
+@dataclass(frozen=True)
+class AllGate(_Combination):
     def escalate(self, block: Block) -> bool:
         return all(g.escalate(block) for g in self.gates)
-
-    def bind(self, session, policy):
-        return AllGate(tuple(_bind(g, session, policy) for g in self.gates))
-
-    @property
-    def needs_session(self) -> bool:
-        return needs_session(self)
-
-    def prepare(self, session, policy):
-        from .oracle import prepare_session
-
-        return prepare_session(self, session, policy)
 
 
 def _bind(gate, session, policy):
