@@ -28,10 +28,12 @@ from sectrace.trace import load_trace
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("trace", nargs="?", help="trace directory (default: the bundled sample); the README's figures "
+                    "use `sectrace trace synth /tmp/synth --utterances 40 --seed 0`")
     ap.add_argument("--configs", type=int, default=10_000)
     ap.add_argument("--fleet-configs", type=int, default=20)
     args = ap.parse_args()
-    tr = load_trace(sample_trace_path())
+    tr = load_trace(args.trace or sample_trace_path())
     cost = fit_costs(tr.timings)
     policies = [drafter_only(64), cloud_only(64)] + [
         Policy(k=k, gate=parse_gate(g), gate_spec=g, accept=Accept.parse(a), max_new_tokens=64)
