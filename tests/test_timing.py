@@ -28,7 +28,7 @@ def clock(run, policy, utt, cost=COST, net=NET):
     for ev in run.events:
         if isinstance(ev, Prefill):
             t += cost.edge_prefill_a + cost.edge_prefill_b * utt["edge_prompt_tokens"]
-        elif isinstance(ev, Draft):
+        elif isinstance(ev, Draft) and ev.ctx:  # the first token comes with the prefill
             t += cost.edge_step_a + cost.edge_step_c * (utt["edge_prompt_tokens"] + ev.ctx)
         elif isinstance(ev, GateCall):
             t += cost.gate_s
@@ -38,14 +38,14 @@ def clock(run, policy, utt, cost=COST, net=NET):
             if ev.first:
                 payload += audio + TOKEN_BYTES * utt["blind_prompt_tokens"]
                 t += up(payload) + cost.cloud_prefill_a + cost.cloud_prefill_b * cprompt
-            else:
-                t += up(payload)
-            t += cost.verify_a + cost.verify_b * (ev.pending + ev.n) + cost.verify_c * (cprompt + ev.ctx - ev.pending)
+            else:  # a call that prefills runs the block in the same pass: one call overhead, the prefill's
+                t += up(payload) + cost.verify_a
+            t += cost.verify_b * (ev.pending + ev.n) + cost.verify_c * (cprompt + ev.ctx - ev.pending)
             t += down(DOWN_PAYLOAD_BYTES)
         elif isinstance(ev, CloudStart):
             t += up(audio + TOKEN_BYTES * utt["blind_prompt_tokens"]) + cost.cloud_prefill_a + cost.cloud_prefill_b * cprompt
             cloud_seen = True
-        elif isinstance(ev, CloudStep):
+        elif isinstance(ev, CloudStep) and ev.ctx:
             t += cost.cloud_step_a + cost.cloud_step_c * (cprompt + ev.ctx)
         elif isinstance(ev, Commit) and ttft is None and ev.n:
             ttft = t + (down(TOKEN_BYTES) if cloud_seen else 0.0)
@@ -78,7 +78,7 @@ def test_edge_only_by_hand(small_trace):
     u = small_trace.utterances.row(0, named=True)
     n = len(rep.runs[0].tokens)
     p = u["edge_prompt_tokens"]
-    want = 1.0 + 0.01 * p + sum(0.5 + 0.001 * (p + i) for i in range(n)) + n * 0.002
+    want = 1.0 + 0.01 * p + sum(0.5 + 0.001 * (p + i) for i in range(1, n)) + n * 0.002
     assert latency(rep.total, cost_matrix([(COST, NET)]))[0, 0] == pytest.approx(want, abs=1e-9)
 
 

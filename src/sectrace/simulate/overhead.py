@@ -61,15 +61,15 @@ def overhead(replayer: Replayer, rep: Replay) -> Overhead:
         for i, ev in enumerate(r.events):
             kind = type(ev)
             if kind is Draft:
-                cur.append(ev.ctx)
+                cur.append(ev.ctx)  # ctx 0 (the first token) comes with the prefill: free, see schedule_features
             elif kind is GateCall:
                 block, cur = cur, []
             elif kind is Verify:
                 verifies.append(i)
                 if ev.corrected:
                     lost = block[ev.accepted:]
-                    ws += len(lost)
-                    wc += sum(prompt + c for c in lost)
+                    ws += sum(1 for c in lost if c)
+                    wc += sum(prompt + c for c in lost if c)
                 if stateless:
                     rt += ev.ctx
                     rb += TOKEN_BYTES * ev.ctx
@@ -89,7 +89,7 @@ def overhead(replayer: Replayer, rep: Replay) -> Overhead:
             ev = r.events[i]
             nd = np.zeros(nf)
             for later in r.events[i + 1:]:
-                if type(later) is Draft:
+                if type(later) is Draft and later.ctx:
                     nd[FI["draft_steps"]] += 1
                     nd[FI["draft_ctx"]] += prompt + later.ctx
                 elif type(later) is GateCall:

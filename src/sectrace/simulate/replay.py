@@ -76,7 +76,13 @@ def schedule_features(run_: Run, policy: Policy, utt: dict,
 
     With ``marks`` (a list), the running feature totals after each event are appended to it, and
     once more at the end: the SimPy engine cuts the schedule into timed steps from their differences,
-    so both engines price the very same features."""
+    so both engines price the very same features.
+
+    Passes merge the way a real decoder runs them (measured by ``sectrace validate``): a prefill pass
+    yields the first token's logits, so the first draft step (edge) and the first cloud decoding step
+    cost nothing of their own, and a verify call that prefills (the first stateful call, every
+    stateless call) runs prompt and block in one pass: prefill plus per-token verify cost, no second
+    call overhead."""
     f = np.zeros(len(FEATURES))
     first = None
     audio_up = 0
@@ -86,8 +92,9 @@ def schedule_features(run_: Run, policy: Policy, utt: dict,
     for ev in run_.events:
         kind = type(ev)
         if kind is Draft:
-            f[FI["draft_steps"]] += 1
-            f[FI["draft_ctx"]] += edge_prompt + ev.ctx
+            if ev.ctx:  # the first token's logits come out of the edge prefill: no step of its own
+                f[FI["draft_steps"]] += 1
+                f[FI["draft_ctx"]] += edge_prompt + ev.ctx
         elif kind is GateCall:
             f[FI["gate_calls"]] += 1
         elif kind is Verify:
@@ -104,7 +111,8 @@ def schedule_features(run_: Run, policy: Policy, utt: dict,
                 f[FI["verify_ctx"]] += cloud_prompt + ev.ctx - ev.pending
             f[FI["up_msgs"]] += 1
             f[FI["up_bytes"]] += up
-            f[FI["verify_calls"]] += 1
+            if not (stateless or ev.first):  # a call that prefills runs prompt and block in that one pass
+                f[FI["verify_calls"]] += 1
             f[FI["down_msgs"]] += 1
             f[FI["down_bytes"]] += down
         elif kind is Commit:
@@ -114,8 +122,9 @@ def schedule_features(run_: Run, policy: Policy, utt: dict,
                     first[FI["down_msgs"]] += 1
                     first[FI["down_bytes"]] += TOKEN_BYTES
         elif kind is CloudStep:
-            f[FI["cloud_steps"]] += 1
-            f[FI["cloud_ctx"]] += cloud_prompt + ev.ctx
+            if ev.ctx:  # the first token comes out of the cloud prefill
+                f[FI["cloud_steps"]] += 1
+                f[FI["cloud_ctx"]] += cloud_prompt + ev.ctx
         elif kind is Prefill:
             f[FI["edge_prefills"]] += 1
             f[FI["edge_prefill_tokens"]] += edge_prompt
