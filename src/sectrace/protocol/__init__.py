@@ -5,8 +5,8 @@ the live edge client) drives :func:`run`.
 """
 
 from .engine import (
-    CloudStart, CloudStep, Commit, CoverageMiss, Draft, DraftToken, GateCall, Judgement, Prefill, Run,
-    Session, Verify, run,
+    CloudStart, CloudStep, CloudUnavailable, Commit, CoverageMiss, Draft, DraftToken, Fallback, GateCall, Judgement,
+    Prefill, Run, Session, Verify, run,
 )
 from .gates_basic import Always, Never
 from .policy import (
@@ -15,7 +15,7 @@ from .policy import (
 )
 
 __all__ = [
-    "Accept", "Always", "Block", "CLOUD_CACHES", "CloudStart", "CloudStep", "Commit", "CoverageMiss", "Draft",
-    "DraftToken", "Gate", "GateCall", "Judgement", "Never", "PRIVACY_MODES", "Policy", "PolicyError", "Prefill",
+    "Accept", "Always", "Block", "CLOUD_CACHES", "CloudStart", "CloudStep", "CloudUnavailable", "Commit",
+    "CoverageMiss", "Draft", "DraftToken", "Fallback", "Gate", "GateCall", "Judgement", "Never", "PRIVACY_MODES", "Policy", "PolicyError", "Prefill",
     "Run", "Session", "VERIFIER_MODE_FOR_PRIVACY", "Verify", "cloud_only", "drafter_only", "lossless", "run",
 ]

@@ -25,6 +25,11 @@ class CoverageMiss(Exception):
         self.what = what
 
 
+class CloudUnavailable(Exception):
+    """The verifier could not be asked (unreachable, timed out, refused). The run goes on without it:
+    the edge commits its own draft, so a caption is never lost, and a :class:`Fallback` event records it."""
+
+
 class DraftToken(NamedTuple):
     """The drafter's greedy next token at a state, with the signals a gate may use."""
 
@@ -102,6 +107,17 @@ class Verify(NamedTuple):
     bonus: int
 
 
+class Fallback(NamedTuple):
+    """An escalation the cloud did not answer: ``n`` drafted tokens were committed unverified.
+
+    Only live runs produce it (a trace always answers); ``n = 0`` marks cloud-only decoding that
+    switched to the edge drafter for the rest of the caption."""
+
+    n: int
+    ctx: int
+    reason: str
+
+
 class CloudStart(NamedTuple):
     """Cloud-only decoding begins: the audio goes up and the cloud prefills."""
 
@@ -132,6 +148,7 @@ class Run:
     accepted: int = 0
     corrected: int = 0
     bonus: int = 0
+    fallbacks: int = 0  # escalations the cloud did not answer (live runs only)
     eos: bool = False
 
     @property
@@ -140,10 +157,24 @@ class Run:
         return self.drafted - (len(self.tokens) - self.corrected - self.bonus)
 
 
-def run(session: Session, policy: Policy) -> Run:
-    """Decode one utterance under ``policy``. May raise :class:`CoverageMiss` from the session."""
+def _emitter(events: list, observe):
+    if observe is None:
+        return events.append
+
+    def emit(e):
+        events.append(e)
+        observe(e)
+
+    return emit
+
+
+def run(session: Session, policy: Policy, observe=None) -> Run:
+    """Decode one utterance under ``policy``. May raise :class:`CoverageMiss` from the session.
+
+    ``observe``, if given, is called with each event as it happens: a live client timestamps
+    them (this function itself never reads a clock)."""
     if policy.k == 0:
-        return _run_cloud(session, policy)
+        return _run_cloud(session, policy, observe)
     gate = policy.gate
     if gate is None:
         raise ValueError("policy has no gate object; build it with sectrace.gates.parse_gate")
@@ -152,9 +183,9 @@ def run(session: Session, policy: Policy) -> Run:
     max_new = policy.max_new_tokens
     stop_lp = math.log(policy.adaptive) if policy.adaptive is not None else None
     out = Run()
-    ev = out.events
+    emit = _emitter(out.events, observe)
     tokens = out.tokens
-    ev.append(Prefill())
+    emit(Prefill())
     state = session.root
     unsent = 0  # committed on the edge, not yet seen by the cloud
     pending = 0  # known to the cloud but not yet in its cache
@@ -165,7 +196,7 @@ def run(session: Session, policy: Policy) -> Run:
         s = state
         while True:
             d = session.draft(s)
-            ev.append(Draft(len(tokens) + len(drafts)))
+            emit(Draft(len(tokens) + len(drafts)))
             drafts.append(d)
             if d.eos or len(drafts) == budget or (stop_lp is not None and d.logprob < stop_lp):
                 break
@@ -182,13 +213,19 @@ def run(session: Session, policy: Policy) -> Run:
             start=len(tokens),
             extras=tuple(d.extra or {} for d in drafts),
         )
-        ev.append(GateCall(n))
-        if not gate.escalate(block):
+        emit(GateCall(n))
+        judgements = None
+        if gate.escalate(block):
+            try:
+                judgements = session.judge(state, block_toks, mode)
+            except CloudUnavailable as exc:
+                emit(Fallback(n, len(tokens), str(exc)))
+                out.fallbacks += 1
+        if judgements is None:
             new = list(block_toks)
             ended = drafts[-1].eos
             unsent += n
         else:
-            judgements = session.judge(state, block_toks, mode)
             j = 0
             while j < n:
                 jg = judgements[j]
@@ -209,7 +246,7 @@ def run(session: Session, policy: Policy) -> Run:
                     new.append(extra.top1)
                     ended = extra.top1_eos
                     bonus = 1
-            ev.append(Verify(n, len(tokens), unsent, pending + unsent, first, j, corrected, bonus))
+            emit(Verify(n, len(tokens), unsent, pending + unsent, first, j, corrected, bonus))
             first = False
             out.escalations += 1
             out.verified += n
@@ -219,7 +256,7 @@ def run(session: Session, policy: Policy) -> Run:
             unsent = 0
             pending = corrected + bonus
         tokens.extend(new)
-        ev.append(Commit(len(new), len(tokens)))
+        emit(Commit(len(new), len(tokens)))
         if ended:
             out.eos = True
             break
@@ -230,23 +267,39 @@ def run(session: Session, policy: Policy) -> Run:
     return out
 
 
-def _run_cloud(session: Session, policy: Policy) -> Run:
-    """k = 0: nothing is drafted, every token is the verifier's bonus token (cloud-only decoding)."""
+def _run_cloud(session: Session, policy: Policy, observe=None) -> Run:
+    """k = 0: nothing is drafted, every token is the verifier's bonus token (cloud-only decoding).
+
+    If the cloud stops answering, the edge drafter writes the rest of the caption (a Fallback event)."""
     out = Run(escalations=1)  # one cloud request, streamed
-    ev = out.events
-    ev.append(CloudStart())
+    emit = _emitter(out.events, observe)
+    emit(CloudStart())
     state = session.root
     mode = policy.verifier_mode
+    cloud = True
     while len(out.tokens) < policy.max_new_tokens:
-        jg = session.judge(state, (), mode)[0]
-        ev.append(CloudStep(len(out.tokens)))
-        out.tokens.append(jg.top1)
-        out.bonus += 1
-        ev.append(Commit(1, len(out.tokens)))
-        if jg.top1_eos:
+        if cloud:
+            try:
+                jg = session.judge(state, (), mode)[0]
+                tok, eos = jg.top1, jg.top1_eos
+                emit(CloudStep(len(out.tokens)))
+                out.bonus += 1
+            except CloudUnavailable as exc:
+                emit(Fallback(0, len(out.tokens), str(exc)))
+                out.fallbacks += 1
+                cloud = False
+                emit(Prefill())  # the edge has not run the prompt yet
+        if not cloud:
+            d = session.draft(state)
+            emit(Draft(len(out.tokens)))
+            tok, eos = d.token, d.eos
+            out.drafted += 1
+        out.tokens.append(tok)
+        emit(Commit(1, len(out.tokens)))
+        if eos:
             out.eos = True
             break
         if len(out.tokens) >= policy.max_new_tokens:
             break
-        state = session.advance(state, jg.top1)
+        state = session.advance(state, tok)
     return out
