@@ -397,6 +397,12 @@ from .demo.commands import data as _data, weights as _weights  # noqa: E402
 main.add_command(_data)
 main.add_command(_weights)
 
+# --- live runs (issue 8): the verifier service and validation against the simulator -----
+from .live.commands import serve as _serve, validate as _validate  # noqa: E402
+
+main.add_command(_serve)
+main.add_command(_validate)
+
 
 # --- sweep, breakeven, fleet (the simulator at scale) -----------------------------------------
 def _base_cost(tr, cost_mode, edge_device=None, cloud_device=None):

@@ -185,6 +185,10 @@ class ShapingProxy:
             loop.run_forever()
         finally:
             server.close()
+            tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in tasks:  # open connections: cancel their pumps so every writer closes inside the loop
+                t.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             loop.run_until_complete(server.wait_closed())
             loop.close()
 

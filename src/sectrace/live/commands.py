@@ -1,0 +1,240 @@
+"""Click commands of the live stage: ``sectrace serve`` and ``sectrace validate``.
+
+Heavy imports (torch, transformers, FastAPI) happen inside the commands, so ``sectrace --help``
+stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+
+def _cpus(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    out = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise UserError(f"cannot read cores {text!r}; write e.g. 0 or 0,1 or 2-3") from None
+    have = os.sched_getaffinity(0)
+    bad = [c for c in out if c not in have]
+    if bad:
+        raise UserError(f"core {bad[0]} is not available to this process (available: "
+                        f"{','.join(map(str, sorted(have)))})")
+    return out
+
+
+def _keys(key_file: Path | None, no_auth: bool, host: str) -> tuple[dict | None, str | None]:
+    from .service import parse_keys
+
+    if no_auth:
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise UserError("--no-auth is only allowed on a loopback --host; anyone who can reach the port could "
+                            "use the model")
+        return None, None
+    if key_file is not None:
+        try:
+            return parse_keys(key_file.read_text()), None
+        except OSError as exc:
+            raise UserError(f"cannot read the key file {key_file}: {exc.strerror}") from None
+    env = os.environ.get("SECTRACE_API_KEY")
+    if env:
+        return parse_keys(env), None
+    key = secrets.token_urlsafe(24)
+    return {"client1": key}, key
+
+
+@click.command("serve")
+@click.option("--verifier", required=True, help="Cloud model: a local directory (the trace's verifier).")
+@click.option("--backend", type=click.Choice(["causal-lm", "omni-thinker", "qwen2-audio"]), default="causal-lm",
+              show_default=True, help="Model kind, as in `sectrace collect`.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port (0: any free port; see --ready-file).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--dtype", default="auto", show_default=True, help="auto, float32, float16 or bfloat16.")
+@click.option("--threads", type=int, default=None, help="Torch threads for the model (default: torch's).")
+@click.option("--cpus", default=None, help="Pin the service to these cores, e.g. 1 or 2-3 (Linux).")
+@click.option("--api-key-file", type=click.Path(path_type=Path),
+              help="Bearer keys, one `NAME KEY` (or `KEY`) per line; each key is a client with its own sessions. "
+                   "Default: $SECTRACE_API_KEY, else a random key printed at start.")
+@click.option("--no-auth", is_flag=True, help="No keys (loopback only; for local experiments).")
+@click.option("--max-draft", default=32, show_default=True, help="Longest block a verify call may carry.")
+@click.option("--max-context", default=8192, show_default=True, help="Most tokens a session may hold.")
+@click.option("--max-body", default="8MB", show_default=True, help="Largest request body.")
+@click.option("--sessions-per-client", default=16, show_default=True, help="Open sessions per key.")
+@click.option("--max-sessions", default=256, show_default=True, help="Open sessions in all.")
+@click.option("--idle", default="120s", show_default=True, help="Close sessions idle this long.")
+@click.option("--ready-file", type=click.Path(path_type=Path), help="Write {\"port\": …} here once listening.")
+def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_file, no_auth, max_draft,
+          max_context, max_body, sessions_per_client, max_sessions, idle, ready_file):
+    """Serve the cloud verifier over HTTP for live edge clients.
+
+    An edge opens a session per utterance (the verifier keeps its KV cache between
+    blocks) or calls statelessly; each call carries drafted token ids and gets back the
+    accepted count, the correction or bonus token and the verifier's judgement. Bodies
+    are MessagePack; the OpenAPI schema is at /openapi.json, docs at /docs.
+
+    \b
+      sectrace serve --verifier ~/.cache/sectrace/models/verifier --port 8000 --api-key-file keys
+      sectrace validate TRACE --drafter D --verifier V ...   # starts its own service
+    """
+    import logging
+
+    import uvicorn
+
+    from ..units import parse_duration, parse_size
+    from .service import Limits, create_app
+    from .verifier import load_cloud_model
+
+    cores = _cpus(cpus)
+    keys, generated = _keys(api_key_file, no_auth, host)
+    limits = Limits(max_draft=max_draft, max_context=max_context, max_body_bytes=parse_size(max_body, "--max-body"),
+                    sessions_per_client=sessions_per_client, max_sessions=max_sessions,
+                    idle_s=parse_duration(idle, "--idle", require_unit=True))
+    if cores:
+        os.sched_setaffinity(0, cores)
+    cloud = load_cloud_model(verifier, backend, device, dtype, threads)
+    app = create_app(cloud, keys, limits)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if not self.started:
+                return
+            bound = self.servers[0].sockets[0].getsockname()[1]
+            click.echo(f"serving {verifier} on http://{host}:{bound} ({'no auth' if keys is None else f'{len(keys)} key(s)'}"
+                       f"{', cores ' + ','.join(map(str, cores)) if cores else ''})", err=True)
+            if generated:
+                click.echo(f"API key (generated; pass it as `Authorization: Bearer KEY`): {generated}", err=True)
+            if ready_file:
+                tmp = Path(str(ready_file) + ".tmp")
+                tmp.write_text(json.dumps({"port": bound, "pid": os.getpid()}))
+                os.replace(tmp, ready_file)
+
+    logging.basicConfig(level=logging.WARNING)
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+                                   timeout_keep_alive=300))
+    try:
+        server.run()
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+
+
+def _policies(texts, max_new: int):
+    from ..collect.commands import parse_policy
+    from ..protocol import cloud_only, drafter_only
+
+    out = []
+    for text in texts:
+        for one in filter(None, (t.strip() for t in text.split(";"))):
+            if one in ("edge-only", "edge"):
+                out.append(drafter_only(max_new))
+            elif one in ("cloud-only", "cloud"):
+                out.append(cloud_only(max_new))
+            else:
+                out.append(parse_policy(one, max_new))
+    if not out:
+        raise UserError("give at least one --policy")
+    return out
+
+
+@click.command("validate")
+@click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
+@click.option("--drafter", required=True, help="The trace's drafter (local directory).")
+@click.option("--verifier", required=True, help="The trace's verifier (local directory).")
+@click.option("--policy", "--policies", "policies", multiple=True,
+              default=["edge-only", "cloud-only", "k=4 gate=always accept=top1 token-only"], show_default=True,
+              help="Policies to run, as in the simulator's labels; several with ; or repeated flags.")
+@click.option("--rtt", "rtts", default="20ms,50ms,100ms", show_default=True, help="Round-trip times to shape.")
+@click.option("--uplink", default="20Mbit/s", show_default=True, help="Edge → cloud bandwidth.")
+@click.option("--downlink", default="50Mbit/s", show_default=True, help="Cloud → edge bandwidth.")
+@click.option("--jitter", default=None, help="Extra one-way delay per chunk, a scipy.stats spec, e.g. "
+                                             "expon(scale=0.002).")
+@click.option("--loss", default=0.0, show_default=True, help="Probability a chunk costs a retransmission timeout.")
+@click.option("--rto", default="200ms", show_default=True, help="Retransmission timeout per loss.")
+@click.option("--manifest", type=click.Path(path_type=Path), help="Utterances (default: the trace's).")
+@click.option("--utterances", "-n", "limit", type=int, help="Only the first N utterances.")
+@click.option("--edge-threads", default=1, show_default=True, help="Torch threads of the drafter.")
+@click.option("--cloud-threads", default=1, show_default=True, help="Torch threads of the verifier service.")
+@click.option("--edge-cpus", default=None, help="Cores for the edge (default: first half).")
+@click.option("--cloud-cpus", default=None, help="Cores for the service (default: second half).")
+@click.option("--dtype", default="auto", show_default=True, help="Model dtype (the trace's, for exact captions).")
+@click.option("--repeats", default=3, show_default=True, help="Calibration repeats (timing the edge and the service).")
+@click.option("--timeout", default="60s", show_default=True, help="Per call; a call past it falls back to the edge.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Per-utterance results (Parquet); the run's facts go beside it as JSON.")
+@click.option("--force", is_flag=True, help="Replace --out.")
+def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, jitter, loss, rto, manifest, limit,
+             edge_threads, cloud_threads, edge_cpus, cloud_cpus, dtype, repeats, timeout, out, force):
+    """Measure the simulator's error: run the live system on the trace's utterances and compare.
+
+    Starts `sectrace serve` on its own cores, shapes the path to each RTT with a TCP
+    proxy on loopback, fits costs to calibration timings of both sides, decodes every
+    utterance live under every policy, and compares latency and time to first token with
+    what the simulator predicts for the same trace, policies and network; live captions
+    must equal the replay's token for token (mismatches are reported, not timed).
+
+    \b
+      sectrace validate trace/ --drafter D --verifier V --rtt 20ms,50ms,100ms --out val.parquet
+      sectrace report ... --validation val.parquet     # the error table in the report
+    """
+    from tqdm import tqdm
+
+    from ..simulate.costs import parse_jitter
+    from ..units import parse_duration, parse_rate
+    from .validate import TARGET_MEDIAN_APE, ValidateConfig, validate as run_validate, write
+
+    if not trace_path.exists():
+        raise UserError(f"trace {trace_path} does not exist")
+    from ..trace import load_trace
+
+    max_new = int(load_trace(trace_path).manifest.get("decoding", {}).get("max_new_tokens", 64))
+    pols = _policies(policies, max_new)
+    rtt_list = [parse_duration(r.strip(), "--rtt", require_unit=True) for r in rtts.split(",") if r.strip()]
+    parse_jitter(jitter)
+    if not 0 <= loss < 1:
+        raise UserError(f"--loss {loss} must be a probability in [0, 1)")
+    if edge_cpus or cloud_cpus:
+        e, c = _cpus(edge_cpus), _cpus(cloud_cpus)
+    else:
+        from .validate import default_cpus
+
+        e, c = default_cpus()
+    cfg = ValidateConfig(trace_path, drafter, verifier, pols, rtt_list, out, parse_rate(uplink, "--uplink"),
+                         parse_rate(downlink, "--downlink"), jitter, loss, parse_duration(rto, "--rto", True),
+                         manifest, limit, edge_threads, cloud_threads, e, c, dtype, repeats,
+                         parse_duration(timeout, "--timeout", True), force=force)
+    df, summary, facts = run_validate(cfg, echo=lambda s: click.echo(s, err=True),
+                                      progress_factory=lambda total: tqdm(total=total, desc="live runs", unit="run",
+                                                                          disable=None))
+    write(df, facts, out)
+    _print_summary(summary, facts, TARGET_MEDIAN_APE)
+    click.echo(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+def _print_summary(summary, facts, target):
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    click.echo(f"{'rtt':>6}  {'policy':<40} {'match':>7} {'live s':>8} {'sim s':>8} {'MAPE':>7} {'med APE':>8} "
+               f"{'TTFT live':>9} {'TTFT sim':>9} {'TTFT MAPE':>9}")
+    for r in summary.iter_rows(named=True):
+        click.echo(f"{1e3 * r['rtt_s']:>4.0f}ms  {r['policy'][:40]:<40} {r['captions_match']:>3}/{r['runs']:<3} "
+                   f"{r['latency_s']:>8.3f} {(r['predicted_latency_s'] or float('nan')):>8.3f} "
+                   f"{pct(r['mape_latency']):>7} {pct(r['median_ape_latency']):>8} {r['ttft_s']:>9.3f} "
+                   f"{(r['predicted_ttft_s'] or float('nan')):>9.3f} {pct(r['mape_ttft']):>9}")
+    med = facts["median_ape_latency"]
+    verdict = "-" if med is None else ("meets" if med <= target else "misses")
+    click.echo(f"median absolute error on total latency: {pct(med)} ({verdict} the {pct(target)} target); "
+               f"TTFT {pct(facts['median_ape_ttft'])}; captions equal to the replay: "
+               f"{facts['captions_match']}/{facts['runs']}")

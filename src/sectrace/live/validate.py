@@ -1,0 +1,400 @@
+"""`sectrace validate`: run the live system and measure the simulator's error against it.
+
+One run: the verifier service in its own process (pinned to its own cores), the drafter in
+this one (pinned to the others), a shaped path between them per condition. Costs are fitted
+to timing timings taken through the very code paths of a live run with that pinning (edge draft
+steps here, calls to the service on the unshaped path), then the simulator prices the trace's replay of
+each policy with them. Per utterance we compare measured and predicted latency and time to
+first token, and the live caption against the replay's, token for token: a mismatch means
+the trace does not describe what the live models do, and that utterance's timing is not
+compared (it is counted and reported instead).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from ..errors import UserError
+from ..protocol import Policy
+
+TARGET_MEDIAN_APE = 0.05
+
+
+@dataclass
+class ValidateConfig:
+    trace: Path
+    drafter: str
+    verifier: str
+    policies: list[Policy]
+    rtts: list[float]
+    out: Path
+    up_Bps: float = 20e6 / 8
+    down_Bps: float = 50e6 / 8
+    jitter: str | None = None
+    loss: float = 0.0
+    rto_s: float = 0.2
+    manifest: Path | None = None
+    limit: int | None = None
+    edge_threads: int = 1
+    cloud_threads: int = 1
+    edge_cpus: list[int] | None = None
+    cloud_cpus: list[int] | None = None
+    dtype: str = "auto"
+    repeats: int = 3
+    timeout_s: float = 60.0
+    server: str | None = None  # an already running service (its URL); then --api-key is needed
+    api_key: str | None = None
+    force: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def default_cpus() -> tuple[list[int], list[int]]:
+    """Edge on the first half of this process's cores, the service on the rest (one each on 2 cores)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return cpus, cpus
+    half = len(cpus) // 2
+    return cpus[:half], cpus[half:]
+
+
+class Service:
+    """`sectrace serve` as a child process on chosen cores; stopped on exit."""
+
+    def __init__(self, cfg: ValidateConfig, backend: str, key: str, workdir: Path):
+        self.cfg, self.backend, self.key, self.dir = cfg, backend, key, workdir
+        self.proc = None
+        self.port = None
+
+    def __enter__(self):
+        keyfile = self.dir / "keys"
+        keyfile.write_text(f"validate {self.key}\n")
+        os.chmod(keyfile, 0o600)
+        ready = self.dir / "ready.json"
+        log = open(self.dir / "serve.log", "wb")
+        cmd = [sys.executable, "-m", "sectrace.cli", "serve", "--verifier", self.cfg.verifier, "--backend", self.backend,
+               "--host", "127.0.0.1", "--port", "0", "--threads", str(self.cfg.cloud_threads), "--dtype",
+               self.cfg.dtype, "--api-key-file", str(keyfile), "--ready-file", str(ready),
+               "--max-context", "16384"]
+        cores = self.cfg.cloud_cpus
+        pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None  # this process may be pinned elsewhere
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
+        deadline = time.monotonic() + 900
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = (self.dir / "serve.log").read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
+                self.stop()
+                raise UserError(f"the verifier service did not start ({tail[0][:300]})")
+            time.sleep(0.1)
+        self.port = json.loads(ready.read_text())["port"]
+        return self
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _utterances(cfg: ValidateConfig, tr):
+    from ..collect.dataset import read_manifest
+
+    path = cfg.manifest or Path(tr.manifest.get("dataset", {}).get("manifest", ""))
+    if not str(path) or not Path(path).exists():
+        raise UserError(f"the trace's dataset manifest {str(path) or '(none recorded)'} is not here; give the "
+                        "utterances with --manifest (the CSV/JSONL the trace was collected from)")
+    by_id = {u.utt_id: u for u in read_manifest(Path(path))}
+    ids = tr.utterances["utt_id"].to_list()
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise UserError(f"utterance {missing[0]!r} of the trace is not in {path}; give the manifest it was "
+                        "collected from with --manifest")
+    ids = ids[: cfg.limit] if cfg.limit else ids
+    return [by_id[i] for i in ids]
+
+
+def _cloud_inputs(prep, policy: Policy, utt):
+    from .client import CloudInputs
+    from .wire import tensor_to_wire
+
+    if policy.privacy == "token-only":
+        return CloudInputs(prep.cloud_prompts["blind"])
+    feats = prep.cloud_kwargs.get("audio") or {}
+    if policy.privacy == "features":
+        return CloudInputs(prep.cloud_prompts["audio"], {k: tensor_to_wire(v) for k, v in feats.items()} or None)
+    audio = b""
+    if utt.audio is not None:
+        from ..collect.dataset import load_audio
+
+        wav = load_audio(utt.audio)
+        audio = (np.clip(wav, -1, 1) * 32767).astype("<i2").tobytes()
+    return CloudInputs(prep.cloud_prompts["audio"], None, audio)
+
+
+def validate(cfg: ValidateConfig, echo=print, progress_factory=None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """Run everything; returns (per-utterance rows, per-condition summary, run facts)."""
+    import torch
+
+    from ..collect.backends import CausalLMBackend
+    from ..collect.lm import CachedLM
+    from ..collect.pair import eos_ids, load_model, load_tokenizer, shared_vocab, tokenizer_fingerprint
+    from ..collect.probes import hardware
+    from ..simulate import Network, Replayer, cost_vector, fit_costs, latency
+    from ..trace import load_trace
+    from .client import CloudClient, LiveSession, decode_live
+    from .proxy import PathSpec, ShapingProxy
+
+    if cfg.out.exists() and not cfg.force:
+        raise UserError(f"{cfg.out} exists; choose another --out or pass --force to replace it")
+    tr = load_trace(cfg.trace)
+    m = tr.manifest
+    backend = m.get("backend", "causal-lm")
+    modes = set(tr.modes)
+    for p in cfg.policies:
+        if p.verifier_mode not in modes:
+            raise UserError(f"policy {p.label!r} needs the {p.verifier_mode} verifier, which the trace did not "
+                            f"record (it has {', '.join(sorted(modes))})")
+    utts = _utterances(cfg, tr)
+    if cfg.edge_cpus:
+        os.sched_setaffinity(0, cfg.edge_cpus)
+    torch.set_num_threads(cfg.edge_threads)
+    tok = load_tokenizer(cfg.drafter, "drafter")
+    fp = tokenizer_fingerprint(tok)
+    if fp != m["drafter"]["tokenizer_fingerprint"]:
+        raise UserError(f"the drafter's tokenizer ({fp}) is not the trace's ({m['drafter']['tokenizer_fingerprint']});"
+                        " validate with the models the trace was collected with")
+    drafter = load_model(backend, cfg.drafter, "drafter", "cpu", cfg.dtype)
+    eos = eos_ids(tok, drafter) | frozenset(m["eos_token_ids"])
+    vocab = min(len(tok), int(drafter.get_output_embeddings().weight.shape[0]))
+    if backend == "causal-lm":
+        be = CausalLMBackend(tok, *([m["prompt_template"]] if m.get("prompt_template") else []))
+    else:
+        from ..collect.audio import AudioChatBackend, load_feature_extractor
+
+        be = AudioChatBackend(backend, tok, drafter, load_feature_extractor(cfg.drafter), m.get("prompt_template"))
+    urow = {r["utt_id"]: r for r in tr.utterances.iter_rows(named=True)}
+    preps = {}
+    for u in utts:
+        prep = be.prepare(u, tuple(sorted(modes)))
+        want = urow[u.utt_id]
+        if len(prep.edge_prompt) != want["edge_prompt_tokens"]:
+            raise UserError(f"utterance {u.utt_id}: the edge prompt has {len(prep.edge_prompt)} tokens here but "
+                            f"{want['edge_prompt_tokens']} in the trace; the manifest or prompt differ from the "
+                            "collection's")
+        preps[u.utt_id] = prep
+    key = cfg.api_key or secrets.token_urlsafe(24)
+    with tempfile.TemporaryDirectory(prefix="sectrace-validate-") as tmp:
+        if cfg.server:
+            service = None
+            url = cfg.server.rstrip("/")
+        else:
+            echo(f"starting the verifier service (cores {cfg.cloud_cpus or 'any'}, {cfg.cloud_threads} threads)…")
+            service = Service(cfg, backend, key, Path(tmp)).__enter__()
+            url = f"http://127.0.0.1:{service.port}"
+        try:
+            direct = CloudClient(url, key, cfg.timeout_s)
+            info = direct.info()
+            if set(info["eos"]) - eos:
+                raise UserError(f"the service ends captions on ids {sorted(info['eos'])}, the trace on "
+                                f"{sorted(eos)}; serve the trace's verifier")
+            first = preps[utts[0].utt_id]
+            echo("calibrating: timing the edge's draft steps and the service's calls (same cores, same code)…")
+            timings = calibrate(drafter, vocab, eos, first, direct, cfg.repeats,
+                                "audio" if "audio" in modes else "blind", cfg.edge_threads)
+            cost = fit_costs(timings)
+            direct.close()
+            rp = Replayer(tr)
+            out_rows = []
+            total_runs = len(cfg.rtts) * len(cfg.policies) * len(utts)
+            bar = progress_factory(total=total_runs) if progress_factory else None
+            for rtt in cfg.rtts:
+                spec = PathSpec(rtt, cfg.up_Bps, cfg.down_Bps, cfg.jitter, cfg.loss, cfg.rto_s)
+                with ShapingProxy("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0]), spec) as proxy:
+                    client = CloudClient(f"http://127.0.0.1:{proxy.port}", key, cfg.timeout_s)
+                    client.info()  # the connection is set up once, before any caption's clock starts
+                    b_up0, b_dn0 = proxy.counters.up_bytes, proxy.counters.down_bytes
+                    t_up0, t_dn0, c0 = client.traffic.bytes_up, client.traffic.bytes_down, client.traffic.calls
+                    cond = []
+                    for pol in cfg.policies:
+                        rep = rp.replay(pol)
+                        index = {uid: i for i, uid in enumerate(rep.utt_ids)}
+                        for u in utts:
+                            prep = preps[u.utt_id]
+                            d = CachedLM(drafter, vocab, prep.edge_kwargs, slots=1)
+                            sess = LiveSession(d, prep.edge_prompt, eos, client, pol, _cloud_inputs(prep, pol, u))
+                            lr = decode_live(sess, pol)
+                            i = index[u.utt_id]
+                            replay = rep.runs[i]
+                            cond.append({"rtt_s": rtt, "policy": pol.label, "utt_id": u.utt_id,
+                                         "latency_s": lr.latency_s, "ttft_s": lr.ttft_s, "tokens": len(lr.run.tokens),
+                                         "calls": lr.calls, "escalations": lr.run.escalations,
+                                         "fallbacks": lr.fallbacks, "bytes_up": lr.bytes_up,
+                                         "bytes_down": lr.bytes_down, "covered": replay is not None,
+                                         "caption_match": replay is not None and replay.tokens == lr.run.tokens,
+                                         "replay_tokens": len(replay.tokens) if replay is not None else None,
+                                         "_i": i, "_pol": pol})
+                            if bar:
+                                bar.update(1)
+                    calls = client.traffic.calls - c0
+                    framing = ((proxy.counters.up_bytes - b_up0 - (client.traffic.bytes_up - t_up0)) +
+                               (proxy.counters.down_bytes - b_dn0 - (client.traffic.bytes_down - t_dn0))) / \
+                        max(2 * calls, 1)
+                    client.close()
+                net = Network(rtt_s=rtt, up_Bps=cfg.up_Bps, down_Bps=cfg.down_Bps, overhead_bytes=int(round(framing)),
+                              jitter=cfg.jitter, loss=cfg.loss, rto_s=cfg.rto_s)
+                theta = cost_vector(cost, net)
+                for row in cond:
+                    rep = rp.replay(row.pop("_pol"))
+                    i = row.pop("_i")
+                    row["predicted_latency_s"] = float(latency(rep.total[i:i + 1], theta)[0]) if row["covered"] else None
+                    row["predicted_ttft_s"] = float(latency(rep.first[i:i + 1], theta)[0]) if row["covered"] else None
+                    row["framing_bytes"] = int(round(framing))
+                out_rows += cond
+            if bar:
+                bar.close()
+        finally:
+            if service is not None:
+                service.stop()
+    df = pl.DataFrame(out_rows)
+    df = df.with_columns(
+        ape_latency=pl.when(pl.col("caption_match")).then(
+            (pl.col("predicted_latency_s") - pl.col("latency_s")).abs() / pl.col("latency_s")),
+        ape_ttft=pl.when(pl.col("caption_match")).then(
+            (pl.col("predicted_ttft_s") - pl.col("ttft_s")).abs() / pl.col("ttft_s")))
+    summary = summarise(df)
+    facts = {"trace": str(cfg.trace), "drafter": cfg.drafter, "verifier": cfg.verifier, "backend": backend,
+             "edge_cpus": cfg.edge_cpus, "cloud_cpus": cfg.cloud_cpus, "edge_threads": cfg.edge_threads,
+             "cloud_threads": cfg.cloud_threads, "uplink_Bps": cfg.up_Bps, "downlink_Bps": cfg.down_Bps,
+             "jitter": cfg.jitter, "loss": cfg.loss, "shaper": "tcp-proxy", "cost_model": _cost_dict(cost),
+             "hardware": hardware("cpu", cfg.edge_threads), "service": info,
+             "median_ape_latency": _median(df["ape_latency"]), "median_ape_ttft": _median(df["ape_ttft"]),
+             "target_median_ape_latency": TARGET_MEDIAN_APE,
+             "captions_match": int(df["caption_match"].sum()), "runs": df.height,
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return df, summary, facts
+
+
+def calibrate(drafter, vocab: int, eos: frozenset, prep, client, repeats: int, mode: str,
+              edge_threads: int) -> pl.DataFrame:
+    """Timing rows (the trace's timings schema) measured through the very code paths a live run takes.
+
+    Edge: the drafter's prefill (the first draft of a caption) and single draft steps at growing
+    context, each including the signal read-out a gate needs. Cloud: round trips on the unshaped
+    loopback path to the service, so serving costs (HTTP, encoding, judgements) are in them:
+    opening a session (prefill + a 1-token block), verifying 1..16 tokens at three contexts, and
+    the gaps between streamed tokens (cloud decoding).
+    """
+    from ..collect.lm import CachedLM, draft_token
+    from ..trace.schema import TIMINGS
+    from .wire import TOKEN_RECORD, pack_ids
+
+    rows = []
+    prompt = list(prep.edge_prompt)
+    filler = [prompt[i % len(prompt)] for i in range(80)]
+    for r in range(repeats + 1):  # the first round warms up and is not kept
+        lm = CachedLM(drafter, vocab, prep.edge_kwargs, slots=1)
+        t0 = time.perf_counter()
+        draft_token(lm.logits_for(prompt, 1)[0], eos)
+        t = time.perf_counter() - t0
+        if r:
+            rows.append(("edge", "prefill", len(prompt), 0, t, "cpu", edge_threads))
+        for c in range(1, 65):
+            t0 = time.perf_counter()
+            draft_token(lm.logits_for(prompt + filler[:c], 1)[0], eos)
+            t = time.perf_counter() - t0
+            if r:
+                rows.append(("edge", "decode", 1, len(prompt) + c - 1, t, "cpu", edge_threads))
+    cprompt = list(prep.cloud_prompts[mode])
+    feats = prep.cloud_kwargs.get(mode) or {}
+    session = {"mode": mode, "prompt": pack_ids(cprompt)}
+    if feats:
+        from .wire import tensor_to_wire
+
+        session["features"] = {k: tensor_to_wire(v) for k, v in feats.items()}
+    cfill = [cprompt[i % len(cprompt)] for i in range(96)]
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        out = client.post("/v1/sessions", {**session, "draft": pack_ids(cfill[:1]), "accept": "top1", "bonus": False})
+        t = time.perf_counter() - t0
+        sid = out["session"]
+        if r:
+            rows.append(("cloud", "prefill", len(cprompt), 0, t, "cpu", None))
+        for c in (0, 32, 64):
+            client.post(f"/v1/sessions/{sid}/verify", {"base": 0, "new": pack_ids(cfill[:c]),
+                                                       "draft": pack_ids(cfill[c:c + 1]), "accept": "top1",
+                                                       "bonus": False})
+            for n in range(1, 17):
+                t0 = time.perf_counter()
+                client.post(f"/v1/sessions/{sid}/verify", {"base": c, "new": pack_ids([]),
+                                                           "draft": pack_ids(cfill[c:c + n]), "accept": "top1",
+                                                           "bonus": False})
+                t = time.perf_counter() - t0
+                if r:
+                    rows.append(("cloud", "verify", n, len(cprompt) + c, t, "cpu", None))
+        client.delete(f"/v1/sessions/{sid}")
+        body = {**session, "max_new_tokens": 48}
+        import msgpack
+
+        t0 = time.perf_counter()
+        with client.http.stream("POST", "/v1/generate", content=msgpack.packb(body, use_bin_type=True)) as resp:
+            buf, last, i = b"", None, 0
+            for chunk in resp.iter_raw():
+                buf += chunk
+                while len(buf) >= TOKEN_RECORD.size:
+                    now = time.perf_counter()
+                    _, _, end = TOKEN_RECORD.unpack(buf[:TOKEN_RECORD.size])
+                    buf = buf[TOKEN_RECORD.size:]
+                    if r and last is None:
+                        rows.append(("cloud", "prefill", len(cprompt), 0, now - t0, "cpu", None))
+                    elif r:
+                        rows.append(("cloud", "decode", 1, len(cprompt) + i - 1, now - last, "cpu", None))
+                    last, i = now, i + 1
+    return pl.DataFrame(rows, schema=TIMINGS, orient="row")
+
+
+def _median(s: pl.Series):
+    s = s.drop_nulls()
+    return float(s.median()) if len(s) else None
+
+
+def _cost_dict(cost) -> dict:
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(cost).items()}
+
+
+def summarise(df: pl.DataFrame) -> pl.DataFrame:
+    """Per condition (RTT, policy): the simulator's error on latency and TTFT, and the caption check."""
+    return (df.group_by(["rtt_s", "policy"], maintain_order=True)
+            .agg(runs=pl.len(), captions_match=pl.col("caption_match").sum(), covered=pl.col("covered").sum(),
+                 fallbacks=pl.col("fallbacks").sum(), latency_s=pl.col("latency_s").mean(),
+                 predicted_latency_s=pl.col("predicted_latency_s").mean(),
+                 mape_latency=pl.col("ape_latency").mean(), median_ape_latency=pl.col("ape_latency").median(),
+                 ttft_s=pl.col("ttft_s").mean(), predicted_ttft_s=pl.col("predicted_ttft_s").mean(),
+                 mape_ttft=pl.col("ape_ttft").mean(), median_ape_ttft=pl.col("ape_ttft").median()))
+
+
+def write(df: pl.DataFrame, facts: dict, out: Path) -> None:
+    """Per-utterance rows as Parquet, the run's facts beside them as JSON; both atomic."""
+    from ..atomic import write_parquet_atomic
+
+    write_parquet_atomic(df, out)
+    side = out.with_suffix(".json")
+    tmp = side.with_name(f".{side.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(facts, indent=2, default=str))
+    os.replace(tmp, side)
