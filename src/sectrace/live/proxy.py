@@ -192,7 +192,7 @@ class ShapingProxy:
             loop.run_until_complete(server.wait_closed())
             loop.close()
 
-    def start(self) -> "ShapingProxy":
+    def start(self) -> ShapingProxy:
         self._thread = threading.Thread(target=self._serve, name="sectrace-shaping-proxy", daemon=True)
         self._thread.start()
         self._ready.wait(10)

@@ -100,7 +100,8 @@ class Sessions:
     def get(self, owner: str, sid: str) -> _Session:
         with self._lock:
             s = self._by_id.get(sid)
-        if s is None or not hmac.compare_digest(s.owner, owner):
+        # bytes: compare_digest raises TypeError on str with non-ASCII characters (a client named "zoë")
+        if s is None or not hmac.compare_digest(s.owner.encode(), owner.encode()):
             raise WireError(404, "no such session (it was closed, expired after being idle, or is not yours); "
                                  "open a new one with POST /v1/sessions")
         return s
@@ -214,6 +215,9 @@ def create_app(cloud: CloudModel, keys: dict[str, str] | None, limits: Limits | 
             return Accept.parse(text)
         except PolicyError as exc:
             raise WireError(422, f"accept: {exc}") from None
+        except (ValueError, OverflowError):  # rank:inf / rank:nan pass Accept.parse and fail in int()
+            raise WireError(422, f"accept: cannot read acceptance rule {text[:40]!r}; write top1, rank:20 or "
+                                 "prob:0.1") from None
 
     def check_session(body) -> tuple[list[int], dict]:
         if len(body.prompt) > limits.max_prompt:

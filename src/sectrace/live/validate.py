@@ -86,9 +86,9 @@ class Service:
                "--host", "127.0.0.1", "--port", "0", "--threads", str(self.cfg.cloud_threads), "--dtype",
                self.cfg.dtype, "--api-key-file", str(keyfile), "--ready-file", str(ready),
                "--max-context", "16384"]
-        cores = self.cfg.cloud_cpus
-        pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None  # this process may be pinned elsewhere
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
+        if self.cfg.cloud_cpus:
+            cmd += ["--cpus", ",".join(map(str, self.cfg.cloud_cpus))]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 900
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -147,12 +147,28 @@ def _cloud_inputs(prep, policy: Policy, utt):
 
 
 def validate(cfg: ValidateConfig, echo=print, progress_factory=None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """Run everything; returns (per-utterance rows, per-condition summary, run facts)."""
+    """Run everything; returns (per-utterance rows, per-condition summary, run facts).
+
+    This process is pinned to the edge cores and torch set to the edge's threads while it runs;
+    both are restored afterwards."""
+    import torch
+
+    from .commands import pin
+
+    cores, threads = sorted(os.sched_getaffinity(0)), torch.get_num_threads()
+    try:
+        return _validate(cfg, echo, progress_factory)
+    finally:
+        pin(cores)
+        torch.set_num_threads(threads)
+
+
+def _validate(cfg: ValidateConfig, echo, progress_factory):
     import torch
 
     from ..collect.backends import CausalLMBackend
     from ..collect.lm import CachedLM
-    from ..collect.pair import eos_ids, load_model, load_tokenizer, shared_vocab, tokenizer_fingerprint
+    from ..collect.pair import eos_ids, load_model, load_tokenizer, tokenizer_fingerprint
     from ..collect.probes import hardware
     from ..simulate import Network, Replayer, cost_vector, fit_costs, latency
     from ..trace import load_trace
@@ -171,7 +187,9 @@ def validate(cfg: ValidateConfig, echo=print, progress_factory=None) -> tuple[pl
                             f"record (it has {', '.join(sorted(modes))})")
     utts = _utterances(cfg, tr)
     if cfg.edge_cpus:
-        os.sched_setaffinity(0, cfg.edge_cpus)
+        from .commands import pin
+
+        pin(cfg.edge_cpus)  # every thread, torch's pools included
     torch.set_num_threads(cfg.edge_threads)
     tok = load_tokenizer(cfg.drafter, "drafter")
     fp = tokenizer_fingerprint(tok)
@@ -357,7 +375,6 @@ def calibrate(drafter, vocab: int, eos: frozenset, prep, client, repeats: int, m
                 buf += chunk
                 while len(buf) >= TOKEN_RECORD.size:
                     now = time.perf_counter()
-                    _, _, end = TOKEN_RECORD.unpack(buf[:TOKEN_RECORD.size])
                     buf = buf[TOKEN_RECORD.size:]
                     if r and last is None:
                         rows.append(("cloud", "prefill", len(cprompt), 0, now - t0, "cpu", None))

@@ -204,6 +204,9 @@ def tensor_from_wire(t: Tensor, max_elements: int):
     for d in t.shape:
         if d < 0:
             raise WireError(422, "features: tensor dimensions cannot be negative")
+        if d > max_elements:  # also when another dimension is 0: numpy cannot shape past int64 (a 500)
+            raise WireError(413, f"features: a tensor dimension of {d} is over this service's limit of "
+                                 f"{max_elements} elements")
         n *= d
     if n > max_elements:
         raise WireError(413, f"features: a tensor of {n} elements is over this service's limit of {max_elements}")

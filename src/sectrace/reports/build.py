@@ -42,6 +42,9 @@ class ReportInputs:
     breakdown_note: str = ""
     break_even: tuple | None = None  # (rtts, speeds, {policy: ratio grid}, current rtt)
     break_even_note: str = ""
+    validation: pl.DataFrame | None = None  # `sectrace validate` rows: measured vs predicted per utterance
+    validation_summary: pl.DataFrame | None = None
+    validation_facts: dict | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -244,6 +247,24 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
                            f"{prov_line}.</p>"))
     elif inp.break_even_note:
         sections.append(("Break-even maps", f"<p class='warn'>{html.escape(inp.break_even_note)}</p>"))
+
+    # --- simulator vs live ------------------------------------------------------------------------
+    if inp.validation is not None and inp.validation.height:
+        f = inp.validation_facts or {}
+        png = figures.save(figures.validation(inp.validation, "Simulated vs measured latency (live runs)"), fig_dir,
+                           "validation")
+        inp.validation_summary.write_csv(tab_dir / "validation.csv")
+        med = f.get("median_ape_latency")
+        tgt = f.get("target_median_ape_latency", 0.05)
+        verdict = ("" if med is None else f"Median absolute error on total latency: {100 * med:.1f}% "
+                   f"({'meets' if med <= tgt else 'misses'} the {100 * tgt:.0f}% target); TTFT "
+                   f"{100 * (f.get('median_ape_ttft') or float('nan')):.1f}%. ")
+        sections.append(("Simulator vs live runs",
+                         f"<p>{html.escape(verdict)}Live captions equal to the replay: {f.get('captions_match')}/"
+                         f"{f.get('runs')} (mismatches are not timed). Shaped path: {html.escape(str(f.get('shaper')))}"
+                         f"; edge cores {f.get('edge_cpus')}, service cores {f.get('cloud_cpus')}; models "
+                         f"{html.escape(str(f.get('drafter')))} / {html.escape(str(f.get('verifier')))}.</p>"
+                         + _img(png, "simulated vs measured latency") + _table(inp.validation_summary)))
 
     # --- privacy ----------------------------------------------------------------------------------
     priv.write_csv(tab_dir / "privacy.csv")

@@ -172,3 +172,21 @@ def break_even(rtts, speeds, ratios: dict, current_rtt: float, title: str):
     fig.colorbar(mesh, ax=axes[0].tolist(), label="latency / edge-only latency", shrink=0.9)
     fig.suptitle(title, fontsize=11)
     return fig
+
+
+def validation(rows: pl.DataFrame, title: str):
+    """Measured (x) against simulated (y) latency per live run, one colour per policy; the diagonal is no error."""
+    ok = rows.filter(pl.col("caption_match") & pl.col("predicted_latency_s").is_not_null())
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for i, (pol, g) in enumerate(ok.group_by("policy", maintain_order=True)):
+        ax.scatter(g["latency_s"], g["predicted_latency_s"], s=16, label=str(pol[0])[:48], color=f"C{i % 10}")
+    hi = float(max(ok["latency_s"].max() or 1, ok["predicted_latency_s"].max() or 1)) * 1.05
+    ax.plot([0, hi], [0, hi], color="#888", lw=0.8)
+    ax.fill_between([0, hi], [0, 0.95 * hi], [0, 1.05 * hi], color="#888", alpha=0.12, label="±5 %")
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_xlabel("measured latency (s)")
+    ax.set_ylabel("simulated latency (s)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=6, loc="upper left")
+    return fig
