@@ -1,4 +1,10 @@
 """Live runs: the cloud verifier as a service, the edge client, a shaped network path, validation.
 
-Imports torch, transformers and FastAPI (the ``live`` extra); the simulator never needs it.
+Needs the ``live`` extra (FastAPI, uvicorn, httpx, MessagePack) and ``collect`` (torch, transformers)
+for the models; the simulator never imports it. docs/live.md explains the pieces.
 """
+
+from .client import CloudClient, CloudInputs, LiveRun, LiveSession, decode_live
+from .proxy import PathSpec, ShapingProxy
+
+__all__ = ["CloudClient", "CloudInputs", "LiveRun", "LiveSession", "PathSpec", "ShapingProxy", "decode_live"]
