@@ -42,7 +42,8 @@ def pin(cores: list[int]) -> None:
         for tid in tids:
             os.sched_setaffinity(tid, cores)
     except OSError as exc:
-        raise UserError(f"cannot pin to cores {cores} ({exc.strerror}); choose cores this machine lets you use") from None
+        raise UserError(f"cannot pin to cores {cores} ({exc.strerror}); choose cores this machine lets you "
+                        "use") from None
 
 
 def _keys(key_file: Path | None, no_auth: bool, host: str) -> tuple[dict | None, str | None]:
@@ -123,8 +124,9 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
             if not self.started:
                 return
             bound = self.servers[0].sockets[0].getsockname()[1]
-            click.echo(f"serving {verifier} on http://{host}:{bound} ({'no auth' if keys is None else f'{len(keys)} key(s)'}"
-                       f"{', cores ' + ','.join(map(str, cores)) if cores else ''})", err=True)
+            auth = "no auth" if keys is None else f"{len(keys)} key(s)"
+            where = f", cores {','.join(map(str, cores))}" if cores else ""
+            click.echo(f"serving {verifier} on http://{host}:{bound} ({auth}{where})", err=True)
             if generated:
                 click.echo(f"API key (generated; pass it as `Authorization: Bearer KEY`): {generated}", err=True)
             if ready_file:

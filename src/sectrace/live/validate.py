@@ -53,8 +53,6 @@ class ValidateConfig:
     dtype: str = "auto"
     repeats: int = 3
     timeout_s: float = 60.0
-    server: str | None = None  # an already running service (its URL); then --api-key is needed
-    api_key: str | None = None
     force: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -81,14 +79,14 @@ class Service:
         keyfile.write_text(f"validate {self.key}\n")
         os.chmod(keyfile, 0o600)
         ready = self.dir / "ready.json"
-        log = open(self.dir / "serve.log", "wb")
-        cmd = [sys.executable, "-m", "sectrace.cli", "serve", "--verifier", self.cfg.verifier, "--backend", self.backend,
-               "--host", "127.0.0.1", "--port", "0", "--threads", str(self.cfg.cloud_threads), "--dtype",
+        cmd = [sys.executable, "-m", "sectrace.cli", "serve", "--verifier", self.cfg.verifier, "--backend",
+               self.backend, "--host", "127.0.0.1", "--port", "0", "--threads", str(self.cfg.cloud_threads), "--dtype",
                self.cfg.dtype, "--api-key-file", str(keyfile), "--ready-file", str(ready),
                "--max-context", "16384"]
         if self.cfg.cloud_cpus:
             cmd += ["--cpus", ",".join(map(str, self.cfg.cloud_cpus))]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.dir / "serve.log", "wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 900
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -215,15 +213,11 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
                             f"{want['edge_prompt_tokens']} in the trace; the manifest or prompt differ from the "
                             "collection's")
         preps[u.utt_id] = prep
-    key = cfg.api_key or secrets.token_urlsafe(24)
+    key = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="sectrace-validate-") as tmp:
-        if cfg.server:
-            service = None
-            url = cfg.server.rstrip("/")
-        else:
-            echo(f"starting the verifier service (cores {cfg.cloud_cpus or 'any'}, {cfg.cloud_threads} threads)…")
-            service = Service(cfg, backend, key, Path(tmp)).__enter__()
-            url = f"http://127.0.0.1:{service.port}"
+        echo(f"starting the verifier service (cores {cfg.cloud_cpus or 'any'}, {cfg.cloud_threads} threads)…")
+        service = Service(cfg, backend, key, Path(tmp)).__enter__()
+        url = f"http://127.0.0.1:{service.port}"
         try:
             direct = CloudClient(url, key, cfg.timeout_s)
             info = direct.info()
@@ -242,7 +236,7 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
             bar = progress_factory(total=total_runs) if progress_factory else None
             for rtt in cfg.rtts:
                 spec = PathSpec(rtt, cfg.up_Bps, cfg.down_Bps, cfg.jitter, cfg.loss, cfg.rto_s)
-                with ShapingProxy("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0]), spec) as proxy:
+                with ShapingProxy("127.0.0.1", service.port, spec) as proxy:
                     client = CloudClient(f"http://127.0.0.1:{proxy.port}", key, cfg.timeout_s)
                     client.info()  # the connection is set up once, before any caption's clock starts
                     b_up0, b_dn0 = proxy.counters.up_bytes, proxy.counters.down_bytes
@@ -279,15 +273,15 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
                 for row in cond:
                     rep = rp.replay(row.pop("_pol"))
                     i = row.pop("_i")
-                    row["predicted_latency_s"] = float(latency(rep.total[i:i + 1], theta)[0]) if row["covered"] else None
-                    row["predicted_ttft_s"] = float(latency(rep.first[i:i + 1], theta)[0]) if row["covered"] else None
+                    ok = row["covered"]
+                    row["predicted_latency_s"] = float(latency(rep.total[i:i + 1], theta)[0]) if ok else None
+                    row["predicted_ttft_s"] = float(latency(rep.first[i:i + 1], theta)[0]) if ok else None
                     row["framing_bytes"] = int(round(framing))
                 out_rows += cond
             if bar:
                 bar.close()
         finally:
-            if service is not None:
-                service.stop()
+            service.stop()
     df = pl.DataFrame(out_rows)
     df = df.with_columns(
         ape_latency=pl.when(pl.col("caption_match")).then(
