@@ -163,6 +163,8 @@ class ShapingProxy:
         try:
             await asyncio.gather(self._pump(c_reader, s_writer, self.spec.up_Bps, True),
                                  self._pump(s_reader, c_writer, self.spec.down_Bps, False))
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping: end this connection quietly
         finally:
             for w in (c_writer, s_writer):
                 w.close()

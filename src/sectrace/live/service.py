@@ -138,8 +138,7 @@ def parse_keys(text: str) -> dict[str, str]:
     return keys
 
 
-def create_app(cloud: CloudModel, keys: dict[str, str] | None, limits: Limits | None = None,
-               allow_probes: bool = False) -> FastAPI:
+def create_app(cloud: CloudModel, keys: dict[str, str] | None, limits: Limits | None = None) -> FastAPI:
     """The service. ``keys`` maps client names to bearer keys; ``None`` turns authentication off."""
     limits = limits or Limits()
     sessions = Sessions(limits)
@@ -252,8 +251,7 @@ def create_app(cloud: CloudModel, keys: dict[str, str] | None, limits: Limits | 
         who = client_of(request)
         return {"model": cloud.name, "backend": cloud.backend, "vocab": cloud.vocab, "eos": sorted(cloud.eos),
                 "device": cloud.device, "threads": cloud.threads, "limits": asdict(limits),
-                "client": who, "sessions": sessions.owned_by(who), "version": __version__,
-                "probes": allow_probes}
+                "client": who, "sessions": sessions.owned_by(who), "version": __version__}
 
     _bodies = {"application/msgpack": {}, "application/json": {}}
 
@@ -353,27 +351,6 @@ def create_app(cloud: CloudModel, keys: dict[str, str] | None, limits: Limits | 
 
         return StreamingResponse(records(), media_type=wire.TOKEN_STREAM)
 
-    @app.post("/v1/probe", summary="Time prefill, decode and verify passes on this service's hardware "
-                                   "(only when started with --allow-probes)",
-              openapi_extra=body_doc(wire.ProbeRequest))
-    async def probe(request: Request):
-        client_of(request)
-        if not allow_probes:
-            raise WireError(403, "timing probes are off on this service; start it with --allow-probes")
-        body, binary = await body_of(request, wire.ProbeRequest)
-        prompt, kwargs = check_session(body)
-
-        def run():
-            from ..collect.probes import probe as run_probe
-
-            with cloud.lock:
-                return run_probe(cloud.model, cloud.vocab, prompt, "cloud", cloud.device, cloud.threads,
-                                 body.repeats, kwargs, verify=True, ns=tuple(range(1, min(16, limits.max_draft) + 1)))
-
-        rows = await run_in_threadpool(run)
-        cols = ("side", "phase", "new_tokens", "context_tokens", "seconds", "device", "threads")
-        return reply({"rows": [dict(zip(cols, r)) for r in rows]}, binary)
-
     # The schema names every body model even though the handlers read raw bodies (to take MessagePack).
     def openapi():
         if app.openapi_schema:
@@ -382,8 +359,7 @@ def create_app(cloud: CloudModel, keys: dict[str, str] | None, limits: Limits | 
 
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        for m in (wire.OpenRequest, wire.VerifyRequest, wire.StatelessRequest, wire.GenerateRequest,
-                  wire.ProbeRequest):
+        for m in (wire.OpenRequest, wire.VerifyRequest, wire.StatelessRequest, wire.GenerateRequest):
             s = m.model_json_schema(ref_template="#/components/schemas/{model}")
             comps.update(s.pop("$defs", {}))
             comps[m.__name__] = s

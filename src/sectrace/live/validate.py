@@ -224,10 +224,10 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
             if set(info["eos"]) - eos:
                 raise UserError(f"the service ends captions on ids {sorted(info['eos'])}, the trace on "
                                 f"{sorted(eos)}; serve the trace's verifier")
-            first = preps[utts[0].utt_id]
             echo("calibrating: timing the edge's draft steps and the service's calls (same cores, same code)…")
-            timings = calibrate(drafter, vocab, eos, first, direct, cfg.repeats,
-                                "audio" if "audio" in modes else "blind", cfg.edge_threads)
+            used = sorted({p.verifier_mode for p in cfg.policies}) or sorted(modes)
+            timings = calibrate(drafter, vocab, eos, [preps[u.utt_id] for u in utts[:3]], direct, cfg.repeats,
+                                used, cfg.edge_threads)
             cost = fit_costs(timings)
             direct.close()
             rp = Replayer(tr)
@@ -297,85 +297,107 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
              "median_ape_latency": _median(df["ape_latency"]), "median_ape_ttft": _median(df["ape_ttft"]),
              "target_median_ape_latency": TARGET_MEDIAN_APE,
              "captions_match": int(df["caption_match"].sum()), "runs": df.height,
+             "calibration": timings.to_dicts(),
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return df, summary, facts
 
 
-def calibrate(drafter, vocab: int, eos: frozenset, prep, client, repeats: int, mode: str,
+def calibrate(drafter, vocab: int, eos: frozenset, preps: list, client, repeats: int, modes: list[str],
               edge_threads: int) -> pl.DataFrame:
     """Timing rows (the trace's timings schema) measured through the very code paths a live run takes.
 
-    Edge: the drafter's prefill (the first draft of a caption) and single draft steps at growing
+    Edge: the drafter's prefill (the first draft of a caption) for a few utterances' prompts (their
+    lengths differ, so the per-token prefill cost is identified) and single draft steps at growing
     context, each including the signal read-out a gate needs. Cloud: round trips on the unshaped
-    loopback path to the service, so serving costs (HTTP, encoding, judgements) are in them:
-    opening a session (prefill + a 1-token block), verifying 1..16 tokens at three contexts, and
-    the gaps between streamed tokens (cloud decoding).
+    loopback path to the service, so serving costs (HTTP, encoding, judgements) are in them: session
+    opens (prefill + a 1-token block) for each prompt and verifier view, verify calls of 1..16 fresh
+    tokens at three contexts, and the gaps between streamed tokens (cloud decoding). Every verified
+    block differs from the one before at its first token, so no logits are reused: each call runs
+    all its tokens, as in a live run.
     """
     from ..collect.lm import CachedLM, draft_token
     from ..trace.schema import TIMINGS
     from .wire import TOKEN_RECORD, pack_ids
 
     rows = []
-    prompt = list(prep.edge_prompt)
-    filler = [prompt[i % len(prompt)] for i in range(80)]
     for r in range(repeats + 1):  # the first round warms up and is not kept
-        lm = CachedLM(drafter, vocab, prep.edge_kwargs, slots=1)
-        t0 = time.perf_counter()
-        draft_token(lm.logits_for(prompt, 1)[0], eos)
-        t = time.perf_counter() - t0
-        if r:
-            rows.append(("edge", "prefill", len(prompt), 0, t, "cpu", edge_threads))
-        for c in range(1, 65):
+        for k, prep in enumerate(preps):
+            prompt = list(prep.edge_prompt)
+            lm = CachedLM(drafter, vocab, prep.edge_kwargs, slots=1)
             t0 = time.perf_counter()
-            draft_token(lm.logits_for(prompt + filler[:c], 1)[0], eos)
+            draft_token(lm.logits_for(prompt, 1)[0], eos)
             t = time.perf_counter() - t0
             if r:
-                rows.append(("edge", "decode", 1, len(prompt) + c - 1, t, "cpu", edge_threads))
-    cprompt = list(prep.cloud_prompts[mode])
-    feats = prep.cloud_kwargs.get(mode) or {}
-    session = {"mode": mode, "prompt": pack_ids(cprompt)}
-    if feats:
-        from .wire import tensor_to_wire
-
-        session["features"] = {k: tensor_to_wire(v) for k, v in feats.items()}
-    cfill = [cprompt[i % len(cprompt)] for i in range(96)]
-    for r in range(repeats + 1):
-        t0 = time.perf_counter()
-        out = client.post("/v1/sessions", {**session, "draft": pack_ids(cfill[:1]), "accept": "top1", "bonus": False})
-        t = time.perf_counter() - t0
-        sid = out["session"]
-        if r:
-            rows.append(("cloud", "prefill", len(cprompt), 0, t, "cpu", None))
-        for c in (0, 32, 64):
-            client.post(f"/v1/sessions/{sid}/verify", {"base": 0, "new": pack_ids(cfill[:c]),
-                                                       "draft": pack_ids(cfill[c:c + 1]), "accept": "top1",
-                                                       "bonus": False})
-            for n in range(1, 17):
+                rows.append(("edge", "prefill", len(prompt), 0, t, "cpu", edge_threads))
+            if k:
+                continue
+            filler = [prompt[i % len(prompt)] for i in range(80)]
+            for c in range(1, 65):
                 t0 = time.perf_counter()
-                client.post(f"/v1/sessions/{sid}/verify", {"base": c, "new": pack_ids([]),
-                                                           "draft": pack_ids(cfill[c:c + n]), "accept": "top1",
-                                                           "bonus": False})
+                draft_token(lm.logits_for(prompt + filler[:c], 1)[0], eos)
                 t = time.perf_counter() - t0
                 if r:
-                    rows.append(("cloud", "verify", n, len(cprompt) + c, t, "cpu", None))
-        client.delete(f"/v1/sessions/{sid}")
-        body = {**session, "max_new_tokens": 48}
-        import msgpack
+                    rows.append(("edge", "decode", 1, len(prompt) + c - 1, t, "cpu", edge_threads))
 
-        t0 = time.perf_counter()
-        with client.http.stream("POST", "/v1/generate", content=msgpack.packb(body, use_bin_type=True)) as resp:
-            buf, last, i = b"", None, 0
-            for chunk in resp.iter_raw():
-                buf += chunk
-                while len(buf) >= TOKEN_RECORD.size:
-                    now = time.perf_counter()
-                    buf = buf[TOKEN_RECORD.size:]
-                    if r and last is None:
-                        rows.append(("cloud", "prefill", len(cprompt), 0, now - t0, "cpu", None))
-                    elif r:
-                        rows.append(("cloud", "decode", 1, len(cprompt) + i - 1, now - last, "cpu", None))
-                    last, i = now, i + 1
+    def fresh(n: int, salt: int) -> list[int]:
+        return [(97 + 31 * salt + 7 * i) % vocab for i in range(n)]
+
+    for r in range(repeats + 1):
+        for k, prep in enumerate(preps):
+            for mode in modes:
+                cprompt = list(prep.cloud_prompts[mode])
+                session = {"mode": mode, "prompt": pack_ids(cprompt)}
+                feats = prep.cloud_kwargs.get(mode) or {}
+                if feats:
+                    from .wire import tensor_to_wire
+
+                    session["features"] = {n: tensor_to_wire(v) for n, v in feats.items()}
+                t0 = time.perf_counter()
+                out = client.post("/v1/sessions", {**session, "draft": pack_ids(fresh(1, r)), "accept": "top1",
+                                                   "bonus": False})
+                t = time.perf_counter() - t0
+                sid = out["session"]
+                if r:
+                    rows.append(("cloud", "prefill", len(cprompt), 0, t, "cpu", None))
+                if k == 0 and mode == modes[0]:
+                    salt = 1
+                    for c in (0, 32, 64):
+                        ctx = fresh(c, 0)
+                        client.post(f"/v1/sessions/{sid}/verify", {"base": 0, "new": pack_ids(ctx),
+                                                                   "draft": pack_ids(fresh(1, 99)), "accept": "top1",
+                                                                   "bonus": False})
+                        for n in range(1, 17):
+                            salt += 1
+                            t0 = time.perf_counter()
+                            client.post(f"/v1/sessions/{sid}/verify", {"base": c, "new": pack_ids([]),
+                                                                       "draft": pack_ids(fresh(n, salt)),
+                                                                       "accept": "top1", "bonus": False})
+                            t = time.perf_counter() - t0
+                            if r:
+                                rows.append(("cloud", "verify", n, len(cprompt) + c, t, "cpu", None))
+                    _stream_rows(client, session, len(cprompt), rows if r else [], TOKEN_RECORD)
+                client.delete(f"/v1/sessions/{sid}")
     return pl.DataFrame(rows, schema=TIMINGS, orient="row")
+
+
+def _stream_rows(client, session: dict, prompt_len: int, rows: list, record) -> None:
+    """Cloud-only decoding timed from the edge: first token (prefill + request), then the gaps (decode steps)."""
+    import msgpack
+
+    body = msgpack.packb({**session, "max_new_tokens": 48}, use_bin_type=True)
+    t0 = time.perf_counter()
+    with client.http.stream("POST", "/v1/generate", content=body) as resp:
+        buf, last, i = b"", None, 0
+        for chunk in resp.iter_raw():
+            buf += chunk
+            while len(buf) >= record.size:
+                now = time.perf_counter()
+                buf = buf[record.size:]
+                if last is None:
+                    rows.append(("cloud", "prefill", prompt_len, 0, now - t0, "cpu", None))
+                else:
+                    rows.append(("cloud", "decode", 1, prompt_len + i - 1, now - last, "cpu", None))
+                last, i = now, i + 1
 
 
 def _median(s: pl.Series):

@@ -105,12 +105,6 @@ class GenerateRequest(Session):
     max_new_tokens: StrictInt = Field(ge=1)
 
 
-class ProbeRequest(Session):
-    """POST /v1/probe: time prefill, decode and verify on the service's own hardware (when enabled)."""
-
-    repeats: StrictInt = Field(default=3, ge=1, le=20)
-
-
 def decode_body(raw: bytes, content_type: str | None) -> dict:
     """Bytes → a plain dict with ids as lists of ints and binary fields as bytes."""
     ct = (content_type or JSON).split(";")[0].strip().lower()

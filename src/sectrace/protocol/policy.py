@@ -6,6 +6,7 @@ it says nothing about *how long it takes*: that is the simulator's business.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,6 +38,8 @@ class Accept:
     def __post_init__(self):
         if self.kind not in ("top1", "rank", "prob"):
             raise PolicyError(f"unknown acceptance rule {self.kind!r}; use top1, rank:R or prob:P")
+        if not math.isfinite(self.value):
+            raise PolicyError(f"{self.kind}:{self.value} needs a finite number, e.g. rank:20 or prob:0.1")
         if self.kind == "rank" and (self.value < 1 or int(self.value) != self.value):
             raise PolicyError(f"rank:{self.value} needs a whole number R >= 1, e.g. rank:20")
         if self.kind == "prob" and not 0.0 <= self.value <= 1.0:
