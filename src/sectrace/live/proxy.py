@@ -147,6 +147,10 @@ class ShapingProxy:
                 queue.put_nowait((last, data))
         except ConnectionError:
             queue.put_nowait((last, None))
+        except asyncio.CancelledError:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            raise
         await sender
 
     async def _handle(self, c_reader, c_writer):
@@ -186,13 +190,20 @@ class ShapingProxy:
         try:
             loop.run_forever()
         finally:
-            server.close()
-            tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for t in tasks:  # open connections: cancel their pumps so every writer closes inside the loop
-                t.cancel()
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.run_until_complete(server.wait_closed())
+            loop.run_until_complete(self._shutdown())
             loop.close()
+
+    async def _shutdown(self):
+        """Stop listening, then end every open connection inside the loop (no task left pending)."""
+        self._server.close()
+        me = asyncio.current_task()
+        while True:
+            tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if not tasks:
+                break
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def start(self) -> ShapingProxy:
         self._thread = threading.Thread(target=self._serve, name="sectrace-shaping-proxy", daemon=True)

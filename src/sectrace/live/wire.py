@@ -61,7 +61,7 @@ class Tensor(BaseModel):
 
 
 class Session(BaseModel):
-    """What the cloud is told about an utterance: which verifier view, its prompt, its audio if the privacy mode sends it."""
+    """What the cloud is told about an utterance: verifier view, prompt, and audio if the privacy mode sends it."""
 
     model_config = ConfigDict(extra="forbid")
     mode: Literal["audio", "blind"] = "blind"
@@ -85,7 +85,7 @@ class OpenRequest(Session, Judge):
 
 
 class VerifyRequest(BaseModel):
-    """POST /v1/sessions/{id}/verify: keep ``base`` tokens of what the session holds, append ``new``, verify ``draft``."""
+    """POST /v1/sessions/{id}/verify: keep ``base`` held tokens, append ``new``, verify ``draft``."""
 
     model_config = ConfigDict(extra="forbid")
     base: StrictInt = Field(ge=0)
@@ -188,7 +188,8 @@ def tensor_to_wire(t) -> dict:
     if t.dtype.is_floating_point and t.dtype != torch.float16:
         t = t.float()
     arr = t.numpy()
-    return {"dtype": str(arr.dtype), "shape": list(arr.shape), "data": arr.astype(arr.dtype.newbyteorder("<")).tobytes()}
+    data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    return {"dtype": str(arr.dtype), "shape": list(arr.shape), "data": data}
 
 
 def tensor_from_wire(t: Tensor, max_elements: int):
