@@ -1,1 +1,1 @@
-"""Model backends and trie exploration on real hardware (issue 3; not built yet)."""
+"""Model backends (transformers), trie exploration, timing probes, datasets and shards: `sectrace collect`."""
