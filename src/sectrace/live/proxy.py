@@ -178,6 +178,7 @@ class ShapingProxy:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
+        loop.set_exception_handler(_quiet_shutdown)
         try:
             server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
         except OSError as exc:
@@ -224,3 +225,11 @@ class ShapingProxy:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _quiet_shutdown(loop, context):
+    """Connections cut by the proxy's own shutdown are expected; anything else is reported as usual."""
+    if isinstance(context.get("exception"), asyncio.CancelledError) or \
+            str(context.get("message", "")).startswith("Task was destroyed but it is pending"):
+        return
+    loop.default_exception_handler(context)
