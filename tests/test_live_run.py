@@ -277,18 +277,24 @@ def test_validate_end_to_end(live, tmp_path):
     collect(CollectConfig(manifest=man, drafter=str(d), verifier=str(v), out=tmp_path / "trace", policies=pols,
                           max_new_tokens=12, edge_threads=None, timing_repeats=1, probes=False))
     out = tmp_path / "val.parquet"
-    args = ["validate", str(tmp_path / "trace"), "--drafter", str(d), "--verifier", str(v), "--rtt", "30ms",
-            "--policy", ";".join(["edge-only", "cloud-only"] + specs), "--repeats", "1", "--out", str(out)]
+    args = ["validate", str(tmp_path / "trace"), "--drafter", str(d), "--verifier", str(v), "--rtt", "30ms,10ms",
+            "--policy", ";".join(["edge-only", "cloud-only"] + specs), "--repeats", "2", "--out", str(out)]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     df = pl.read_parquet(out)
-    assert df.height == 2 * 4
+    assert df.height == 2 * 4 * 2
     assert df["caption_match"].all() and df["covered"].all() and (df["fallbacks"] == 0).all()
     assert df["predicted_latency_s"].is_not_null().all() and (df["latency_s"] > 0).all()
-    hybrid = df.filter(pl.col("policy") == pols[2].label)
-    assert (hybrid["latency_s"] >= hybrid["calls"] * 0.03).all()  # every call crossed the shaped 30 ms path
+    for rtt in (0.03, 0.01):  # every call crossed its own shaped path
+        hybrid = df.filter((pl.col("policy") == pols[2].label) & (pl.col("rtt_s") == rtt))
+        assert (hybrid["latency_s"] >= hybrid["calls"] * rtt).all()
+    # interleaved: each caption runs both RTTs back to back, the first RTT alternating between captions
+    assert df["seq"].to_list() == list(range(16)) and df["started_s"].is_sorted()
+    assert df["rtt_s"].to_list()[:4] == [0.03, 0.01, 0.03, 0.01] and df["rtt_s"].to_list()[8:10] == [0.01, 0.03]
     facts = json.loads(out.with_suffix(".json").read_text())
-    assert facts["runs"] == 8 and facts["captions_match"] == 8 and "median absolute error" in res.output
+    assert facts["runs"] == 16 and facts["captions_match"] == 16 and "median absolute error" in res.output
+    assert sorted({r["round"] for r in facts["calibration"]}) == [1, 2]  # before and after the live runs
+    assert "30ms" in res.output and "10ms" in res.output
     again = CliRunner().invoke(main, args)  # never clobbers without --force
     assert again.exit_code == 2 and "--force" in again.output
 

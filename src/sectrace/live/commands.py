@@ -182,7 +182,8 @@ def _policies(texts, max_new: int):
 @click.option("--edge-cpus", default=None, help="Cores for the edge (default: first half).")
 @click.option("--cloud-cpus", default=None, help="Cores for the service (default: second half).")
 @click.option("--dtype", default="auto", show_default=True, help="Model dtype (the trace's, for exact captions).")
-@click.option("--repeats", default=3, show_default=True, help="Calibration repeats (timing the edge and the service).")
+@click.option("--repeats", default=3, show_default=True, help="Calibration rounds (timing the edge and the service), spread before, between and "
+                   "after the live runs so that a drifting machine biases neither.")
 @click.option("--timeout", default="60s", show_default=True, help="Per call; a call past it falls back to the edge.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Per-utterance results (Parquet); the run's facts go beside it as JSON.")

@@ -2,9 +2,11 @@
 
 One run: the verifier service in its own process (pinned to its own cores), the drafter in
 this one (pinned to the others), a shaped path between them per condition. Costs are fitted
-to timing timings taken through the very code paths of a live run with that pinning (edge draft
+to timings taken through the very code paths of a live run with that pinning (edge draft
 steps here, calls to the service on the unshaped path), then the simulator prices the trace's replay of
-each policy with them. Per utterance we compare measured and predicted latency and time to
+each policy with them. Calibration rounds are spread before, between and after the live runs, and
+the conditions of one caption run back to back, because a shared machine drifts by several per cent
+over a run: measured in one block, drift would show up as simulator error. Per utterance we compare measured and predicted latency and time to
 first token, and the live caption against the replay's, token for token: a mismatch means
 the trace does not describe what the live models do, and that utterance's timing is not
 compared (it is counted and reported instead).
@@ -12,6 +14,7 @@ compared (it is counted and reported instead).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -170,6 +173,7 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
     from ..collect.probes import hardware
     from ..simulate import Network, Replayer, cost_vector, fit_costs, latency
     from ..trace import load_trace
+    from ..trace.schema import TIMINGS
     from .client import CloudClient, LiveSession, decode_live
     from .proxy import PathSpec, ShapingProxy
 
@@ -214,74 +218,102 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
                             "collection's")
         preps[u.utt_id] = prep
     key = secrets.token_urlsafe(24)
-    with tempfile.TemporaryDirectory(prefix="sectrace-validate-") as tmp:
+    rp = Replayer(tr)
+    reps = {p.label: rp.replay(p) for p in cfg.policies}
+    used = sorted({p.verifier_mode for p in cfg.policies}) or sorted(modes)
+    cal_preps = [preps[u.utt_id] for u in utts[:3]]
+    rounds = max(cfg.repeats, 1)
+    # Calibration rounds sit before, between and after the live runs, and each caption runs every RTT
+    # back to back (the order rotating), so slow drift of a shared machine falls alike on the costs
+    # and on every condition instead of biasing whichever ran first.
+    chunks = [c for c in np.array_split(np.arange(len(utts)), max(rounds - 1, 1)) if len(c)]
+    with tempfile.TemporaryDirectory(prefix="sectrace-validate-") as tmp, contextlib.ExitStack() as stack:
         echo(f"starting the verifier service (cores {cfg.cloud_cpus or 'any'}, {cfg.cloud_threads} threads)…")
-        service = Service(cfg, backend, key, Path(tmp)).__enter__()
+        service = stack.enter_context(Service(cfg, backend, key, Path(tmp)))
         url = f"http://127.0.0.1:{service.port}"
-        try:
-            direct = CloudClient(url, key, cfg.timeout_s)
-            info = direct.info()
-            if set(info["eos"]) - eos:
-                raise UserError(f"the service ends captions on ids {sorted(info['eos'])}, the trace on "
-                                f"{sorted(eos)}; serve the trace's verifier")
-            echo("calibrating: timing the edge's draft steps and the service's calls (same cores, same code)…")
-            used = sorted({p.verifier_mode for p in cfg.policies}) or sorted(modes)
-            timings = calibrate(drafter, vocab, eos, [preps[u.utt_id] for u in utts[:3]], direct, cfg.repeats,
-                                used, cfg.edge_threads)
-            cost = fit_costs(timings)
-            direct.close()
-            rp = Replayer(tr)
-            out_rows = []
-            total_runs = len(cfg.rtts) * len(cfg.policies) * len(utts)
-            bar = progress_factory(total=total_runs) if progress_factory else None
-            for rtt in cfg.rtts:
-                spec = PathSpec(rtt, cfg.up_Bps, cfg.down_Bps, cfg.jitter, cfg.loss, cfg.rto_s)
-                with ShapingProxy("127.0.0.1", service.port, spec) as proxy:
-                    client = CloudClient(f"http://127.0.0.1:{proxy.port}", key, cfg.timeout_s)
-                    client.info()  # the connection is set up once, before any caption's clock starts
-                    b_up0, b_dn0 = proxy.counters.up_bytes, proxy.counters.down_bytes
-                    t_up0, t_dn0, c0 = client.traffic.bytes_up, client.traffic.bytes_down, client.traffic.calls
-                    cond = []
-                    for pol in cfg.policies:
-                        rep = rp.replay(pol)
-                        index = {uid: i for i, uid in enumerate(rep.utt_ids)}
-                        for u in utts:
-                            prep = preps[u.utt_id]
-                            d = CachedLM(drafter, vocab, prep.edge_kwargs, slots=1)
-                            sess = LiveSession(d, prep.edge_prompt, eos, client, pol, _cloud_inputs(prep, pol, u))
-                            lr = decode_live(sess, pol)
-                            i = index[u.utt_id]
-                            replay = rep.runs[i]
-                            cond.append({"rtt_s": rtt, "policy": pol.label, "utt_id": u.utt_id,
-                                         "latency_s": lr.latency_s, "ttft_s": lr.ttft_s, "tokens": len(lr.run.tokens),
-                                         "calls": lr.calls, "escalations": lr.run.escalations,
-                                         "fallbacks": lr.fallbacks, "bytes_up": lr.bytes_up,
-                                         "bytes_down": lr.bytes_down, "covered": replay is not None,
-                                         "caption_match": replay is not None and replay.tokens == lr.run.tokens,
-                                         "replay_tokens": len(replay.tokens) if replay is not None else None,
-                                         "_i": i, "_pol": pol})
-                            if bar:
-                                bar.update(1)
-                    calls = client.traffic.calls - c0
-                    framing = ((proxy.counters.up_bytes - b_up0 - (client.traffic.bytes_up - t_up0)) +
-                               (proxy.counters.down_bytes - b_dn0 - (client.traffic.bytes_down - t_dn0))) / \
-                        max(2 * calls, 1)
-                    client.close()
-                net = Network(rtt_s=rtt, up_Bps=cfg.up_Bps, down_Bps=cfg.down_Bps, overhead_bytes=int(round(framing)),
-                              jitter=cfg.jitter, loss=cfg.loss, rto_s=cfg.rto_s)
-                theta = cost_vector(cost, net)
-                for row in cond:
-                    rep = rp.replay(row.pop("_pol"))
-                    i = row.pop("_i")
-                    ok = row["covered"]
-                    row["predicted_latency_s"] = float(latency(rep.total[i:i + 1], theta)[0]) if ok else None
-                    row["predicted_ttft_s"] = float(latency(rep.first[i:i + 1], theta)[0]) if ok else None
-                    row["framing_bytes"] = int(round(framing))
-                out_rows += cond
-            if bar:
-                bar.close()
-        finally:
-            service.stop()
+        direct = CloudClient(url, key, cfg.timeout_s)
+        stack.callback(direct.close)
+        info = direct.info()
+        if set(info["eos"]) - eos:
+            raise UserError(f"the service ends captions on ids {sorted(info['eos'])}, the trace on "
+                            f"{sorted(eos)}; serve the trace's verifier")
+        paths = {}
+        for rtt in cfg.rtts:
+            spec = PathSpec(rtt, cfg.up_Bps, cfg.down_Bps, cfg.jitter, cfg.loss, cfg.rto_s)
+            proxy = stack.enter_context(ShapingProxy("127.0.0.1", service.port, spec))
+            client = CloudClient(f"http://127.0.0.1:{proxy.port}", key, cfg.timeout_s)
+            stack.callback(client.close)
+            client.info()  # the connection is set up once, before any caption's clock starts
+            paths[rtt] = (proxy, client, proxy.counters.up_bytes, proxy.counters.down_bytes,
+                          client.traffic.bytes_up, client.traffic.bytes_down, client.traffic.calls)
+        total = len(cfg.rtts) * len(cfg.policies) * len(utts)
+        bar = progress_factory(total=total) if progress_factory else None
+        live_bar = bar is not None and not getattr(bar, "disable", False)  # tqdm hides itself off a terminal
+        cal_rows, out_rows = [], []
+
+        def cal(r: int, keep: bool):
+            what = "warming up" if not keep else f"calibration round {r} of {rounds}"
+            if live_bar:
+                bar.set_description(what)
+            else:
+                echo(f"{what}: timing the edge's draft steps and the service's calls (same cores, same code)…")
+            rows = calibrate_round(drafter, vocab, eos, cal_preps, direct, r, used, cfg.edge_threads)
+            if keep:
+                cal_rows.extend((*row, r) for row in rows)
+            if live_bar:
+                bar.set_description("live runs")
+            elif keep and len(out_rows) < total:
+                echo(f"live runs: {len(out_rows)} of {total} done")
+
+        t_start = time.perf_counter()
+        cal(0, keep=False)
+        cal(1, keep=True)
+        for j, chunk in enumerate(chunks):
+            for ui in chunk:
+                u = utts[ui]
+                prep = preps[u.utt_id]
+                for pol in cfg.policies:
+                    rep = reps[pol.label]
+                    i = rep.utt_ids.index(u.utt_id)
+                    replay = rep.runs[i]
+                    for rtt in np.roll(cfg.rtts, -int(ui)).tolist():
+                        client = paths[rtt][1]
+                        d = CachedLM(drafter, vocab, prep.edge_kwargs, slots=1)
+                        sess = LiveSession(d, prep.edge_prompt, eos, client, pol, _cloud_inputs(prep, pol, u))
+                        started = time.perf_counter() - t_start
+                        lr = decode_live(sess, pol)
+                        out_rows.append({
+                            "rtt_s": rtt, "policy": pol.label, "utt_id": u.utt_id, "seq": len(out_rows),
+                            "started_s": started, "latency_s": lr.latency_s, "ttft_s": lr.ttft_s,
+                            "tokens": len(lr.run.tokens), "calls": lr.calls, "escalations": lr.run.escalations,
+                            "fallbacks": lr.fallbacks, "bytes_up": lr.bytes_up, "bytes_down": lr.bytes_down,
+                            "covered": replay is not None,
+                            "caption_match": replay is not None and replay.tokens == lr.run.tokens,
+                            "replay_tokens": len(replay.tokens) if replay is not None else None, "_i": i})
+                        if bar:
+                            bar.update(1)
+            if rounds > 1:
+                cal(j + 2, keep=True)
+        if bar:
+            bar.close()
+        framing = {}
+        for rtt, (proxy, client, b_up0, b_dn0, t_up0, t_dn0, c0) in paths.items():
+            calls = client.traffic.calls - c0
+            framing[rtt] = int(round(((proxy.counters.up_bytes - b_up0 - (client.traffic.bytes_up - t_up0)) +
+                                      (proxy.counters.down_bytes - b_dn0 - (client.traffic.bytes_down - t_dn0))) /
+                                     max(2 * calls, 1)))
+    timings = pl.DataFrame([r[:-1] for r in cal_rows], schema=TIMINGS, orient="row")
+    cost = fit_costs(timings)
+    thetas = {rtt: cost_vector(cost, Network(rtt_s=rtt, up_Bps=cfg.up_Bps, down_Bps=cfg.down_Bps,
+                                             overhead_bytes=framing[rtt], jitter=cfg.jitter, loss=cfg.loss,
+                                             rto_s=cfg.rto_s))
+              for rtt in cfg.rtts}
+    for row in out_rows:
+        rep, i, ok = reps[row["policy"]], row.pop("_i"), row["covered"]
+        theta = thetas[row["rtt_s"]]
+        row["predicted_latency_s"] = float(latency(rep.total[i:i + 1], theta)[0]) if ok else None
+        row["predicted_ttft_s"] = float(latency(rep.first[i:i + 1], theta)[0]) if ok else None
+        row["framing_bytes"] = framing[row["rtt_s"]]
     df = pl.DataFrame(out_rows)
     df = df.with_columns(
         ape_latency=pl.when(pl.col("caption_match")).then(
@@ -297,87 +329,79 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
              "median_ape_latency": _median(df["ape_latency"]), "median_ape_ttft": _median(df["ape_ttft"]),
              "target_median_ape_latency": TARGET_MEDIAN_APE,
              "captions_match": int(df["caption_match"].sum()), "runs": df.height,
-             "calibration": timings.to_dicts(),
+             "schedule": f"{rounds} calibration round(s) (after a warm-up) before, between and after the live "
+                         "runs; each caption runs every RTT back to back, the order rotating",
+             "calibration": [dict(zip([*TIMINGS, "round"], r)) for r in cal_rows],
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return df, summary, facts
 
 
-def calibrate(drafter, vocab: int, eos: frozenset, preps: list, client, repeats: int, modes: list[str],
-              edge_threads: int) -> pl.DataFrame:
-    """Timing rows (the trace's timings schema) measured through the very code paths a live run takes.
+def calibrate_round(drafter, vocab: int, eos: frozenset, preps: list, client, salt: int, modes: list[str],
+                    edge_threads: int) -> list[tuple]:
+    """One round of timing rows (the trace's timings schema) measured through the code paths a live run takes.
 
     Edge: the drafter's prefill (the first draft of a caption) for a few utterances' prompts (their
     lengths differ, so the per-token prefill cost is identified) and single draft steps at growing
     context, each including the signal read-out a gate needs. Cloud: round trips on the unshaped
     loopback path to the service, so serving costs (HTTP, encoding, judgements) are in them: session
     opens (prefill + a 1-token block) for each prompt and verifier view, verify calls of 1..16 fresh
-    tokens at three contexts, and the gaps between streamed tokens (cloud decoding). Every verified
+    tokens at three contexts, and the gaps between streamed tokens (cloud decoding) for each prompt. Every verified
     block differs from the one before at its first token, so no logits are reused: each call runs
     all its tokens, as in a live run.
     """
     from ..collect.lm import CachedLM, draft_token
-    from ..trace.schema import TIMINGS
     from .wire import TOKEN_RECORD, pack_ids
 
     rows = []
-    for r in range(repeats + 1):  # the first round warms up and is not kept
-        for k, prep in enumerate(preps):
-            prompt = list(prep.edge_prompt)
-            lm = CachedLM(drafter, vocab, prep.edge_kwargs, slots=1)
+    for k, prep in enumerate(preps):
+        prompt = list(prep.edge_prompt)
+        lm = CachedLM(drafter, vocab, prep.edge_kwargs, slots=1)
+        t0 = time.perf_counter()
+        draft_token(lm.logits_for(prompt, 1)[0], eos)
+        rows.append(("edge", "prefill", len(prompt), 0, time.perf_counter() - t0, "cpu", edge_threads))
+        if k:
+            continue
+        filler = [prompt[i % len(prompt)] for i in range(80)]
+        for c in range(1, 65):
             t0 = time.perf_counter()
-            draft_token(lm.logits_for(prompt, 1)[0], eos)
-            t = time.perf_counter() - t0
-            if r:
-                rows.append(("edge", "prefill", len(prompt), 0, t, "cpu", edge_threads))
-            if k:
-                continue
-            filler = [prompt[i % len(prompt)] for i in range(80)]
-            for c in range(1, 65):
-                t0 = time.perf_counter()
-                draft_token(lm.logits_for(prompt + filler[:c], 1)[0], eos)
-                t = time.perf_counter() - t0
-                if r:
-                    rows.append(("edge", "decode", 1, len(prompt) + c - 1, t, "cpu", edge_threads))
+            draft_token(lm.logits_for(prompt + filler[:c], 1)[0], eos)
+            rows.append(("edge", "decode", 1, len(prompt) + c - 1, time.perf_counter() - t0, "cpu", edge_threads))
 
     def fresh(n: int, salt: int) -> list[int]:
         return [(97 + 31 * salt + 7 * i) % vocab for i in range(n)]
 
-    for r in range(repeats + 1):
-        for k, prep in enumerate(preps):
-            for mode in modes:
-                cprompt = list(prep.cloud_prompts[mode])
-                session = {"mode": mode, "prompt": pack_ids(cprompt)}
-                feats = prep.cloud_kwargs.get(mode) or {}
-                if feats:
-                    from .wire import tensor_to_wire
+    for k, prep in enumerate(preps):
+        for mode in modes:
+            cprompt = list(prep.cloud_prompts[mode])
+            session = {"mode": mode, "prompt": pack_ids(cprompt)}
+            feats = prep.cloud_kwargs.get(mode) or {}
+            if feats:
+                from .wire import tensor_to_wire
 
-                    session["features"] = {n: tensor_to_wire(v) for n, v in feats.items()}
-                t0 = time.perf_counter()
-                out = client.post("/v1/sessions", {**session, "draft": pack_ids(fresh(1, r)), "accept": "top1",
-                                                   "bonus": False})
-                t = time.perf_counter() - t0
-                sid = out["session"]
-                if r:
-                    rows.append(("cloud", "prefill", len(cprompt), 0, t, "cpu", None))
-                if k == 0 and mode == modes[0]:
-                    salt = 1
-                    for c in (0, 32, 64):
-                        ctx = fresh(c, 0)
-                        client.post(f"/v1/sessions/{sid}/verify", {"base": 0, "new": pack_ids(ctx),
-                                                                   "draft": pack_ids(fresh(1, 99)), "accept": "top1",
-                                                                   "bonus": False})
-                        for n in range(1, 17):
-                            salt += 1
-                            t0 = time.perf_counter()
-                            client.post(f"/v1/sessions/{sid}/verify", {"base": c, "new": pack_ids([]),
-                                                                       "draft": pack_ids(fresh(n, salt)),
-                                                                       "accept": "top1", "bonus": False})
-                            t = time.perf_counter() - t0
-                            if r:
-                                rows.append(("cloud", "verify", n, len(cprompt) + c, t, "cpu", None))
-                    _stream_rows(client, session, len(cprompt), rows if r else [], TOKEN_RECORD)
-                client.delete(f"/v1/sessions/{sid}")
-    return pl.DataFrame(rows, schema=TIMINGS, orient="row")
+                session["features"] = {n: tensor_to_wire(v) for n, v in feats.items()}
+            t0 = time.perf_counter()
+            out = client.post("/v1/sessions", {**session, "draft": pack_ids(fresh(1, salt)), "accept": "top1",
+                                               "bonus": False})
+            rows.append(("cloud", "prefill", len(cprompt), 0, time.perf_counter() - t0, "cpu", None))
+            sid = out["session"]
+            if k == 0 and mode == modes[0]:
+                s = 1
+                for c in (0, 32, 64):
+                    ctx = fresh(c, 0)
+                    client.post(f"/v1/sessions/{sid}/verify", {"base": 0, "new": pack_ids(ctx),
+                                                               "draft": pack_ids(fresh(1, 99)), "accept": "top1",
+                                                               "bonus": False})
+                    for n in range(1, 17):
+                        s += 1
+                        t0 = time.perf_counter()
+                        client.post(f"/v1/sessions/{sid}/verify", {"base": c, "new": pack_ids([]),
+                                                                   "draft": pack_ids(fresh(n, s)),
+                                                                   "accept": "top1", "bonus": False})
+                        rows.append(("cloud", "verify", n, len(cprompt) + c, time.perf_counter() - t0, "cpu", None))
+            if mode == modes[0]:  # a caption's stream ends at EOS after a dozen gaps: stream every prompt
+                _stream_rows(client, session, len(cprompt), rows, TOKEN_RECORD)
+            client.delete(f"/v1/sessions/{sid}")
+    return rows
 
 
 def _stream_rows(client, session: dict, prompt_len: int, rows: list, record) -> None:
@@ -413,7 +437,7 @@ def _cost_dict(cost) -> dict:
 
 def summarise(df: pl.DataFrame) -> pl.DataFrame:
     """Per condition (RTT, policy): the simulator's error on latency and TTFT, and the caption check."""
-    return (df.group_by(["rtt_s", "policy"], maintain_order=True)
+    return (df.sort("rtt_s", maintain_order=True).group_by(["rtt_s", "policy"], maintain_order=True)
             .agg(runs=pl.len(), captions_match=pl.col("caption_match").sum(), covered=pl.col("covered").sum(),
                  fallbacks=pl.col("fallbacks").sum(), latency_s=pl.col("latency_s").mean(),
                  predicted_latency_s=pl.col("predicted_latency_s").mean(),
