@@ -294,7 +294,8 @@ def test_validate_end_to_end(live, tmp_path):
     facts = json.loads(out.with_suffix(".json").read_text())
     assert facts["runs"] == 16 and facts["captions_match"] == 16 and "median absolute error" in res.output
     assert sorted({r["round"] for r in facts["calibration"]}) == [1, 2]  # before and after the live runs
-    assert "30ms" in res.output and "10ms" in res.output
+    assert "30ms" in res.output and "10ms" in res.output and "noise: identical edge-only runs" in res.output
+    assert 0 <= facts["noise_median_ad"] <= facts["noise_max_ad"]
     again = CliRunner().invoke(main, args)  # never clobbers without --force
     assert again.exit_code == 2 and "--force" in again.output
 

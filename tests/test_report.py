@@ -157,3 +157,19 @@ def test_report_finds_the_trace_the_results_name(results, tmp_path):
     r = CliRunner().invoke(main, ["report", str(results), "--no-quality", "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     assert "pass --trace" not in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_report_with_validation(results, tmp_path):
+    # The committed real validation run (docs/validation) as a section: its verdict, noise floor and table.
+    from pathlib import Path
+
+    val = Path(__file__).parents[1] / "docs" / "validation" / "val.parquet"
+    r = CliRunner().invoke(main, ["report", str(results), "--no-quality", "--validation", str(val),
+                                  "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "Simulator vs live runs" in html and "Median absolute error on total latency" in html
+    assert "own noise" in html and "72/72" in html
+    table = pl.read_csv(tmp_path / "rep" / "tables" / "validation.csv")
+    assert table.height == 12 and {"median_ape_latency", "bias_latency"} <= set(table.columns)
+    assert (tmp_path / "rep" / "figures" / "validation.png").stat().st_size > 1000

@@ -241,15 +241,22 @@ def _print_summary(summary, facts, target):
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}%"
 
-    click.echo(f"{'rtt':>6}  {'policy':<40} {'match':>7} {'live s':>8} {'sim s':>8} {'MAPE':>7} {'med APE':>8} "
+    def spct(x):
+        return "-" if x is None else f"{100 * x:+.1f}%"
+
+    click.echo(f"{'rtt':>6}  {'policy':<40} {'match':>7} {'live s':>8} {'sim s':>8} {'MAPE':>7} {'med APE':>8} {'bias':>6} "
                f"{'TTFT live':>9} {'TTFT sim':>9} {'TTFT MAPE':>9}")
     for r in summary.iter_rows(named=True):
         click.echo(f"{1e3 * r['rtt_s']:>4.0f}ms  {r['policy'][:40]:<40} {r['captions_match']:>3}/{r['runs']:<3} "
                    f"{r['latency_s']:>8.3f} {(r['predicted_latency_s'] or float('nan')):>8.3f} "
-                   f"{pct(r['mape_latency']):>7} {pct(r['median_ape_latency']):>8} {r['ttft_s']:>9.3f} "
+                   f"{pct(r['mape_latency']):>7} {pct(r['median_ape_latency']):>8} {spct(r['bias_latency']):>6} "
+                   f"{r['ttft_s']:>9.3f} "
                    f"{(r['predicted_ttft_s'] or float('nan')):>9.3f} {pct(r['mape_ttft']):>9}")
     med = facts["median_ape_latency"]
     verdict = "-" if med is None else ("meets" if med <= target else "misses")
     click.echo(f"median absolute error on total latency: {pct(med)} ({verdict} the {pct(target)} target); "
                f"TTFT {pct(facts['median_ape_ttft'])}; captions equal to the replay: "
                f"{facts['captions_match']}/{facts['runs']}")
+    if facts.get("noise_median_ad") is not None:
+        click.echo(f"noise: identical edge-only runs differ from their mean by {pct(facts['noise_median_ad'])} "
+                   f"(median; at most {pct(facts['noise_max_ad'])}); bias is the mean signed error per condition")

@@ -327,6 +327,7 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
              "jitter": cfg.jitter, "loss": cfg.loss, "shaper": "tcp-proxy", "cost_model": _cost_dict(cost),
              "hardware": hardware("cpu", cfg.edge_threads), "service": info,
              "median_ape_latency": _median(df["ape_latency"]), "median_ape_ttft": _median(df["ape_ttft"]),
+             **noise_floor(df),
              "target_median_ape_latency": TARGET_MEDIAN_APE,
              "captions_match": int(df["caption_match"].sum()), "runs": df.height,
              "schedule": f"{rounds} calibration round(s) (after a warm-up) before, between and after the live "
@@ -424,6 +425,19 @@ def _stream_rows(client, session: dict, prompt_len: int, rows: list, record) -> 
                 last, i = now, i + 1
 
 
+def noise_floor(df: pl.DataFrame) -> dict:
+    """How much identical work varies on this machine: runs that never called the cloud (edge-only) do
+    the same work at every RTT, so their spread around the utterance's mean is the machine's own noise,
+    the error no simulator could remove. Back-to-back runs only: slower drift is not in it."""
+    same = df.filter((pl.col("calls") == 0) & (pl.col("fallbacks") == 0))
+    same = same.filter(pl.len().over(["policy", "utt_id"]) > 1)
+    if same.is_empty():
+        return {"noise_median_ad": None, "noise_max_ad": None}
+    dev = (pl.col("latency_s") / pl.col("latency_s").mean().over(["policy", "utt_id"]) - 1).abs()
+    d = same.select(dev)["latency_s"]
+    return {"noise_median_ad": float(d.median()), "noise_max_ad": float(d.max())}
+
+
 def _median(s: pl.Series):
     s = s.drop_nulls()
     return float(s.median()) if len(s) else None
@@ -442,6 +456,8 @@ def summarise(df: pl.DataFrame) -> pl.DataFrame:
                  fallbacks=pl.col("fallbacks").sum(), latency_s=pl.col("latency_s").mean(),
                  predicted_latency_s=pl.col("predicted_latency_s").mean(),
                  mape_latency=pl.col("ape_latency").mean(), median_ape_latency=pl.col("ape_latency").median(),
+                 bias_latency=pl.when(pl.col("caption_match")).then(
+                     pl.col("predicted_latency_s") / pl.col("latency_s") - 1).mean(),
                  ttft_s=pl.col("ttft_s").mean(), predicted_ttft_s=pl.col("predicted_ttft_s").mean(),
                  mape_ttft=pl.col("ape_ttft").mean(), median_ape_ttft=pl.col("ape_ttft").median()))
 

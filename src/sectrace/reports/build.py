@@ -259,6 +259,9 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
         verdict = ("" if med is None else f"Median absolute error on total latency: {100 * med:.1f}% "
                    f"({'meets' if med <= tgt else 'misses'} the {100 * tgt:.0f}% target); TTFT "
                    f"{100 * (f.get('median_ape_ttft') or float('nan')):.1f}%. ")
+        if f.get("noise_median_ad") is not None:
+            verdict += (f"Identical edge-only runs differed from their mean by {100 * f['noise_median_ad']:.1f}% "
+                        f"(median; at most {100 * f['noise_max_ad']:.1f}%), this machine's own noise. ")
         sections.append(("Simulator vs live runs",
                          f"<p>{html.escape(verdict)}Live captions equal to the replay: {f.get('captions_match')}/"
                          f"{f.get('runs')} (mismatches are not timed). Shaped path: {html.escape(str(f.get('shaper')))}"
