@@ -182,8 +182,9 @@ def _policies(texts, max_new: int):
 @click.option("--edge-cpus", default=None, help="Cores for the edge (default: first half).")
 @click.option("--cloud-cpus", default=None, help="Cores for the service (default: second half).")
 @click.option("--dtype", default="auto", show_default=True, help="Model dtype (the trace's, for exact captions).")
-@click.option("--repeats", default=3, show_default=True, help="Calibration rounds (timing the edge and the service), spread before, between and "
-                   "after the live runs so that a drifting machine biases neither.")
+@click.option("--repeats", default=3, show_default=True,
+              help="Calibration rounds (timing the edge and the service), spread before, between and after the "
+                   "live runs so that a drifting machine biases neither.")
 @click.option("--timeout", default="60s", show_default=True, help="Per call; a call past it falls back to the edge.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Per-utterance results (Parquet); the run's facts go beside it as JSON.")
@@ -197,6 +198,10 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
     utterance live under every policy, and compares latency and time to first token with
     what the simulator predicts for the same trace, policies and network; live captions
     must equal the replay's token for token (mismatches are reported, not timed).
+    Calibration rounds (--repeats) sit before, between and after the live runs, and
+    each caption runs every RTT back to back, so a machine that drifts biases no one
+    condition. The output gives each condition's bias (mean signed error) and the
+    machine's noise (how much identical edge-only runs differ).
 
     \b
       sectrace validate trace/ --drafter D --verifier V --rtt 20ms,50ms,100ms --out val.parquet
@@ -244,8 +249,8 @@ def _print_summary(summary, facts, target):
     def spct(x):
         return "-" if x is None else f"{100 * x:+.1f}%"
 
-    click.echo(f"{'rtt':>6}  {'policy':<40} {'match':>7} {'live s':>8} {'sim s':>8} {'MAPE':>7} {'med APE':>8} {'bias':>6} "
-               f"{'TTFT live':>9} {'TTFT sim':>9} {'TTFT MAPE':>9}")
+    click.echo(f"{'rtt':>6}  {'policy':<40} {'match':>7} {'live s':>8} {'sim s':>8} {'MAPE':>7} {'med APE':>8} "
+               f"{'bias':>6} {'TTFT live':>9} {'TTFT sim':>9} {'TTFT MAPE':>9}")
     for r in summary.iter_rows(named=True):
         click.echo(f"{1e3 * r['rtt_s']:>4.0f}ms  {r['policy'][:40]:<40} {r['captions_match']:>3}/{r['runs']:<3} "
                    f"{r['latency_s']:>8.3f} {(r['predicted_latency_s'] or float('nan')):>8.3f} "

@@ -6,10 +6,10 @@ to timings taken through the very code paths of a live run with that pinning (ed
 steps here, calls to the service on the unshaped path), then the simulator prices the trace's replay of
 each policy with them. Calibration rounds are spread before, between and after the live runs, and
 the conditions of one caption run back to back, because a shared machine drifts by several per cent
-over a run: measured in one block, drift would show up as simulator error. Per utterance we compare measured and predicted latency and time to
-first token, and the live caption against the replay's, token for token: a mismatch means
-the trace does not describe what the live models do, and that utterance's timing is not
-compared (it is counted and reported instead).
+over a run: measured in one block, drift would show up as simulator error. Per utterance we compare
+measured and predicted latency and time to first token, and the live caption against the replay's,
+token for token: a mismatch means the trace does not describe what the live models do, and that
+utterance's timing is not compared (it is counted and reported instead).
 """
 
 from __future__ import annotations
@@ -299,9 +299,9 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
         framing = {}
         for rtt, (proxy, client, b_up0, b_dn0, t_up0, t_dn0, c0) in paths.items():
             calls = client.traffic.calls - c0
-            framing[rtt] = int(round(((proxy.counters.up_bytes - b_up0 - (client.traffic.bytes_up - t_up0)) +
-                                      (proxy.counters.down_bytes - b_dn0 - (client.traffic.bytes_down - t_dn0))) /
-                                     max(2 * calls, 1)))
+            framing[rtt] = round(((proxy.counters.up_bytes - b_up0 - (client.traffic.bytes_up - t_up0)) +
+                                  (proxy.counters.down_bytes - b_dn0 - (client.traffic.bytes_down - t_dn0))) /
+                                 max(2 * calls, 1))
     timings = pl.DataFrame([r[:-1] for r in cal_rows], schema=TIMINGS, orient="row")
     cost = fit_costs(timings)
     thetas = {rtt: cost_vector(cost, Network(rtt_s=rtt, up_Bps=cfg.up_Bps, down_Bps=cfg.down_Bps,
@@ -346,9 +346,9 @@ def calibrate_round(drafter, vocab: int, eos: frozenset, preps: list, client, sa
     context, each including the signal read-out a gate needs. Cloud: round trips on the unshaped
     loopback path to the service, so serving costs (HTTP, encoding, judgements) are in them: session
     opens (prefill + a 1-token block) for each prompt and verifier view, verify calls of 1..16 fresh
-    tokens at three contexts, and the gaps between streamed tokens (cloud decoding) for each prompt. Every verified
-    block differs from the one before at its first token, so no logits are reused: each call runs
-    all its tokens, as in a live run.
+    tokens at three contexts, and the gaps between streamed tokens (cloud decoding) for each prompt.
+    Every verified block differs from the one before at its first token, so no logits are reused:
+    each call runs all its tokens, as in a live run.
     """
     from ..collect.lm import CachedLM, draft_token
     from .wire import TOKEN_RECORD, pack_ids
