@@ -259,7 +259,8 @@ def _print_summary(summary, facts, target):
                    f"{(r['predicted_ttft_s'] or float('nan')):>9.3f} {pct(r['mape_ttft']):>9}")
     med = facts["median_ape_latency"]
     verdict = "-" if med is None else ("meets" if med <= target else "misses")
-    click.echo(f"median absolute error on total latency: {pct(med)} ({verdict} the {pct(target)} target); "
+    shown = "-" if med is None else f"{100 * med:.2f}%"  # two decimals: 5.04 % must not read as 5.0 %
+    click.echo(f"median absolute error on total latency: {shown} ({verdict} the {pct(target)} target); "
                f"TTFT {pct(facts['median_ape_ttft'])}; captions equal to the replay: "
                f"{facts['captions_match']}/{facts['runs']}")
     if facts.get("noise_median_ad") is not None:

@@ -256,7 +256,7 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
         inp.validation_summary.write_csv(tab_dir / "validation.csv")
         med = f.get("median_ape_latency")
         tgt = f.get("target_median_ape_latency", 0.05)
-        verdict = ("" if med is None else f"Median absolute error on total latency: {100 * med:.1f}% "
+        verdict = ("" if med is None else f"Median absolute error on total latency: {100 * med:.2f}% "
                    f"({'meets' if med <= tgt else 'misses'} the {100 * tgt:.0f}% target); TTFT "
                    f"{100 * (f.get('median_ape_ttft') or float('nan')):.1f}%. ")
         if f.get("noise_median_ad") is not None:
