@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,7 +27,9 @@ from pathlib import Path
 
 import psutil
 
+from sectrace.errors import UserError
 from sectrace.live.client import CloudClient, CloudInputs, LiveSession, decode_live
+from sectrace.live.process import ServeProcess
 
 TEXTS = ["the speaker sounds", "she sounds angry", "a happy voice", "he is sad", "the tone is nervous",
          "a neutral, flat voice", "warm and bright", "speaking slowly", "her voice is sharp and loud",
@@ -71,33 +71,20 @@ def tiny_models(root: Path) -> tuple[str, str]:
     return str(d), str(v)
 
 
-class ServiceProcess:
+class ServiceProcess(ServeProcess):
     """`sectrace serve` in a child process with one key per client; its pid is what psutil samples."""
 
     def __init__(self, verifier: str, keys: dict[str, str], workdir: Path, args):
-        self.verifier, self.keys, self.dir, self.args = verifier, keys, workdir, args
-        self.proc = None
-        self.url = None
+        super().__init__(verifier, keys, workdir,
+                         ["--threads", str(args.service_threads), "--dtype", args.dtype, "--sessions-per-client", "4",
+                          "--max-sessions", str(max(256, 2 * len(keys)))],
+                         args.service_cpus, start_timeout_s=600, poll_s=0.05)
 
     def __enter__(self):
-        keyfile, ready = self.dir / "keys", self.dir / "ready.json"
-        keyfile.write_text("".join(f"{name} {key}\n" for name, key in self.keys.items()))
-        os.chmod(keyfile, 0o600)
-        cmd = [sys.executable, "-m", "sectrace.cli", "serve", "--verifier", self.verifier, "--port", "0",
-               "--threads", str(self.args.service_threads), "--dtype", self.args.dtype, "--api-key-file",
-               str(keyfile), "--ready-file", str(ready), "--sessions-per-client", "4",
-               "--max-sessions", str(max(256, 2 * len(self.keys)))]
-        if self.args.service_cpus:
-            cmd += ["--cpus", self.args.service_cpus]
-        self.log = open(self.dir / "serve.log", "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 600
-        while not ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise SystemExit(f"the service did not start:\n{(self.dir / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
+        try:
+            super().__enter__()
+        except UserError:
+            raise SystemExit(f"the service did not start:\n{self.log_path.read_text()[-2000:]}") from None
         self.ps = psutil.Process(self.proc.pid)
         return self
 
@@ -107,15 +94,6 @@ class ServiceProcess:
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
         return t.user + t.system
-
-    def __exit__(self, *exc):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 class TimedClient(CloudClient):

@@ -18,8 +18,6 @@ import contextlib
 import json
 import os
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -67,49 +65,6 @@ def default_cpus() -> tuple[list[int], list[int]]:
         return cpus, cpus
     half = len(cpus) // 2
     return cpus[:half], cpus[half:]
-
-
-class Service:
-    """`sectrace serve` as a child process on chosen cores; stopped on exit."""
-
-    def __init__(self, cfg: ValidateConfig, backend: str, key: str, workdir: Path):
-        self.cfg, self.backend, self.key, self.dir = cfg, backend, key, workdir
-        self.proc = None
-        self.port = None
-
-    def __enter__(self):
-        keyfile = self.dir / "keys"
-        keyfile.write_text(f"validate {self.key}\n")
-        os.chmod(keyfile, 0o600)
-        ready = self.dir / "ready.json"
-        cmd = [sys.executable, "-m", "sectrace.cli", "serve", "--verifier", self.cfg.verifier, "--backend",
-               self.backend, "--host", "127.0.0.1", "--port", "0", "--threads", str(self.cfg.cloud_threads), "--dtype",
-               self.cfg.dtype, "--api-key-file", str(keyfile), "--ready-file", str(ready),
-               "--max-context", "16384"]
-        if self.cfg.cloud_cpus:
-            cmd += ["--cpus", ",".join(map(str, self.cfg.cloud_cpus))]
-        with open(self.dir / "serve.log", "wb") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 900
-        while not ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = (self.dir / "serve.log").read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
-                self.stop()
-                raise UserError(f"the verifier service did not start ({tail[0][:300]})")
-            time.sleep(0.1)
-        self.port = json.loads(ready.read_text())["port"]
-        return self
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def _utterances(cfg: ValidateConfig, tr):
@@ -175,6 +130,7 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
     from ..trace import load_trace
     from ..trace.schema import TIMINGS
     from .client import CloudClient, LiveSession, decode_live
+    from .process import ServeProcess
     from .proxy import PathSpec, ShapingProxy
 
     if cfg.out.exists() and not cfg.force:
@@ -229,9 +185,11 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
     chunks = [c for c in np.array_split(np.arange(len(utts)), max(rounds - 1, 1)) if len(c)]
     with tempfile.TemporaryDirectory(prefix="sectrace-validate-") as tmp, contextlib.ExitStack() as stack:
         echo(f"starting the verifier service (cores {cfg.cloud_cpus or 'any'}, {cfg.cloud_threads} threads)…")
-        service = stack.enter_context(Service(cfg, backend, key, Path(tmp)))
-        url = f"http://127.0.0.1:{service.port}"
-        direct = CloudClient(url, key, cfg.timeout_s)
+        service = stack.enter_context(ServeProcess(
+            cfg.verifier, {"validate": key}, Path(tmp),
+            ["--backend", backend, "--threads", str(cfg.cloud_threads), "--dtype", cfg.dtype, "--max-context", "16384"],
+            cfg.cloud_cpus))
+        direct = CloudClient(service.url, key, cfg.timeout_s)
         stack.callback(direct.close)
         info = direct.info()
         if set(info["eos"]) - eos:
