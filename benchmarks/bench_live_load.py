@@ -4,7 +4,7 @@
     python benchmarks/bench_live_load.py --clients 64 --utterances 8 --rounds 3
     python benchmarks/bench_live_load.py --drafter D --verifier V   # real local model directories (causal LMs)
 
-Why this shape: the service runs as its own process (`python -m sectrace.cli serve`, as deployed) so its
+Why this shape: the service runs as its own process (`python -m sectrace serve`, as deployed) so its
 resident memory can be sampled on its own while the load runs, and the edges use the real edge client
 (`LiveSession` + `decode_live`, one keep-alive connection and one API key per client) so the calls are the
 ones a device makes. Every caption is first decoded alone, one utterance at a time, as the reference: under
@@ -124,7 +124,7 @@ class Edge:
 def load_edge(drafter_dir: str, info: dict, args) -> Edge:
     import torch
 
-    from sectrace.collect.commands import parse_policy
+    from sectrace.gates import parse_policy
     from sectrace.collect.pair import eos_ids, load_model, load_tokenizer, model_rows
     from sectrace.protocol import cloud_only, drafter_only
 

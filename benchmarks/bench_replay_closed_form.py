@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from sectrace.cli import sample_trace_path
+from sectrace.trace import sample_trace_path
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Policy
 from sectrace.simulate import CostModel, Network, Replayer, cost_matrix, latency

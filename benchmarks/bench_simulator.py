@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from sectrace.cli import sample_trace_path
+from sectrace.trace import sample_trace_path
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Policy, cloud_only, drafter_only
 from sectrace.simulate import Network, Replayer, fit_costs

@@ -89,7 +89,7 @@ def test_help_teaches():
 
 
 def test_bundled_sample_is_real_and_lossless_replays():
-    from sectrace.cli import sample_trace_path
+    from sectrace.trace import sample_trace_path
     from sectrace.protocol import cloud_only, lossless
     from sectrace.simulate import Replayer
     from sectrace.trace import load_trace

@@ -130,7 +130,7 @@ def test_shards_merge_to_the_unsharded_trace(setup, tmp_path):
 
 
 def test_extend_adds_the_states_a_new_policy_needs(setup, tmp_path):
-    from sectrace.collect.commands import parse_policy
+    from sectrace.gates import parse_policy
 
     base = tmp_path / "base"
     collect(_cfg(setup, base, policies=default_exploration(6, ks=(1,))))

@@ -262,7 +262,7 @@ def test_validate_end_to_end(live, tmp_path):
 
     from sectrace.cli import main
     from sectrace.collect.collector import CollectConfig, collect
-    from sectrace.collect.commands import parse_policy
+    from sectrace.gates import parse_policy
 
     pair, srv, app, root, d, v = live
     rows = []

@@ -14,40 +14,6 @@ import click
 from ..errors import UserError
 
 
-def parse_policy(text: str, max_new_tokens: int):
-    """A policy from words like ``k=5 gate=entropy:2.5 accept=rank:20 token-only`` (Policy.label's form)."""
-    from ..gates import parse_gate
-    from ..protocol import Accept, Policy
-
-    kw = {"k": 5, "gate_spec": "always", "accept": Accept("rank", 20), "privacy": "features"}
-    for word in text.replace(",", " ").split():
-        key, eq, value = word.partition("=")
-        key = key.lower()
-        if not eq and key in ("token-only", "features", "raw"):
-            kw["privacy"] = key
-        elif not eq and key == "no-bonus":
-            kw["bonus"] = False
-        elif not eq and key == "stateless":
-            kw["cloud_cache"] = "stateless"
-        elif key == "k":
-            try:
-                kw["k"] = int(value)
-            except ValueError:
-                raise UserError(f"policy {text!r}: k={value} is not a whole number") from None
-        elif key == "gate":
-            kw["gate_spec"] = value.lower()
-        elif key == "accept":
-            kw["accept"] = Accept.parse(value)
-        elif key == "privacy":
-            kw["privacy"] = value
-        elif key == "adaptive":
-            kw["adaptive"] = float(value)
-        else:
-            raise UserError(f"cannot read {word!r} in policy {text!r}; write e.g. "
-                            "'k=5 gate=entropy:2.5 accept=rank:20 token-only'")
-    return Policy(gate=parse_gate(kw["gate_spec"]), max_new_tokens=max_new_tokens, **kw)
-
-
 @click.command("collect")
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--drafter", required=True, help="Edge model: a local directory (or a hub id).")
@@ -95,9 +61,9 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
     """
     from tqdm import tqdm
 
-    from ..gates import default_exploration
-    from .collector import CollectConfig, collect
-    from .dataset import parse_shard
+    from ..collect.collector import CollectConfig, collect
+    from ..collect.dataset import parse_shard
+    from ..gates import default_exploration, parse_policy
 
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     if not mode_list or any(m not in ("audio", "blind") for m in mode_list):
@@ -133,19 +99,6 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
                f"{len(pols)} policies; drafter {c['drafter_tokens_per_node']:.2f} tokens/node, verifier "
                + ", ".join(f"{m} {v:.2f}" for m, v in c["verifier_tokens_per_judged_node"].items())
                + f" tokens/judged node; {res['truncated']} utterances hit the node budget")
-
-
-@click.command("merge")
-@click.argument("shards", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Merged trace directory.")
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def merge_cmd(shards, out, force):
-    """Join the shard traces of one `sectrace collect` run into one trace."""
-    from .collector import merge_traces
-
-    res = merge_traces(list(shards), out, force=force)
-    click.echo(f"wrote {out}: {res['shards']} shards, {res['utterances']} utterances, {res['nodes']} nodes"
-               + ("" if res["complete"] else " (some shards are missing)"))
 
 
 def _need_collect_deps():

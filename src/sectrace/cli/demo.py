@@ -32,7 +32,7 @@ def data_synth(out, clips, references, seed, force):
     """
     from tqdm import tqdm
 
-    from .speech import check_tools, synthesise
+    from ..demo.speech import check_tools, synthesise
 
     check_tools()
     t0 = time.perf_counter()
@@ -51,7 +51,7 @@ def data_describe(clips, as_json):
     The audio-derived text is what a `features`-mode verifier receives; a `token-only`
     verifier receives only the instruction (and token ids).
     """
-    from .frontend import describe
+    from ..demo.frontend import describe
 
     for clip in clips:
         d = describe(clip)
@@ -84,7 +84,7 @@ def weights_setup(role, dtype, force):
     """
     from tqdm import tqdm
 
-    from .weights import setup
+    from ..demo.weights import setup
 
     roles = ("drafter", "verifier") if role == "both" else (role,)
     t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def weights_setup(role, dtype, force):
 @weights.command("status")
 def weights_status():
     """Say which models are installed and converted, and where."""
-    from .weights import status
+    from ..demo.weights import status
 
     for row in status():
         click.echo(f"{row['role']:9s} {row['name']}: parts {row['parts']}; "

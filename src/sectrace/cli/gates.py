@@ -7,16 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..atomic import write_parquet_atomic
 from ..errors import UserError
-
-
-def _trace(path):
-    from importlib import resources
-
-    from ..trace import load_trace
-
-    return load_trace(path or Path(str(resources.files("sectrace") / "data" / "sample-trace")))
+from ..fsio import check_output, write_table
+from ._common import FORCE_OPTION, load_trace_or_sample
 
 
 def _table(df, cols):
@@ -42,7 +35,7 @@ def gates():
 @gates.command("list")
 def gates_list():
     """The gates `--gate` understands."""
-    from .spec import gate_help
+    from ..gates.spec import gate_help
 
     for part in gate_help().split("; "):
         click.echo(part)
@@ -61,7 +54,8 @@ def gates_list():
 @click.option("--features", default=None, help="Comma-separated feature subset (default: all the trace has).")
 @click.option("--folds", default=5, show_default=True, help="Cross-validation folds, grouped by utterance.")
 @click.option("--seed", default=0, show_default=True)
-def gates_train(trace_path, out, model, label, rank, mode, features, folds, seed):
+@FORCE_OPTION
+def gates_train(trace_path, out, model, label, rank, mode, features, folds, seed, force):
     """Train a learned gate on TRACE's trie nodes (drafter-side features, verifier labels).
 
     Reports cross-validated ROC-AUC and PR-AUC (folds grouped by utterance) and writes a
@@ -70,12 +64,13 @@ def gates_train(trace_path, out, model, label, rank, mode, features, folds, seed
     """
     from tqdm import tqdm
 
-    from .learned import save_gate, train_gate
+    from ..gates.learned import save_gate, train_gate
 
-    tr = _trace(trace_path)
+    check_output(out, force, suffixes=(".json",))
+    tr = load_trace_or_sample(trace_path)
     feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
     if feats:
-        from .features import available_features
+        from ..gates.features import available_features
 
         bad = [f for f in feats if f not in available_features(tr)]
         if bad:
@@ -101,18 +96,21 @@ def gates_train(trace_path, out, model, label, rank, mode, features, folds, seed
 @click.option("--gate", "learned", multiple=True, help="A learned gate file to score alongside the signals.")
 @click.option("--rank", default=1, show_default=True, help="A token is rejected when its verifier rank > R.")
 @click.option("--mode", default="audio", show_default=True, help="Which verifier judges: audio or blind.")
-@click.option("--out", type=click.Path(path_type=Path), help="Write the table as Parquet.")
-def gates_eval(trace_path, learned, rank, mode, out):
+@click.option("--out", type=click.Path(path_type=Path), help="Write the table (.parquet or .csv).")
+@FORCE_OPTION
+def gates_eval(trace_path, learned, rank, mode, out, force):
     """RQ1: how well each drafter-side signal predicts the verifier's rejection (ROC-AUC, PR-AUC).
 
     One row per signal and label (reject; impact = rejected and an emotion word involved),
     over TRACE's drafted, judged trie nodes. A learned gate scored on the trace it was
     trained on is in-sample: its honest figure is the cross-validated one `gates train` prints.
     """
-    from .evaluate import signal_table
-    from .learned import load_learned
+    from ..gates.evaluate import signal_table
+    from ..gates.learned import load_learned
 
-    tr = _trace(trace_path)
+    if out:
+        check_output(out, force)
+    tr = load_trace_or_sample(trace_path)
     gates_ = []
     for path in learned:
         path = path.split(":", 1)[1] if path.startswith("learned:") else path
@@ -129,7 +127,7 @@ def gates_eval(trace_path, learned, rank, mode, out):
         cv = g.doc["cv"]
         click.echo(f"{name}: cross-validated when trained: ROC-AUC {cv['roc_auc']:.3f}, PR-AUC {cv['pr_auc']:.3f}")
     if out:
-        write_parquet_atomic(df, out)
+        write_table(df, out)
         click.echo(f"wrote {out}")
 
 
@@ -147,8 +145,9 @@ def gates_eval(trace_path, learned, rank, mode, out):
 @click.option("--extend/--no-extend", default=None,
               help="Generate states the trie lacks from a synthetic trace's own model (default: on for "
                    "synthetic traces); off: such utterances are coverage misses.")
-@click.option("--out", type=click.Path(path_type=Path), help="Write the frontier as Parquet.")
-def gates_frontier(trace_path, families, k, accept, privacy, adaptive, extend, out):
+@click.option("--out", type=click.Path(path_type=Path), help="Write the frontier (.parquet or .csv).")
+@FORCE_OPTION
+def gates_frontier(trace_path, families, k, accept, privacy, adaptive, extend, out, force):
     """RQ1 end to end: every gate over its threshold range, cloud calls and tokens vs agreement with cloud-only.
 
     Always includes always, never and the oracle (the upper bound). `dominance` lines say
@@ -156,10 +155,12 @@ def gates_frontier(trace_path, families, k, accept, privacy, adaptive, extend, o
     """
     from tqdm import tqdm
 
-    from .evaluate import SIGNALS, default_thresholds, dominates, frontier
-    from .features import available_features
+    from ..gates.evaluate import SIGNALS, default_thresholds, dominates, frontier
+    from ..gates.features import available_features
 
-    tr = _trace(trace_path)
+    if out:
+        check_output(out, force)
+    tr = load_trace_or_sample(trace_path)
     if extend is None:
         extend = tr.synthetic and "synthetic_model" in tr.manifest
     specs = []
@@ -197,5 +198,5 @@ def gates_frontier(trace_path, families, k, accept, privacy, adaptive, extend, o
                    + (f"; {len(d['not_matched'])} entropy points beaten by more than 0.005" if d["not_matched"] else "")
                    + ")")
     if out:
-        write_parquet_atomic(df, out)
+        write_table(df, out)
         click.echo(f"wrote {out}")

@@ -6,7 +6,6 @@ stays light.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from pathlib import Path
@@ -16,38 +15,8 @@ import click
 from ..errors import UserError
 
 
-def _cpus(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    out = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            out += list(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise UserError(f"cannot read cores {text!r}; write e.g. 0 or 0,1 or 2-3") from None
-    bad = [c for c in out if not 0 <= c < (os.cpu_count() or 1)]
-    if bad:
-        raise UserError(f"core {bad[0]} does not exist here (cores 0-{(os.cpu_count() or 1) - 1})")
-    return out
-
-
-def pin(cores: list[int]) -> None:
-    """Pin every thread of this process (torch's pools included) to ``cores``."""
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        tids = [0]
-    try:
-        for tid in tids:
-            os.sched_setaffinity(tid, cores)
-    except OSError as exc:
-        raise UserError(f"cannot pin to cores {cores} ({exc.strerror}); choose cores this machine lets you "
-                        "use") from None
-
-
 def _keys(key_file: Path | None, no_auth: bool, host: str) -> tuple[dict | None, str | None]:
-    from .service import parse_keys
+    from ..live.service import parse_keys
 
     if no_auth:
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -104,11 +73,13 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
 
     import uvicorn
 
+    from ..fsio import write_json
+    from ..live.process import parse_cpus, pin
+    from ..live.service import Limits, create_app
+    from ..live.verifier import load_cloud_model
     from ..units import parse_duration, parse_size
-    from .service import Limits, create_app
-    from .verifier import load_cloud_model
 
-    cores = _cpus(cpus)
+    cores = parse_cpus(cpus)
     keys, generated = _keys(api_key_file, no_auth, host)
     limits = Limits(max_draft=max_draft, max_context=max_context, max_body_bytes=parse_size(max_body, "--max-body"),
                     sessions_per_client=sessions_per_client, max_sessions=max_sessions,
@@ -130,9 +101,7 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
             if generated:
                 click.echo(f"API key (generated; pass it as `Authorization: Bearer KEY`): {generated}", err=True)
             if ready_file:
-                tmp = Path(str(ready_file) + ".tmp")
-                tmp.write_text(json.dumps({"port": bound, "pid": os.getpid()}))
-                os.replace(tmp, ready_file)
+                write_json({"port": bound, "pid": os.getpid()}, ready_file)
 
     logging.basicConfig(level=logging.WARNING)
     server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
@@ -144,7 +113,7 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
 
 
 def _policies(texts, max_new: int):
-    from ..collect.commands import parse_policy
+    from ..gates import parse_policy
     from ..protocol import cloud_only, drafter_only
 
     out = []
@@ -209,10 +178,10 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
     """
     from tqdm import tqdm
 
+    from ..live.validate import TARGET_MEDIAN_APE, ValidateConfig, write
+    from ..live.validate import validate as run_validate
     from ..simulate.costs import parse_jitter
     from ..units import parse_duration, parse_rate
-    from .validate import TARGET_MEDIAN_APE, ValidateConfig, write
-    from .validate import validate as run_validate
 
     if not trace_path.exists():
         raise UserError(f"trace {trace_path} does not exist")
@@ -225,9 +194,11 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
     if not 0 <= loss < 1:
         raise UserError(f"--loss {loss} must be a probability in [0, 1)")
     if edge_cpus or cloud_cpus:
-        e, c = _cpus(edge_cpus), _cpus(cloud_cpus)
+        from ..live.process import parse_cpus
+
+        e, c = parse_cpus(edge_cpus), parse_cpus(cloud_cpus)
     else:
-        from .validate import default_cpus
+        from ..live.validate import default_cpus
 
         e, c = default_cpus()
     cfg = ValidateConfig(trace_path, drafter, verifier, pols, rtt_list, out, parse_rate(uplink, "--uplink"),

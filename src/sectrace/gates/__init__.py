@@ -5,8 +5,8 @@ from .combine import AllGate, AnyGate
 from .content import ContentGate
 from .exploration import default_exploration
 from .oracle import Oracle
-from .spec import GATES, gate_help, parse_gate, split_top
+from .spec import GATES, gate_help, parse_gate, parse_policy, split_top
 
 __all__ = ["AllGate", "Always", "AnyGate", "AudioShift", "ContentGate", "GATES", "MaxEntropy", "Margin",
            "MeanEntropy", "MinLogProb", "Never", "Oracle", "RandomGate", "Stability", "default_exploration",
-           "gate_help", "parse_gate", "split_top"]
+           "gate_help", "parse_gate", "parse_policy", "split_top"]

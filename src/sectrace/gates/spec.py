@@ -103,3 +103,36 @@ def parse_gate(spec: str, trace=None):
     if name == "random" and not 0.0 <= value <= 1.0:
         raise UserError(f"random:{value} needs a probability between 0 and 1")
     return cls(value)
+
+
+def parse_policy(text: str, max_new_tokens: int):
+    """A policy from words like ``k=5 gate=entropy:2.5 accept=rank:20 token-only`` (Policy.label's form)."""
+    from ..protocol import Accept, Policy
+
+    kw = {"k": 5, "gate_spec": "always", "accept": Accept("rank", 20), "privacy": "features"}
+    for word in text.replace(",", " ").split():
+        key, eq, value = word.partition("=")
+        key = key.lower()
+        if not eq and key in ("token-only", "features", "raw"):
+            kw["privacy"] = key
+        elif not eq and key == "no-bonus":
+            kw["bonus"] = False
+        elif not eq and key == "stateless":
+            kw["cloud_cache"] = "stateless"
+        elif key == "k":
+            try:
+                kw["k"] = int(value)
+            except ValueError:
+                raise UserError(f"policy {text!r}: k={value} is not a whole number") from None
+        elif key == "gate":
+            kw["gate_spec"] = value.lower()
+        elif key == "accept":
+            kw["accept"] = Accept.parse(value)
+        elif key == "privacy":
+            kw["privacy"] = value
+        elif key == "adaptive":
+            kw["adaptive"] = float(value)
+        else:
+            raise UserError(f"cannot read {word!r} in policy {text!r}; write e.g. "
+                            "'k=5 gate=entropy:2.5 accept=rank:20 token-only'")
+    return Policy(gate=parse_gate(kw["gate_spec"]), max_new_tokens=max_new_tokens, **kw)

@@ -36,7 +36,7 @@ class ServeProcess:
         keyfile, ready = self.dir / "keys", self.dir / "ready.json"
         keyfile.write_text("".join(f"{name} {key}\n" for name, key in self.keys.items()))
         os.chmod(keyfile, 0o600)
-        cmd = [sys.executable, "-m", "sectrace.cli", "serve", "--verifier", self.verifier, "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "sectrace", "serve", "--verifier", self.verifier, "--host", "127.0.0.1",
                "--port", "0", "--api-key-file", str(keyfile), "--ready-file", str(ready), *self.args]
         if self.cpus:
             cmd += ["--cpus", self.cpus if isinstance(self.cpus, str) else ",".join(map(str, self.cpus))]
@@ -63,3 +63,34 @@ class ServeProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def parse_cpus(text: str | None) -> list[int] | None:
+    """Cores from ``0``, ``0,1`` or ``2-3``; None when not given."""
+    if not text:
+        return None
+    out = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise UserError(f"cannot read cores {text!r}; write e.g. 0 or 0,1 or 2-3") from None
+    bad = [c for c in out if not 0 <= c < (os.cpu_count() or 1)]
+    if bad:
+        raise UserError(f"core {bad[0]} does not exist here (cores 0-{(os.cpu_count() or 1) - 1})")
+    return out
+
+
+def pin(cores: list[int]) -> None:
+    """Pin every thread of this process (torch's pools included) to ``cores``."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    try:
+        for tid in tids:
+            os.sched_setaffinity(tid, cores)
+    except OSError as exc:
+        raise UserError(f"cannot pin to cores {cores} ({exc.strerror}); choose cores this machine lets you "
+                        "use") from None

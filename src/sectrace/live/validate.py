@@ -15,7 +15,6 @@ utterance's timing is not compared (it is counted and reported instead).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import tempfile
@@ -109,7 +108,7 @@ def validate(cfg: ValidateConfig, echo=print, progress_factory=None) -> tuple[pl
     both are restored afterwards."""
     import torch
 
-    from .commands import pin
+    from .process import pin
 
     cores, threads = sorted(os.sched_getaffinity(0)), torch.get_num_threads()
     try:
@@ -145,7 +144,7 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
                             f"record (it has {', '.join(sorted(modes))})")
     utts = _utterances(cfg, tr)
     if cfg.edge_cpus:
-        from .commands import pin
+        from .process import pin
 
         pin(cfg.edge_cpus)  # every thread, torch's pools included
     torch.set_num_threads(cfg.edge_threads)
@@ -422,10 +421,7 @@ def summarise(df: pl.DataFrame) -> pl.DataFrame:
 
 def write(df: pl.DataFrame, facts: dict, out: Path) -> None:
     """Per-utterance rows as Parquet, the run's facts beside them as JSON; both atomic."""
-    from ..atomic import write_parquet_atomic
+    from ..fsio import write_json, write_table
 
-    write_parquet_atomic(df, out)
-    side = out.with_suffix(".json")
-    tmp = side.with_name(f".{side.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(facts, indent=2, default=str))
-    os.replace(tmp, side)
+    write_table(df, out)
+    write_json(facts, out.with_suffix(".json"), indent=2)

@@ -18,14 +18,11 @@ from pathlib import Path
 import polars as pl
 
 from .. import __version__
-from ..errors import UserError
 from . import figures
+from .inputs import check_results, normalise_configs
 from .pareto import pareto_table
 from .privacy import modes_side_by_side, privacy_table
 from .tables import policy_points, table1, table2
-
-REQUIRED = ("policy", "utt_id", "covered", "latency_s", "ttft_s", "n_tokens", "escalations", "cloud_tokens",
-            "bytes_up", "audio_bytes_up", "privacy")
 
 
 @dataclass
@@ -46,32 +43,6 @@ class ReportInputs:
     validation_summary: pl.DataFrame | None = None
     validation_facts: dict | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def check_results(df: pl.DataFrame, path: str) -> None:
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise UserError(f"{path} lacks the column {missing[0]!r}; give per-utterance results written by "
-                        "`sectrace simulate --out results.parquet`")
-    if df.height == 0:
-        raise UserError(f"{path} has no rows; simulate at least one policy")
-
-
-CONFIG_KEYS = ("rtt_s", "up_Bps", "down_Bps", "cost_source")
-
-
-def normalise_configs(df: pl.DataFrame) -> pl.DataFrame:
-    """Renumber ``config`` by what a configuration is (network and cost profile), in order of appearance.
-
-    Results concatenated from several `simulate` runs each count configurations from 0, so the
-    index alone would mix different networks.
-    """
-    keys = [k for k in CONFIG_KEYS if k in df.columns]
-    if not keys:
-        return df
-    uniq = df.select(keys).unique(maintain_order=True).with_row_index("config")
-    return df.drop("config", strict=False).join(uniq.with_columns(pl.col("config").cast(pl.Int64)), on=keys,
-                                                how="left", nulls_equal=True, maintain_order="left")
 
 
 def _fmt(v, col: str = "") -> str:

@@ -10,6 +10,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polars as pl
+
+from ..errors import UserError
+from .breakdown import cost_and_net, result_policies
+
 LANES = {"edge": 1, "network": 2, "cloud": 3}
 
 
@@ -45,3 +50,72 @@ def write_chrome_trace(path: Path, trace: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(trace, indent=1), encoding="utf-8")
     return path
+
+
+def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int, overhead_bytes: int = 100):
+    """Per-event spans of one utterance's run under one policy and configuration."""
+    from ..protocol import CloudStart, CloudStep, Commit, Draft, GateCall, Prefill, Run, Verify, run
+    from ..reports.timeline import Span
+    from ..simulate import breakdown, cost_vector, schedule_features
+    from ..trace import TrieSession
+
+    sub = results.filter((pl.col("policy") == policy) & (pl.col("config") == config) & (pl.col("utt_id") == utt))
+    if sub.height == 0:
+        known = results["policy"].unique(maintain_order=True).to_list()
+        raise UserError(f"no results row for policy {policy!r}, utterance {utt!r}, configuration {config}; "
+                        f"policies in the results: {', '.join(known[:6])}{' …' if len(known) > 6 else ''}")
+    row = sub.row(0, named=True)
+    if not row["covered"]:
+        raise UserError(f"utterance {utt!r} left the explored trie under {policy!r} (a coverage miss): no run to show")
+    cost, net, why = cost_and_net(tr, row, overhead_bytes)
+    if cost is None:
+        raise UserError(why)
+    theta = cost_vector(cost, net)
+    pol = result_policies(sub)[policy]
+    nodes = tr.nodes.filter(pl.col("utt_id") == utt)
+    sess = TrieSession(nodes, tr.modes, [c for c in nodes.columns if c.startswith("x_")])
+    r = run(sess, pol)
+    u = tr.utterances.filter(pl.col("utt_id") == utt).row(0, named=True)
+    base, *_ = schedule_features(Run(tokens=[], events=[]), pol, u)
+
+    def parts_of(events, tokens=(), minus_base=True):
+        f, *_ = schedule_features(Run(tokens=list(tokens), events=events), pol, u)
+        return {k: float(v[0]) for k, v in breakdown((f - base if minus_base else f)[None, :], theta).items()}
+
+    lane_of = {"edge_prefill": "edge", "edge_drafting": "edge", "gate": "edge", "uplink": "network",
+               "cloud_prefill": "cloud", "cloud_verify": "cloud", "cloud_decode": "cloud", "downlink": "network"}
+    order = ("edge_prefill", "edge_drafting", "gate", "uplink", "cloud_prefill", "cloud_verify", "cloud_decode",
+             "downlink")
+    spans, instants, t = [], [], 0.0
+    committed = 0
+    for i, ev in enumerate(r.events):
+        kind = type(ev).__name__
+        if type(ev) is Commit:
+            committed = ev.total
+            instants.append(Span("edge", f"commit {ev.n}", t, 0.0, {"committed": ev.total}))
+            continue
+        args = {k: getattr(ev, k) for k in getattr(ev, "_fields", ())}
+        for part in order:
+            secs = parts_of([ev]).get(part, 0.0)
+            if secs <= 0:
+                continue
+            name = {"edge_drafting": "draft", "cloud_verify": "verify", "cloud_decode": "decode"}.get(part,
+                                                                                                      part.replace("_", " "))
+            spans.append(Span(lane_of[part], name, t, secs, {"event": kind, "index": i, **args}))
+            t += secs
+        assert type(ev) in (Prefill, Draft, GateCall, Verify, CloudStart, CloudStep), kind
+    tail = parts_of([], r.tokens, minus_base=False)  # cloud-only: the caption streams down after the last step
+    for part, secs in tail.items():
+        if secs > 0:
+            spans.append(Span(lane_of[part], part.replace("_", " ") + " (caption)", t, secs, {}))
+            t += secs
+    if abs(t - row["latency_s"]) > 1e-6 * max(1.0, row["latency_s"]):
+        raise UserError("the timeline recomputed from the trace does not add up to the results' latency (the results "
+                        "were simulated with other costs, e.g. --gate-cost or --overhead); re-simulate with defaults")
+    meta = {"trace": row.get("trace"), "trace_path": str(tr.path), "policy": policy, "utt_id": utt, "config": config,
+            "rtt_s": row["rtt_s"], "up_Bps": row["up_Bps"], "down_Bps": row["down_Bps"],
+            "cost_source": row["cost_source"], "latency_s": row["latency_s"], "ttft_s": row["ttft_s"],
+            "tokens": len(r.tokens), "caption": row.get("caption"), "tool_version": row.get("tool_version"),
+            "synthetic": row.get("synthetic"), "engine": "closed-form (events back to back, no queueing)"}
+    assert committed == len(r.tokens)
+    return spans, instants, meta

@@ -1,0 +1,141 @@
+"""What several commands share: the extras each needs, list-valued options, policy and cost flags.
+
+Imports here are light (click and the core); heavy packages are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+#: Each optional extra and the top-level modules it brings (pyproject.toml's optional-dependencies).
+EXTRAS = {
+    "collect": ("torch", "transformers", "soundfile"),
+    "report": ("matplotlib", "pycocoevalcap"),
+    "gates": ("sklearn",),
+    "live": ("fastapi", "uvicorn", "httpx", "msgpack", "pydantic"),
+    "demo": ("torch", "transformers", "gguf", "faster_whisper", "platformdirs"),
+}
+_TORCH_FIRST = " (on a CPU-only machine install torch==2.13.0 first, or pip pulls a multi-GB CUDA build)"
+
+
+def _install_hint(extra: str) -> str:
+    torch = "torch" in EXTRAS[extra]
+    return f"pip install 'sectrace[{extra}]'" + (_TORCH_FIRST if torch else "")
+
+
+def missing_extra_message(module: str | None, command: str | None) -> str | None:
+    """One sentence for a ModuleNotFoundError of an optional package, or None for anything else."""
+    top = (module or "").split(".")[0]
+    for extra, mods in EXTRAS.items():
+        if top in mods:
+            what = f"`sectrace {command}`" if command else "this command"
+            return f"{what} needs {top}, from the '{extra}' extra: {_install_hint(extra)}"
+    return None
+
+
+def require_extra(command: str, *extras: str) -> None:
+    """Refuse at once, before any work, when an extra the command needs is not installed."""
+    for extra in extras:
+        missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UserError(f"`sectrace {command}` needs the '{extra}' extra ({', '.join(missing)} not installed): "
+                            f"{_install_hint(extra)}")
+
+
+def load_trace_or_sample(path):
+    """The trace at ``path``, or the bundled sample trace when none is given."""
+    from ..trace import load_trace, sample_trace_path
+
+    return load_trace(path or sample_trace_path())
+
+
+def split_list(values, what, parse):
+    """Flatten repeated and comma-separated option values (``--k 3,5 --k 8``) and parse each."""
+    out = []
+    for v in values:
+        for part in str(v).split(","):
+            if part.strip():
+                out.append(parse(part.strip()))
+    if not out:
+        raise UserError(f"give at least one {what}")
+    return out
+
+
+def block_size(text):
+    try:
+        k = int(text)
+    except ValueError:
+        raise UserError(f"block size {text!r} is not a whole number; e.g. --k 5 or --k 3,5,8") from None
+    if k < 1:
+        raise UserError(f"block size {k} must be at least 1; e.g. --k 5")
+    return k
+
+
+def positive_float(what: str, example: str):
+    def parse(text):
+        import math
+
+        try:
+            x = float(text)
+        except ValueError:
+            raise UserError(f"{what} {text!r} is not a number; e.g. {example}") from None
+        if not (math.isfinite(x) and x > 0):
+            raise UserError(f"{what} {text!r} must be a positive finite number; e.g. {example}")
+        return x
+    return parse
+
+
+def base_cost(tr, cost_mode, edge_device=None, cloud_device=None):
+    """The cost model a command prices with: fitted to the trace, or the study's devices, then presets."""
+    from ..simulate import CostModel, fit_costs, profiles
+
+    cost = fit_costs(tr.timings) if cost_mode == "fit" else CostModel()
+    if edge_device:
+        cost = profiles.edge_device(edge_device).apply(cost)
+    if cloud_device:
+        cost = profiles.cloud_device(cloud_device).apply(cost)
+    return cost
+
+
+def one_policy(k, gate, accept, bonus, privacy, cloud_cache, max_new):
+    from ..gates import parse_gate
+    from ..protocol import Accept, Policy
+
+    return Policy(k=block_size(k), gate=parse_gate(gate), gate_spec=gate.lower(), accept=Accept.parse(accept),
+                  bonus=bonus, privacy=privacy, cloud_cache=cloud_cache, max_new_tokens=max_new)
+
+
+POLICY_OPTIONS = [
+    click.option("--k", default=5, show_default=True, help="Block size."),
+    click.option("--gate", default="entropy:2.5", show_default=True, help="Gate (always, entropy:T, margin:T, ...)."),
+    click.option("--accept", default="rank:20", show_default=True, help="Acceptance rule: top1, rank:R, prob:P."),
+    click.option("--bonus/--no-bonus", default=True, show_default=True, help="Take the verifier's bonus token."),
+    click.option("--privacy", type=click.Choice(["token-only", "features", "raw"]), default="features",
+                 show_default=True, help="What leaves the device: token ids, plus audio features, or raw audio."),
+    click.option("--cloud-cache", type=click.Choice(["stateful", "stateless"]), default="stateful",
+                 show_default=True, help="Whether the cloud keeps its KV cache between calls of one caption."),
+    click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
+                 help="Costs fitted to the trace's timings, or the study's devices."),
+    click.option("--edge-device", default=None, help="Edge device preset (see docs/simulator.md)."),
+    click.option("--cloud-device", default=None, help="Cloud device preset (see docs/simulator.md)."),
+]
+
+
+def with_options(opts):
+    def deco(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+    return deco
+
+
+def out_option(help_text: str, required: bool = False):
+    return click.option("--out", type=click.Path(path_type=Path), required=required, help=help_text)
+
+
+FORCE_OPTION = click.option("--force", is_flag=True, help="Replace --out if it exists.")

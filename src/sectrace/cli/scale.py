@@ -1,0 +1,170 @@
+"""`sectrace sweep`, `breakeven` and `fleet`: the simulator at scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+from ..fsio import check_output, write_table
+from ._common import (
+    FORCE_OPTION,
+    POLICY_OPTIONS,
+    base_cost,
+    load_trace_or_sample,
+    one_policy,
+    positive_float,
+    split_list,
+    with_options,
+)
+
+
+@click.command()
+@click.argument("grid", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Summary per (policy, config): .parquet or .csv.")
+@click.option("--trace", "trace_path", type=click.Path(path_type=Path),
+              help="Trace (default: the grid's, or the sample).")
+@click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
+              help="Base costs when the grid names no device: fitted to the trace, or the study's devices.")
+@click.option("--jobs", default=1, show_default=True, help="Parallel worker processes (joblib), split by policy.")
+@FORCE_OPTION
+def sweep(grid, out, trace_path, cost_mode, jobs, force):
+    """Price the cartesian product of GRID (policies × networks × devices) in one pass per policy.
+
+    \b
+    Example grid (docs/simulator.md lists every key):
+      [policy]  k = [1, 3, 5, 8]   gate = ["always", "entropy:2.5"]   accept = ["top1", "rank:20"]
+      [network] preset = ["wifi", "4g"]   rtt = ["10ms", "50ms", "200ms"]
+      [device]  edge = "study-cpu-2core"   edge_speedup = [1, 2, 4, 8]
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from ..simulate import Replayer
+    from ..simulate.sweep import load_grid, run_sweep, run_sweep_parallel, tomllib
+
+    check_output(out, force)
+    try:
+        doc_trace = tomllib.loads(grid.read_text()).get("trace")
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"cannot read grid {grid}: {exc}") from None
+    if trace_path is None and doc_trace:
+        trace_path = (grid.parent / doc_trace) if not Path(doc_trace).is_absolute() else Path(doc_trace)
+    from ..trace import load_trace, sample_trace_path
+
+    trace_path = trace_path or sample_trace_path()
+    tr = load_trace(trace_path)
+    max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
+    policies, ax, cost, _ = load_grid(grid, max_new)
+    cost = cost or base_cost(tr, cost_mode)
+    t0 = time.perf_counter()
+    n_utt = tr.utterances.height
+    with tqdm(total=len(policies), desc="sweeping", unit="policy", disable=None, leave=False) as bar:
+        if jobs == 1:
+            df = run_sweep(Replayer(tr), policies, cost, ax, progress=bar.update)
+        else:
+            df = run_sweep_parallel(trace_path, policies, cost, ax, jobs, progress=bar.update)
+    dt = time.perf_counter() - t0
+    write_table(df, out)
+    click.echo(f"{len(policies)} policies × {len(ax)} configurations = {df.height} rows → {out} "
+               f"({len(policies) * len(ax) * n_utt / dt:,.0f} utterance-replays/s, {dt:.2f} s)")
+
+
+@click.command()
+@click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
+@with_options(POLICY_OPTIONS)
+@click.option("--edge-tps", "tps", default="0.5,1,2,4,8,16,32,64", show_default=True,
+              help="Edge decode speeds (tokens/s) to map.")
+@click.option("--rtt", "rtts", default="1ms,10ms,20ms,50ms,100ms,200ms,600ms", show_default=True,
+              help="Round-trip times to map.")
+@click.option("--network", "network_name", default=None, help="Network preset for bandwidths, jitter, loss.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the map as a table (.parquet or .csv).")
+@FORCE_OPTION
+def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, tps,
+              rtts, network_name, out, force):
+    """Where, in the edge tok/s × RTT plane, the hybrid beats edge-only and cloud-only (mean latency).
+
+    In the printed map: H = hybrid fastest, E = edge-only fastest, C = cloud-only fastest;
+    lower case h: the hybrid beats edge-only but not cloud-only."""
+    from ..simulate import Network, Replayer, profiles
+    from ..simulate.sweep import breakeven as run_map
+    from ..units import parse_duration
+
+    if out:
+        check_output(out, force)
+    tr = load_trace_or_sample(trace_path)
+    max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
+    pol = one_policy(k, gate, accept, bonus, privacy, cloud_cache, max_new)
+    cost = base_cost(tr, cost_mode, edge_device, cloud_device)
+    net = profiles.network_preset(network_name) if network_name else Network()
+    tps_list = split_list([tps], "edge speed", positive_float("edge speed", "--edge-tps 2,4,8"))
+    if min(tps_list) <= 0:
+        raise UserError("--edge-tps values must be positive")
+    rtt_list = [parse_duration(r, "--rtt", require_unit=True) for r in split_list([rtts], "RTT", str)]
+    m = run_map(Replayer(tr), pol, cost, net, tps_list, rtt_list)
+    if out:
+        write_table(m, out)
+    click.echo(f"policy: {pol.label}   costs: {cost.source}")
+    click.echo("edge tok/s \\ RTT " + " ".join(f"{r * 1000:>6.0f}ms" for r in rtt_list))
+    for t in tps_list:
+        row = m.filter(m["edge_tps"] == t)
+        cells = []
+        for r in row.iter_rows(named=True):
+            best = min(("H", r["hybrid_s"]), ("E", r["edge_only_s"]), ("C", r["cloud_only_s"]), key=lambda x: x[1])[0]
+            cells.append("h" if best == "C" and r["beats_edge"] else best)
+        click.echo(f"{t:>16g} " + " ".join(f"{c:>8}" for c in cells))
+    if out:
+        click.echo(f"map: {out} ({m.height} rows)")
+
+
+@click.command()
+@click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
+@with_options(POLICY_OPTIONS)
+@click.option("--devices", default=10, show_default=True, help="Edge devices sharing the cloud.")
+@click.option("--servers", default=1, show_default=True, help="Cloud GPU servers.")
+@click.option("--max-batch", default=8, show_default=True, help="Verifications a server runs as one batch.")
+@click.option("--batch-window", default="0ms", show_default=True, help="How long a server waits to fill a batch.")
+@click.option("--batch-slowdown", default=0.05, show_default=True, help="Extra time per extra request in a batch.")
+@click.option("--arrival-rate", default=None, type=float,
+              help="Utterances per second per device (Poisson); default: back to back.")
+@click.option("--utterances-per-device", default=None, type=int, help="Default: the whole trace.")
+@click.option("--network", "network_name", default=None, help="Network preset (jitter and loss are sampled).")
+@click.option("--rtt", default=None, help="Override the network's RTT.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Per-utterance fleet results (.parquet or .csv).")
+@FORCE_OPTION
+def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, devices,
+          servers, max_batch, batch_window, batch_slowdown, arrival_rate, utterances_per_device, network_name, rtt,
+          seed, out, force):
+    """Play one policy on a fleet (SimPy): devices share batching cloud servers; jitter and loss are sampled."""
+    from dataclasses import replace
+
+    from ..simulate import Network, Replayer, profiles
+    from ..simulate.fleet import Fleet, fleet_summary, plans, simulate_fleet
+    from ..units import parse_duration
+
+    if out:
+        check_output(out, force)
+    tr = load_trace_or_sample(trace_path)
+    max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
+    pol = one_policy(k, gate, accept, bonus, privacy, cloud_cache, max_new)
+    cost = base_cost(tr, cost_mode, edge_device, cloud_device)
+    net = profiles.network_preset(network_name) if network_name else Network()
+    if rtt:
+        net = replace(net, rtt_s=parse_duration(rtt, "--rtt", require_unit=True))
+    fl = Fleet(devices=devices, servers=servers, max_batch=max_batch,
+               batch_window_s=parse_duration(batch_window, "--batch-window", require_unit=True),
+               batch_slowdown=batch_slowdown, arrival_rate=arrival_rate,
+               utterances_per_device=utterances_per_device, seed=seed)
+    rp = Replayer(tr)
+    df = simulate_fleet(plans(rp, rp.replay(pol)), cost, net, fl, stateful=cloud_cache == "stateful")
+    if out:
+        write_table(df, out)
+    s = fleet_summary(df)
+    click.echo(f"policy: {pol.label}   {devices} devices, {servers} servers, batch ≤{max_batch}")
+    for key, v in s.items():
+        click.echo(f"  {key:<22} {v:,.4g}" if isinstance(v, float) else f"  {key:<22} {v}")
+    parts = ["edge_s", "uplink_s", "queue_s", "cloud_s", "downlink_s"]
+    click.echo("  mean seconds: " + ", ".join(f"{p[:-2]} {df[p].mean():.3f}" for p in parts))

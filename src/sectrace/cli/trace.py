@@ -1,0 +1,88 @@
+"""`sectrace trace ...`: make, inspect, check and merge traces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+from ._common import load_trace_or_sample
+
+
+@click.group()
+def trace():
+    """Make, inspect and check traces (see docs/trace-format.md)."""
+
+
+@trace.command("synth")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--utterances", "-n", default=40, show_default=True, help="How many utterances.")
+@click.option("--alpha", default=0.7, show_default=True,
+              help="P(the audio verifier's top-1 equals the drafter's token), independently per state.")
+@click.option("--alpha-blind", default=0.55, show_default=True, help="The same for the blind (token-only) verifier.")
+@click.option("--coupling", default=0.6, show_default=True,
+              help="How much the drafter's confidence predicts agreement: 0 = pure α-model, 1 = perfectly.")
+@click.option("--mean-length", default=24.0, show_default=True, help="Mean caption length in tokens.")
+@click.option("--max-new-tokens", default=64, show_default=True, help="Longest caption explored.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_new_tokens, seed, force):
+    """Write a synthetic trace to OUT from a stated statistical model.
+
+    At every decoding state the verifier keeps the drafter's token with probability
+    ALPHA, independently: the model under which Leviathan et al. derive the expected
+    tokens per verification call, (1 − α^(k+1)) / (1 − α). The default exploration
+    (edge-only, cloud greedy, always-escalate with rank ≤ R, built-in gates at a few
+    thresholds, for k in 1, 3, 5, 8) is recorded in the trie. The trace says it is
+    synthetic everywhere it shows.
+    """
+    from tqdm import tqdm
+
+    from ..gates import default_exploration
+    from ..trace import write_trace
+    from ..trace.synth import AlphaModel, synth_trace
+
+    if utterances < 1:
+        raise UserError("--utterances must be at least 1")
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; choose another path or pass --force to replace it")
+    model = AlphaModel(alpha=alpha, alpha_blind=alpha_blind, coupling=coupling, mean_length=mean_length, seed=seed)
+    policies = default_exploration(max_new_tokens)
+    with tqdm(total=utterances, desc="exploring", unit="utt", disable=None) as bar:
+        manifest, utts, nodes, timings, vocab = synth_trace(model, utterances, policies, progress=bar.update)
+    write_trace(out, manifest, utts, nodes, timings, vocab, overwrite=force)
+    click.echo(f"wrote synthetic trace {out}: {utterances} utterances, {nodes.height} trie nodes, "
+               f"{len(policies)} exploration policies")
+
+
+@trace.command("info")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+def trace_info(path):
+    """Validate a trace and describe it (the bundled sample if PATH is omitted)."""
+    tr = load_trace_or_sample(path)
+    m = tr.manifest
+    per_utt = tr.nodes.group_by("utt_id").len()["len"]
+    click.echo(f"trace       {tr.path}")
+    click.echo(f"synthetic   {'YES: numbers illustrate the method, not real models' if tr.synthetic else 'no'}")
+    click.echo(f"schema      v{m['schema_version']}, written by sectrace {m['tool_version']} on {m['created']}")
+    click.echo(f"drafter     {m['drafter']['name']} ({m['drafter']['revision']}, vocab {m['drafter']['vocab_size']})")
+    click.echo(f"verifier    {m['verifier']['name']} ({m['verifier']['revision']}, vocab {m['verifier']['vocab_size']}), "
+               f"modes {', '.join(tr.modes)}")
+    click.echo(f"dataset     {m['dataset'].get('name')}: {tr.utterances.height} utterances")
+    click.echo(f"trie        {tr.nodes.height} nodes ({per_utt.min()}–{per_utt.max()} per utterance)")
+    click.echo(f"timings     {tr.timings.height} measured calls")
+    click.echo("valid       yes")
+
+
+@trace.command("merge")
+@click.argument("shards", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Merged trace directory.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def trace_merge(shards, out, force):
+    """Join the shard traces of one `sectrace collect` run into one trace."""
+    from ..collect.collector import merge_traces
+
+    res = merge_traces(list(shards), out, force=force)
+    click.echo(f"wrote {out}: {res['shards']} shards, {res['utterances']} utterances, {res['nodes']} nodes"
+               + ("" if res["complete"] else " (some shards are missing)"))
