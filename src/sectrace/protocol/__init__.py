@@ -8,9 +8,8 @@ from .engine import (
     CloudStart, CloudStep, CloudUnavailable, Commit, CoverageMiss, Draft, DraftToken, Fallback, GateCall, Judgement,
     Prefill, Run, Session, Verify, run,
 )
-from .gates_basic import Always, Never
 from .policy import (
-    CLOUD_CACHES, PRIVACY_MODES, VERIFIER_MODE_FOR_PRIVACY, Accept, Block, Gate, Policy, PolicyError,
+    CLOUD_CACHES, PRIVACY_MODES, VERIFIER_MODE_FOR_PRIVACY, Accept, Always, Block, Gate, Never, Policy, PolicyError,
     cloud_only, drafter_only, lossless,
 )
 

@@ -143,25 +143,36 @@ class Policy:
         return " ".join(parts)
 
 
+# The two gates the protocol itself needs for its baselines; the rest live in ``sectrace.gates``.
+@dataclass(frozen=True)
+class Always:
+    """Escalate every block (the lossless reference with exact top-1 acceptance)."""
+
+    def escalate(self, block: Block) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Never:
+    """Never escalate: the drafter's own caption."""
+
+    def escalate(self, block: Block) -> bool:
+        return False
+
+
 def drafter_only(max_new_tokens: int = 64) -> Policy:
     """The edge-only baseline: the drafter's greedy caption, one token at a time, no cloud."""
-    from .gates_basic import Never
-
     return Policy(k=1, gate=Never(), gate_spec="never", max_new_tokens=max_new_tokens, name="edge-only")
 
 
 def cloud_only(max_new_tokens: int = 64) -> Policy:
     """The cloud-only baseline: raw audio goes up, the verifier decodes greedily."""
-    from .gates_basic import Always
-
     return Policy(k=0, gate=Always(), gate_spec="always", accept=Accept("top1", 1), bonus=True,
                   privacy="raw", max_new_tokens=max_new_tokens, name="cloud-only")
 
 
 def lossless(k: int, max_new_tokens: int = 64, privacy: str = "features") -> Policy:
     """Always escalate with exact top-1 acceptance: the output must equal the verifier's greedy path."""
-    from .gates_basic import Always
-
     return Policy(k=k, gate=Always(), gate_spec="always", accept=Accept("top1", 1), privacy=privacy,
                   max_new_tokens=max_new_tokens)
 
