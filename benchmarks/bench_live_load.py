@@ -125,7 +125,7 @@ def load_edge(drafter_dir: str, info: dict, args) -> Edge:
     import torch
 
     from sectrace.gates import parse_policy
-    from sectrace.collect.pair import eos_ids, load_model, load_tokenizer, model_rows
+    from sectrace.models.pair import eos_ids, load_model, load_tokenizer, model_rows
     from sectrace.protocol import cloud_only, drafter_only
 
     torch.set_num_threads(args.edge_threads)
@@ -157,7 +157,7 @@ class Outcome:
 
 def run_client(edge: Edge, url: str, key: str, jobs, timeout: float) -> Outcome:
     """One edge device: its utterances in turn over one keep-alive connection."""
-    from sectrace.collect.lm import CachedLM
+    from sectrace.models.lm import CachedLM
 
     out = Outcome()
     cl = TimedClient(url, key, timeout)

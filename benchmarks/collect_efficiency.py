@@ -29,10 +29,10 @@ def main():
 
     from tiny_models import CORPUS, make_qwen2, make_tokenizer
 
-    from sectrace.collect.explore import explore
-    from sectrace.collect.lm import CachedLM
-    from sectrace.collect.pair import PairSource, load_pair
-    from sectrace.gates import default_exploration
+    from sectrace.explore.recorder import explore
+    from sectrace.models.lm import CachedLM
+    from sectrace.models.pair import PairSource, load_pair
+    from sectrace.explore import default_exploration
 
     torch.set_num_threads(a.threads)
     root = Path(tempfile.mkdtemp())

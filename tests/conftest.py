@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sectrace.gates import default_exploration
+from sectrace.explore import default_exploration
 from sectrace.trace import load_trace, write_trace
-from sectrace.trace.synth import AlphaModel, synth_trace
+from sectrace.explore.synth import AlphaModel, synth_trace
 
 
 def make_trace(path: Path, n: int = 6, max_new: int = 48, policies=None, **model) -> Path:
@@ -36,7 +36,7 @@ def synthetic_sample() -> Path:
     Tests that need a sizeable trace with known statistics (x_* signals, a stated model) use this
     rather than the bundled sample, which is a real-model trace once one is shipped.
     """
-    from sectrace.trace.synth import synth_recorders  # noqa: F401  (fails early if synth changed shape)
+    from sectrace.explore.synth import synth_recorders  # noqa: F401  (fails early if synth changed shape)
 
     out = Path(tempfile.mkdtemp(prefix="sectrace-synthetic-sample-")) / "sample-trace"
     return make_trace(out, n=40, max_new=64, seed=0)

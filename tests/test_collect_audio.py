@@ -13,10 +13,10 @@ sf = pytest.importorskip("soundfile")
 import polars as pl  # noqa: E402
 from tiny_models import make_audio_tokenizer, make_thinker, tone  # noqa: E402
 
-from sectrace.collect.audio import AudioChatBackend, load_feature_extractor  # noqa: E402
-from sectrace.collect.dataset import Utterance  # noqa: E402
-from sectrace.collect.lm import CachedLM  # noqa: E402
-from sectrace.collect.pair import PairSource, load_pair  # noqa: E402
+from sectrace.models.audio import AudioChatBackend, load_feature_extractor  # noqa: E402
+from sectrace.models.dataset import Utterance  # noqa: E402
+from sectrace.models.lm import CachedLM  # noqa: E402
+from sectrace.models.pair import PairSource, load_pair  # noqa: E402
 from sectrace.protocol import drafter_only, lossless, run  # noqa: E402
 from sectrace.trace import TrieRecorder  # noqa: E402
 
@@ -83,7 +83,7 @@ def test_thinker_collect_end_to_end_replays(omni, tmp_path):
     from click.testing import CliRunner
 
     from sectrace.cli import main
-    from sectrace.gates import default_exploration
+    from sectrace.explore import default_exploration
     from sectrace.trace import TrieSession, load_trace
 
     root, info, backend, wavs = omni

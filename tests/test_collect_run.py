@@ -17,7 +17,7 @@ from tiny_models import make_pair, make_qwen2, make_tokenizer  # noqa: E402
 
 from sectrace.cli import main  # noqa: E402
 from sectrace.collect.collector import CollectConfig, collect  # noqa: E402
-from sectrace.gates import default_exploration  # noqa: E402
+from sectrace.explore import default_exploration  # noqa: E402
 from sectrace.protocol import run  # noqa: E402
 from sectrace.trace import TrieSession, load_trace  # noqa: E402
 
@@ -179,7 +179,7 @@ def test_bad_inputs_are_clear_errors(setup, tmp_path):
 
 
 def test_audio_loader_resamples_to_16k(setup):
-    from sectrace.collect.dataset import load_audio
+    from sectrace.models.dataset import load_audio
 
     root = setup[0]
     x = load_audio(root / "a0.wav")
@@ -187,7 +187,7 @@ def test_audio_loader_resamples_to_16k(setup):
 
 
 def test_csv_manifest_and_shard_parsing(tmp_path):
-    from sectrace.collect.dataset import parse_shard, read_manifest
+    from sectrace.models.dataset import parse_shard, read_manifest
     from sectrace.errors import UserError
 
     p = tmp_path / "m.csv"

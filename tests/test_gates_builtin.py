@@ -13,7 +13,7 @@ from sectrace.gates import (AllGate, AnyGate, AudioShift, ContentGate, MaxEntrop
 from sectrace.gates.content import token_flags
 from sectrace.protocol import Accept, Block, Policy, run
 from sectrace.simulate import Replayer
-from sectrace.trace.synth import AlphaModel, AlphaSource
+from sectrace.explore.synth import AlphaModel, AlphaSource
 from sectrace.trace.trie import TrieRecorder
 
 SAMPLE = synthetic_sample()

@@ -11,7 +11,7 @@ pytest.importorskip("sklearn")
 
 from conftest import synthetic_sample, trace_subset, synthetic_trace  # noqa: E402
 from sectrace.cli import main  # noqa: E402
-from sectrace.gates.evaluate import default_thresholds, dominates, frontier, pareto, signal_table  # noqa: E402
+from sectrace.analysis.evaluate import default_thresholds, dominates, frontier, pareto, signal_table  # noqa: E402
 
 SAMPLE = synthetic_sample()
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sectrace.protocol import CloudUnavailable, Fallback, Verify, cloud_only, drafter_only, lossless, run
-from sectrace.trace.synth import AlphaModel, AlphaSource
+from sectrace.explore.synth import AlphaModel, AlphaSource
 
 
 # --- the protocol's fallback, on a pure source (fast) --------------------------------------------
@@ -105,11 +105,12 @@ def _echo_server():
 
 
 def test_proxy_adds_the_round_trip_and_serialises_bytes():
-    from sectrace.live.proxy import PathSpec, ShapingProxy
+    from sectrace.live.proxy import ShapingProxy
+    from sectrace.network import Network
 
     srv = _echo_server()
     try:
-        with ShapingProxy("127.0.0.1", srv.getsockname()[1], PathSpec(rtt_s=0.1, up_Bps=1e6, down_Bps=1e9)) as p:
+        with ShapingProxy("127.0.0.1", srv.getsockname()[1], Network(rtt_s=0.1, up_Bps=1e6, down_Bps=1e9)) as p:
             c = socket.create_connection(("127.0.0.1", p.port))
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             t0 = time.perf_counter()
@@ -132,10 +133,11 @@ def test_proxy_adds_the_round_trip_and_serialises_bytes():
 
 def test_proxy_refuses_a_non_loopback_target():
     from sectrace.errors import UserError
-    from sectrace.live.proxy import PathSpec, ShapingProxy
+    from sectrace.live.proxy import ShapingProxy
+    from sectrace.network import Network
 
     with pytest.raises(UserError, match="loopback"):
-        ShapingProxy("8.8.8.8", 53, PathSpec())
+        ShapingProxy("8.8.8.8", 53, Network(rtt_s=0.0, up_Bps=float("inf"), down_Bps=float("inf")))
 
 
 # --- the live client against the service, tiny models ---------------------------------------------
@@ -147,7 +149,7 @@ pytest.importorskip("fastapi")
 def live(tmp_path_factory):
     from tiny_models import make_pair
 
-    from sectrace.collect.pair import load_pair
+    from sectrace.models.pair import load_pair
     from sectrace.live.service import BackgroundServer, create_app
     from sectrace.live.verifier import load_cloud_model
 
@@ -160,7 +162,7 @@ def live(tmp_path_factory):
 
 
 def _session(pair, url, policy, prompt, timeout=30.0):
-    from sectrace.collect.lm import CachedLM
+    from sectrace.models.lm import CachedLM
     from sectrace.live.client import CloudClient, CloudInputs, LiveSession
 
     client = CloudClient(url, "e" * 24, timeout)
@@ -214,12 +216,13 @@ def test_unreachable_service_falls_back_to_the_edge(live):
 def test_timeouts_fall_back_and_the_session_resyncs(live):
     """A slow path times calls out; the edge commits its drafts, and later calls still verify the right prefix."""
     from sectrace.live.client import decode_live
-    from sectrace.live.proxy import PathSpec, ShapingProxy
+    from sectrace.live.proxy import ShapingProxy
+    from sectrace.network import Network
 
     pair, srv, *_ = live
     prompt = pair.tokenizer("fine, whatever")["input_ids"]
     pol = lossless(2, max_new_tokens=12)
-    with ShapingProxy("127.0.0.1", srv.port, PathSpec(rtt_s=0.6)) as p:
+    with ShapingProxy("127.0.0.1", srv.port, Network(rtt_s=0.6, up_Bps=float("inf"), down_Bps=float("inf"))) as p:
         sess, client = _session(pair, f"http://127.0.0.1:{p.port}", pol, prompt, timeout=0.3)
         lr = decode_live(sess, pol)
         client.close()

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from tiny_models import make_pair  # noqa: E402
 
-from sectrace.collect.lm import CachedLM  # noqa: E402
-from sectrace.collect.pair import load_pair  # noqa: E402
+from sectrace.models.lm import CachedLM  # noqa: E402
+from sectrace.models.pair import load_pair  # noqa: E402
 from sectrace.live import wire  # noqa: E402
 from sectrace.live.client import CloudClient, CloudInputs, LiveSession, decode_live  # noqa: E402
 from sectrace.live.service import BackgroundServer, Limits, create_app  # noqa: E402

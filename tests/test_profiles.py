@@ -4,7 +4,8 @@ import pytest
 from sectrace.errors import UserError
 from sectrace.simulate import CostModel, Network
 from sectrace.simulate.profiles import (CLOUD_DEVICES, EDGE_DEVICES, NETWORK_PRESETS, cloud_device, edge_device,
-                                        network_preset, parse_jitter)
+                                        network_preset)
+from sectrace.network import parse_jitter
 from sectrace.simulate.timing import cost_vector
 from sectrace.simulate.replay import FI
 

@@ -62,8 +62,9 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
     from tqdm import tqdm
 
     from ..collect.collector import CollectConfig, collect
-    from ..collect.dataset import parse_shard
-    from ..gates import default_exploration, parse_policy
+    from ..explore import default_exploration
+    from ..gates import parse_policy
+    from ..models.dataset import parse_shard
 
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     if not mode_list or any(m not in ("audio", "blind") for m in mode_list):

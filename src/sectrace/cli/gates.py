@@ -105,7 +105,7 @@ def gates_eval(trace_path, learned, rank, mode, out, force):
     over TRACE's drafted, judged trie nodes. A learned gate scored on the trace it was
     trained on is in-sample: its honest figure is the cross-validated one `gates train` prints.
     """
-    from ..gates.evaluate import signal_table
+    from ..analysis.evaluate import signal_table
     from ..gates.learned import load_learned
 
     if out:
@@ -155,7 +155,7 @@ def gates_frontier(trace_path, families, k, accept, privacy, adaptive, extend, o
     """
     from tqdm import tqdm
 
-    from ..gates.evaluate import SIGNALS, default_thresholds, dominates, frontier
+    from ..analysis.evaluate import SIGNALS, default_thresholds, dominates, frontier
     from ..gates.features import available_features
 
     if out:

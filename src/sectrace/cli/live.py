@@ -178,10 +178,10 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
     """
     from tqdm import tqdm
 
-    from ..live.validate import TARGET_MEDIAN_APE, ValidateConfig, write
-    from ..live.validate import validate as run_validate
-    from ..simulate.costs import parse_jitter
+    from ..network import parse_jitter
     from ..units import parse_duration, parse_rate
+    from ..validate.run import TARGET_MEDIAN_APE, ValidateConfig, write
+    from ..validate.run import validate as run_validate
 
     if not trace_path.exists():
         raise UserError(f"trace {trace_path} does not exist")
@@ -198,7 +198,7 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
 
         e, c = parse_cpus(edge_cpus), parse_cpus(cloud_cpus)
     else:
-        from ..live.validate import default_cpus
+        from ..validate.run import default_cpus
 
         e, c = default_cpus()
     cfg = ValidateConfig(trace_path, drafter, verifier, pols, rtt_list, out, parse_rate(uplink, "--uplink"),

@@ -109,7 +109,7 @@ def _read_validation(path: Path):
         raise UserError(f"{path} lacks the column {missing[0]!r}; give the --out file of `sectrace validate`")
     facts_path = path.with_suffix(".json")
     facts = json.loads(facts_path.read_text()) if facts_path.exists() else {}
-    from ..live.validate import summarise
+    from ..validate.run import summarise
 
     summary = summarise(df)
     return df, summary, facts

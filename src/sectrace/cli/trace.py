@@ -39,9 +39,9 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
     """
     from tqdm import tqdm
 
-    from ..gates import default_exploration
+    from ..explore import default_exploration
+    from ..explore.synth import AlphaModel, synth_trace
     from ..trace import write_trace
-    from ..trace.synth import AlphaModel, synth_trace
 
     if utterances < 1:
         raise UserError("--utterances must be at least 1")

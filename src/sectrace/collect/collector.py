@@ -23,11 +23,10 @@ import polars as pl
 
 from .. import __version__
 from ..errors import UserError
+from ..explore.recorder import BudgetRecorder, explore, seed_recorder
+from ..models.dataset import Utterance, read_manifest, shard_of
 from ..trace import load_trace, write_trace
 from ..trace import schema as S
-from .dataset import Utterance, read_manifest, shard_of
-from .explore import BudgetRecorder, explore, seed_recorder
-from .lm import CachedLM
 
 
 @dataclass
@@ -104,10 +103,10 @@ def model_card(path: str, model, tok_fp: str) -> dict:
 
 def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     """Run (or resume) one shard of a collection; returns a summary dict."""
+    from ..models.audio import DEFAULT_INSTRUCTION, AudioChatBackend, load_feature_extractor
+    from ..models.backends import DEFAULT_TEXT_PROMPT, CausalLMBackend
+    from ..models.pair import load_pair, tokenizer_fingerprint
     from ..trace.schema import TIMINGS
-    from .audio import DEFAULT_INSTRUCTION, AudioChatBackend, load_feature_extractor
-    from .backends import DEFAULT_TEXT_PROMPT, CausalLMBackend
-    from .pair import load_pair, tokenizer_fingerprint
     from .probes import GpuSampler, hardware, peaks, probe
 
     if not cfg.policies:
@@ -212,10 +211,12 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
 
 
 def _collect_one(cfg, pair, backend, u: Utterance, base) -> dict:
+    from ..models.lm import CachedLM  # torch: only when models run, so `trace merge` stays light
+
     prep = backend.prepare(u, cfg.modes, cfg.edge_device, cfg.cloud_device)
     d = CachedLM(pair.drafter, pair.shared_vocab, prep.edge_kwargs)
     vs = {m: CachedLM(pair.verifier, pair.shared_vocab, prep.cloud_kwargs.get(m)) for m in cfg.modes}
-    from .pair import PairSource
+    from ..models.pair import PairSource
 
     src = PairSource(d, prep.edge_prompt, vs, {m: prep.cloud_prompts[m] for m in cfg.modes}, pair.eos)
     rec = BudgetRecorder(src, cfg.modes, cfg.max_nodes)

@@ -13,7 +13,7 @@ import platform
 import resource
 import time
 
-from .lm import CachedLM
+from ..models.lm import CachedLM
 
 VERIFY_NS = tuple(range(1, 17))
 CAPTION_CTX = (0, 32, 64)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .builtin import Always, AudioShift, MaxEntropy, Margin, MeanEntropy, MinLogProb, Never, RandomGate, Stability
+from .builtin import Always, AudioShift, Margin, MaxEntropy, MeanEntropy, MinLogProb, Never, RandomGate, Stability
 from .combine import AllGate, AnyGate
 from .oracle import Oracle
 

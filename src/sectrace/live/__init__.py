@@ -5,6 +5,6 @@ for the models; the simulator never imports it. docs/live.md explains the pieces
 """
 
 from .client import CloudClient, CloudInputs, LiveRun, LiveSession, decode_live
-from .proxy import PathSpec, ShapingProxy
+from .proxy import ShapingProxy
 
-__all__ = ["CloudClient", "CloudInputs", "LiveRun", "LiveSession", "PathSpec", "ShapingProxy", "decode_live"]
+__all__ = ["CloudClient", "CloudInputs", "LiveRun", "LiveSession", "ShapingProxy", "decode_live"]

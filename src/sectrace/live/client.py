@@ -117,7 +117,7 @@ class LiveSession:
 
     def __init__(self, drafter, edge_prompt: list[int], eos: frozenset, client: CloudClient, policy: Policy,
                  cloud: CloudInputs):
-        from ..collect.lm import draft_token
+        from ..models.lm import draft_token
 
         self._draft_token = draft_token
         self.drafter = drafter  # a CachedLM with one slot: a crop never copies the cache

@@ -27,19 +27,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-
-
-@dataclass(frozen=True)
-class PathSpec:
-    """The shaped path, both directions alike but for the rates."""
-
-    rtt_s: float = 0.0
-    up_Bps: float = float("inf")  # edge → cloud
-    down_Bps: float = float("inf")
-    jitter: str | None = None  # scipy.stats spec of extra one-way delay per chunk, e.g. expon(scale=0.002)
-    loss: float = 0.0
-    rto_s: float = 0.2
-    seed: int = 0
+from ..network import Network, parse_jitter
 
 
 @dataclass
@@ -68,19 +56,16 @@ class ShapingProxy:
     Runs its own event loop in a background thread: ``with ShapingProxy(...) as p: use p.port``.
     """
 
-    def __init__(self, target_host: str, target_port: int, spec: PathSpec):
+    def __init__(self, target_host: str, target_port: int, spec: Network, seed: int = 0):
+        """``spec`` is the simulator's Network (checked there); its framing overhead is not added here:
+        the proxy shapes the real bytes, framing included."""
         _loopback(target_host)
-        if spec.rtt_s < 0 or not 0 <= spec.loss < 1 or spec.up_Bps <= 0 or spec.down_Bps <= 0:
-            raise UserError("the path needs RTT >= 0, positive rates and loss in [0, 1)")
         self.target = (target_host, target_port)
         self.spec = spec
+        self.seed = seed
         self.counters = Counters()
-        self._rng = random.Random(spec.seed)
-        self._jitter = None
-        if spec.jitter:
-            from ..simulate.costs import parse_jitter
-
-            self._jitter = parse_jitter(spec.jitter)
+        self._rng = random.Random(seed)
+        self._jitter = parse_jitter(spec.jitter) if spec.jitter else None
         self._np_rng = None
         self.port = None
         self._loop = None
@@ -95,7 +80,7 @@ class ShapingProxy:
             import numpy as np
 
             if self._np_rng is None:
-                self._np_rng = np.random.default_rng(self.spec.seed)
+                self._np_rng = np.random.default_rng(self.seed)
             extra += float(self._jitter.rvs(random_state=self._np_rng))
         while self.spec.loss and self._rng.random() < self.spec.loss:
             extra += self.spec.rto_s

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..collect.lm import CachedLM, judgements
+from ..models.lm import CachedLM, judgements
 from ..protocol import Accept
 from .wire import WireError
 
@@ -110,7 +110,7 @@ def load_cloud_model(path: str, backend: str = "causal-lm", device: str = "cpu",
     """Load a verifier for serving (tokenizer read for its vocabulary and end-of-caption ids)."""
     import torch
 
-    from ..collect.pair import eos_ids, load_model, load_tokenizer, model_rows
+    from ..models.pair import eos_ids, load_model, load_tokenizer, model_rows
 
     if threads:
         torch.set_num_threads(threads)
@@ -123,7 +123,7 @@ def load_cloud_model(path: str, backend: str = "causal-lm", device: str = "cpu",
         if isinstance(end, int) and end != tok.unk_token_id:
             eos = eos | {end}
         try:
-            from ..collect.audio import load_feature_extractor
+            from ..models.audio import load_feature_extractor
 
             fe = load_feature_extractor(path)
         except Exception:  # the service then needs features from the edge (privacy `features`)

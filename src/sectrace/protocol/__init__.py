@@ -5,12 +5,36 @@ the live edge client) drives :func:`run`.
 """
 
 from .engine import (
-    CloudStart, CloudStep, CloudUnavailable, Commit, CoverageMiss, Draft, DraftToken, Fallback, GateCall, Judgement,
-    Prefill, Run, Session, Verify, run,
+    CloudStart,
+    CloudStep,
+    CloudUnavailable,
+    Commit,
+    CoverageMiss,
+    Draft,
+    DraftToken,
+    Fallback,
+    GateCall,
+    Judgement,
+    Prefill,
+    Run,
+    Session,
+    Verify,
+    run,
 )
 from .policy import (
-    CLOUD_CACHES, PRIVACY_MODES, VERIFIER_MODE_FOR_PRIVACY, Accept, Always, Block, Gate, Never, Policy, PolicyError,
-    cloud_only, drafter_only, lossless,
+    CLOUD_CACHES,
+    PRIVACY_MODES,
+    VERIFIER_MODE_FOR_PRIVACY,
+    Accept,
+    Always,
+    Block,
+    Gate,
+    Never,
+    Policy,
+    PolicyError,
+    cloud_only,
+    drafter_only,
+    lossless,
 )
 
 __all__ = [

@@ -32,7 +32,7 @@ def cost_and_net(tr, row: dict, overhead_bytes: int):
 
 def result_policies(results: pl.DataFrame):
     from ..gates import parse_gate
-    from ..reports.privacy import POLICY_KEYS, _policy_from_row
+    from .privacy import POLICY_KEYS, _policy_from_row
 
     rows = results.select("policy", *POLICY_KEYS).unique(subset=["policy"], maintain_order=True)
     return {r["policy"]: _policy_from_row(r, parse_gate) for r in rows.iter_rows(named=True)}

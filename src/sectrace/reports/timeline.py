@@ -55,7 +55,6 @@ def write_chrome_trace(path: Path, trace: dict) -> Path:
 def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int, overhead_bytes: int = 100):
     """Per-event spans of one utterance's run under one policy and configuration."""
     from ..protocol import CloudStart, CloudStep, Commit, Draft, GateCall, Prefill, Run, Verify, run
-    from ..reports.timeline import Span
     from ..simulate import breakdown, cost_vector, schedule_features
     from ..trace import TrieSession
 

@@ -1,6 +1,7 @@
 """Replay traces under policies and price the schedules on devices and networks."""
 
-from .costs import CostModel, Network, fit_costs
+from ..network import Network
+from .costs import CostModel, fit_costs
 from .replay import FEATURES, Replay, Replayer, schedule_features, similarity
 from .results import baselines, simulate, summarise
 from .timing import breakdown, cost_matrix, cost_vector, latency

@@ -18,7 +18,8 @@ import numpy as np
 import polars as pl
 
 from ..errors import UserError
-from .costs import CostModel, Network
+from ..network import Network
+from .costs import CostModel
 from .replay import FEATURES, FI, Replay, Replayer, schedule_features
 from .timing import cost_vector
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import UserError
-from .costs import CostModel, Network, parse_jitter  # noqa: F401  (parse_jitter re-exported)
+from ..network import Network
+from .costs import CostModel
 
 # --- devices ------------------------------------------------------------------------------
 

@@ -8,11 +8,12 @@ import numpy as np
 import polars as pl
 
 from .. import __version__
+from ..network import Network
 from ..protocol import Policy, cloud_only, drafter_only
 from ..trace import Trace
-from .costs import CostModel, Network
-from .replay import FI, Replay, Replayer, similarity
+from .costs import CostModel
 from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
+from .replay import FI, Replay, Replayer, similarity
 from .timing import cost_matrix, latency
 
 

@@ -22,9 +22,10 @@ import numpy as np
 import polars as pl
 
 from ..errors import UserError
+from ..network import Network
 from ..protocol import Accept, Policy, cloud_only, drafter_only
 from ..units import parse_duration, parse_rate, parse_size
-from .costs import CostModel, Network
+from .costs import CostModel
 from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
 from .profiles import cloud_device, edge_device, network_preset
 from .replay import FI, Replayer

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .costs import CostModel, Network
+from ..network import Network
+from .costs import CostModel
 from .replay import FEATURES, FI
 
 

@@ -23,8 +23,8 @@ import polars as pl
 
 from .. import __version__
 from ..protocol import DraftToken, Judgement, Policy, run
-from . import schema as S
-from .trie import TrieRecorder
+from ..trace import schema as S
+from ..trace.trie import TrieRecorder
 
 WORDS = (
     "she he they the speaker sounds seems speaks voice tone is was with a an and but of in slightly very quite "

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ..gates.spec import parse_gate
 from ..protocol import Accept, Policy, cloud_only, drafter_only
-from .spec import parse_gate
 
 EXPLORE_GATES = ("entropy:1.5", "entropy:2.5", "entropy:3.5", "margin:0.1", "margin:0.3", "logprob:-1.0",
                  "logprob:-2.0", "random:0.25", "random:0.5", "random:0.75")

@@ -103,9 +103,9 @@ def load_audio_model(kind: str, path: str, what: str, device: str, dtype):
     """The thinker (from a thinker checkpoint or a full Omni checkpoint, talker dropped) or Qwen2-Audio."""
     import json
 
-    from .pair import _resolve
+    from .paths import resolve_model_path
 
-    src, local = _resolve(path, what)
+    src, local = resolve_model_path(path, what)
     try:
         if kind == "qwen2-audio":
             from transformers import Qwen2AudioForConditionalGeneration

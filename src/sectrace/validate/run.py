@@ -67,7 +67,7 @@ def default_cpus() -> tuple[list[int], list[int]]:
 
 
 def _utterances(cfg: ValidateConfig, tr):
-    from ..collect.dataset import read_manifest
+    from ..models.dataset import read_manifest
 
     path = cfg.manifest or Path(tr.manifest.get("dataset", {}).get("manifest", ""))
     if not str(path) or not Path(path).exists():
@@ -84,8 +84,8 @@ def _utterances(cfg: ValidateConfig, tr):
 
 
 def _cloud_inputs(prep, policy: Policy, utt):
-    from .client import CloudInputs
-    from .wire import tensor_to_wire
+    from ..live.client import CloudInputs
+    from ..live.wire import tensor_to_wire
 
     if policy.privacy == "token-only":
         return CloudInputs(prep.cloud_prompts["blind"])
@@ -94,7 +94,7 @@ def _cloud_inputs(prep, policy: Policy, utt):
         return CloudInputs(prep.cloud_prompts["audio"], {k: tensor_to_wire(v) for k, v in feats.items()} or None)
     audio = b""
     if utt.audio is not None:
-        from ..collect.dataset import load_audio
+        from ..models.dataset import load_audio
 
         wav = load_audio(utt.audio)
         audio = (np.clip(wav, -1, 1) * 32767).astype("<i2").tobytes()
@@ -108,7 +108,7 @@ def validate(cfg: ValidateConfig, echo=print, progress_factory=None) -> tuple[pl
     both are restored afterwards."""
     import torch
 
-    from .process import pin
+    from ..live.process import pin
 
     cores, threads = sorted(os.sched_getaffinity(0)), torch.get_num_threads()
     try:
@@ -121,16 +121,16 @@ def validate(cfg: ValidateConfig, echo=print, progress_factory=None) -> tuple[pl
 def _validate(cfg: ValidateConfig, echo, progress_factory):
     import torch
 
-    from ..collect.backends import CausalLMBackend
-    from ..collect.lm import CachedLM
-    from ..collect.pair import eos_ids, load_model, load_tokenizer, tokenizer_fingerprint
     from ..collect.probes import hardware
+    from ..live.client import CloudClient, LiveSession, decode_live
+    from ..live.process import ServeProcess
+    from ..live.proxy import ShapingProxy
+    from ..models.backends import CausalLMBackend
+    from ..models.lm import CachedLM
+    from ..models.pair import eos_ids, load_model, load_tokenizer, tokenizer_fingerprint
     from ..simulate import Network, Replayer, cost_vector, fit_costs, latency
     from ..trace import load_trace
     from ..trace.schema import TIMINGS
-    from .client import CloudClient, LiveSession, decode_live
-    from .process import ServeProcess
-    from .proxy import PathSpec, ShapingProxy
 
     if cfg.out.exists() and not cfg.force:
         raise UserError(f"{cfg.out} exists; choose another --out or pass --force to replace it")
@@ -144,7 +144,7 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
                             f"record (it has {', '.join(sorted(modes))})")
     utts = _utterances(cfg, tr)
     if cfg.edge_cpus:
-        from .process import pin
+        from ..live.process import pin
 
         pin(cfg.edge_cpus)  # every thread, torch's pools included
     torch.set_num_threads(cfg.edge_threads)
@@ -159,7 +159,7 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
     if backend == "causal-lm":
         be = CausalLMBackend(tok, *([m["prompt_template"]] if m.get("prompt_template") else []))
     else:
-        from ..collect.audio import AudioChatBackend, load_feature_extractor
+        from ..models.audio import AudioChatBackend, load_feature_extractor
 
         be = AudioChatBackend(backend, tok, drafter, load_feature_extractor(cfg.drafter), m.get("prompt_template"))
     urow = {r["utt_id"]: r for r in tr.utterances.iter_rows(named=True)}
@@ -196,7 +196,8 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
                             f"{sorted(eos)}; serve the trace's verifier")
         paths = {}
         for rtt in cfg.rtts:
-            spec = PathSpec(rtt, cfg.up_Bps, cfg.down_Bps, cfg.jitter, cfg.loss, cfg.rto_s)
+            spec = Network(rtt_s=rtt, up_Bps=cfg.up_Bps, down_Bps=cfg.down_Bps, jitter=cfg.jitter, loss=cfg.loss,
+                           rto_s=cfg.rto_s)
             proxy = stack.enter_context(ShapingProxy("127.0.0.1", service.port, spec))
             client = CloudClient(f"http://127.0.0.1:{proxy.port}", key, cfg.timeout_s)
             stack.callback(client.close)
@@ -307,8 +308,8 @@ def calibrate_round(drafter, vocab: int, eos: frozenset, preps: list, client, sa
     Every verified block differs from the one before at its first token, so no logits are reused:
     each call runs all its tokens, as in a live run.
     """
-    from ..collect.lm import CachedLM, draft_token
-    from .wire import TOKEN_RECORD, pack_ids
+    from ..live.wire import TOKEN_RECORD, pack_ids
+    from ..models.lm import CachedLM, draft_token
 
     rows = []
     for k, prep in enumerate(preps):
@@ -334,7 +335,7 @@ def calibrate_round(drafter, vocab: int, eos: frozenset, preps: list, client, sa
             session = {"mode": mode, "prompt": pack_ids(cprompt)}
             feats = prep.cloud_kwargs.get(mode) or {}
             if feats:
-                from .wire import tensor_to_wire
+                from ..live.wire import tensor_to_wire
 
                 session["features"] = {n: tensor_to_wire(v) for n, v in feats.items()}
             t0 = time.perf_counter()

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import UserError
 from .lm import CachedLM, draft_token, judgements
+from .paths import resolve_model_path
 
 
 def tokenizer_fingerprint(tok) -> str:
@@ -38,25 +37,10 @@ def check_tokenizers(d_tok, v_tok, d_name="drafter", v_name="verifier") -> None:
         "tokenizer: pick a drafter and verifier of the same family (e.g. Qwen2.5-Omni-3B with -7B)")
 
 
-def _resolve(path: str, what: str) -> tuple[str, bool]:
-    """A local directory (hub never contacted) or a hub id; a missing local path is a clear error."""
-    p = Path(path).expanduser()
-    if p.exists():
-        if not p.is_dir() or not (p / "config.json").exists():
-            raise UserError(f"{what} {path} is not a model directory (no config.json in it); give the folder "
-                            "written by save_pretrained or downloaded from the hub")
-        return str(p), True
-    looks_like_hub = path.count("/") == 1 and not path.startswith((".", "/", "~"))
-    if not looks_like_hub:
-        raise UserError(f"{what} {path} does not exist; give a local model directory or a hub id like "
-                        "Qwen/Qwen2.5-Omni-3B")
-    return path, bool(os.environ.get("HF_HUB_OFFLINE"))
-
-
 def load_tokenizer(path: str, what: str):
     from transformers import AutoTokenizer
 
-    src, local = _resolve(path, what)
+    src, local = resolve_model_path(path, what)
     try:
         return AutoTokenizer.from_pretrained(src, local_files_only=local)
     except Exception as exc:  # transformers raises OSError/ValueError/... for a missing or broken tokenizer
@@ -90,7 +74,7 @@ def load_model(backend: str, path: str, what: str, device: str = "cpu", dtype: s
 def load_causal_lm(path: str, what: str, device: str = "cpu", dtype: str = "auto"):
     from transformers import AutoModelForCausalLM
 
-    src, local = _resolve(path, what)
+    src, local = resolve_model_path(path, what)
     torch_dtype_ = torch_dtype(dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(src, local_files_only=local, dtype=torch_dtype_)

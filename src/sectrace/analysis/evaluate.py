@@ -14,8 +14,8 @@ import numpy as np
 import polars as pl
 
 from ..errors import UserError
+from ..gates.features import available_features, node_table
 from ..protocol import Accept, CoverageMiss, Policy, run
-from .features import available_features, node_table
 
 #: Signal -> (feature, sign): sign +1 when larger means riskier.
 SIGNALS = {
@@ -34,7 +34,7 @@ def signal_table(trace, mode: str = "audio", rank: int = 1, learned=()) -> pl.Da
     rows = []
     scores = {name: tab[f].to_numpy() * sign for name, (f, sign) in SIGNALS.items() if f in feats}
     if learned:
-        from .learned import calibrated
+        from ..gates.learned import calibrated
 
         for name, gate in learned:
             X = node_table(trace, gate.features, mode, rank).select(gate.features).to_numpy().astype(float)
@@ -71,13 +71,13 @@ def frontier(trace, gate_specs, k: int = 5, accept: str = "top1", privacy: str =
     ``extend``: for synthetic traces, states the trie lacks are generated from the trace's own
     model (exact), so every threshold is covered; otherwise such utterances are coverage misses.
     """
+    from ..gates.spec import parse_gate
     from ..simulate import similarity
-    from .spec import parse_gate
 
     max_new = max_new_tokens or int(trace.manifest["decoding"].get("max_new_tokens", 64))
     utt_ids = trace.utterances["utt_id"].to_list()
     if extend:
-        from ..trace.synth import synth_recorders
+        from ..explore.synth import synth_recorders
 
         sessions = synth_recorders(trace.manifest, utt_ids)
     else:
