@@ -139,3 +139,26 @@ def out_option(help_text: str, required: bool = False):
 
 
 FORCE_OPTION = click.option("--force", is_flag=True, help="Replace --out if it exists.")
+
+
+class Progress:
+    """A progress bar that names the step it is on: ``with Progress(8, "report") as tick: tick(1, "scoring")``.
+
+    tqdm draws it on a terminal and stays quiet in logs and pipes."""
+
+    def __init__(self, total: int, desc: str, unit: str = "step"):
+        self.desc, self.total, self.unit = desc, total, unit
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, disable=None, leave=False)
+        return self
+
+    def __call__(self, n: int = 1, name: str | None = None):
+        if name:
+            self.bar.set_description(f"{self.desc}: {name}")
+        self.bar.update(n)
+
+    def __exit__(self, *exc):
+        self.bar.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ._common import require_extra
 
 
 @click.command("collect")
@@ -81,7 +82,7 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
             cloud_device = "cuda" if torch.cuda.is_available() else "cpu"
         except ImportError:
             cloud_device = "cpu"
-    _need_collect_deps()
+    require_extra("collect", "collect")
     cfg = CollectConfig(manifest=manifest, drafter=drafter, verifier=verifier, out=out, policies=pols,
                         modes=mode_list, backend=backend, prompt=prompt, max_new_tokens=max_new_tokens,
                         max_nodes=max_nodes or None, edge_device=edge_device, edge_threads=edge_threads,
@@ -100,13 +101,3 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
                f"{len(pols)} policies; drafter {c['drafter_tokens_per_node']:.2f} tokens/node, verifier "
                + ", ".join(f"{m} {v:.2f}" for m, v in c["verifier_tokens_per_judged_node"].items())
                + f" tokens/judged node; {res['truncated']} utterances hit the node budget")
-
-
-def _need_collect_deps():
-    try:
-        import soundfile  # noqa: F401
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as exc:
-        raise UserError(f"collect needs the 'collect' extra ({exc.name} is missing): pip install torch==2.13.0 "
-                        "(or your CUDA build) first, then pip install 'sectrace[collect]'") from None

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from ._common import require_extra
+
 
 @click.group()
 def data():
@@ -29,6 +31,11 @@ def data_synth(out, clips, references, seed, force):
     Six emotions (neutral, happy, sad, angry, fearful, surprised), six voices, 16 kHz mono
     WAV, each clip with its transcript, emotion label and REFERENCES captions in
     OUT/manifest.jsonl; OUT/dataset.json describes the set. Needs: apt-get install espeak-ng sox.
+
+    \b
+    Examples:
+      sectrace data synth demo-data
+      sectrace data synth small-set --clips 12 --seed 1 --force
     """
     from tqdm import tqdm
 
@@ -50,7 +57,13 @@ def data_describe(clips, as_json):
 
     The audio-derived text is what a `features`-mode verifier receives; a `token-only`
     verifier receives only the instruction (and token ids).
+
+    \b
+    Examples:
+      sectrace data describe demo-data/0000_neutral.wav
+      sectrace data describe demo-data/*.wav --json
     """
+    require_extra("data describe", "demo")
     from ..demo.frontend import describe
 
     for clip in clips:
@@ -81,7 +94,13 @@ def weights_setup(role, dtype, force):
 
     Offline after the first run: later runs only check the cache. The cache is
     $SECTRACE_CACHE, else $XDG_CACHE_HOME/sectrace, else the user cache directory.
+
+    \b
+    Examples:
+      sectrace weights setup
+      sectrace weights setup --role drafter --dtype float32
     """
+    require_extra("weights setup", "demo")
     from tqdm import tqdm
 
     from ..demo.weights import setup
@@ -94,7 +113,12 @@ def weights_setup(role, dtype, force):
 
 @weights.command("status")
 def weights_status():
-    """Say which models are installed and converted, and where."""
+    """Say which models are installed and converted, and where.
+
+    \b
+    Examples:
+      sectrace weights status
+    """
     from ..demo.weights import status
 
     for row in status():

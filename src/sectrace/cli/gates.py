@@ -9,7 +9,7 @@ import click
 
 from ..errors import UserError
 from ..fsio import check_output, write_table
-from ._common import FORCE_OPTION, load_trace_or_sample
+from ._common import FORCE_OPTION, load_trace_or_sample, require_extra
 
 
 def _table(df, cols):
@@ -34,7 +34,12 @@ def gates():
 
 @gates.command("list")
 def gates_list():
-    """The gates `--gate` understands."""
+    """The gates `--gate` understands.
+
+    \b
+    Examples:
+      sectrace gates list
+    """
     from ..gates.spec import gate_help
 
     for part in gate_help().split("; "):
@@ -61,7 +66,14 @@ def gates_train(trace_path, out, model, label, rank, mode, features, folds, seed
     Reports cross-validated ROC-AUC and PR-AUC (folds grouped by utterance) and writes a
     JSON gate (numbers only: loading it runs no code) that records its features, label,
     calibration and the trace it was trained on. Use it as --gate learned:OUT:0.5.
+
+    \b
+    Examples:
+      sectrace gates train --out gate.json
+      sectrace gates train my-trace --model logreg --label impact --out impact.json
+      sectrace simulate --gate learned:gate.json:0.5
     """
+    require_extra("gates train", "gates")
     from tqdm import tqdm
 
     from ..gates.learned import save_gate, train_gate
@@ -104,7 +116,13 @@ def gates_eval(trace_path, learned, rank, mode, out, force):
     One row per signal and label (reject; impact = rejected and an emotion word involved),
     over TRACE's drafted, judged trie nodes. A learned gate scored on the trace it was
     trained on is in-sample: its honest figure is the cross-validated one `gates train` prints.
+
+    \b
+    Examples:
+      sectrace gates eval
+      sectrace gates eval my-trace --gate gate.json --rank 20 --out signals.csv
     """
+    require_extra("gates eval", "gates")
     from ..analysis.evaluate import signal_table
     from ..gates.learned import load_learned
 
@@ -152,6 +170,11 @@ def gates_frontier(trace_path, families, k, accept, privacy, adaptive, extend, o
 
     Always includes always, never and the oracle (the upper bound). `dominance` lines say
     whether each family reaches, at every cost an entropy point pays, at least its agreement.
+
+    \b
+    Examples:
+      sectrace gates frontier
+      sectrace gates frontier my-trace --gate entropy --gate margin --k 5 --out frontier.parquet
     """
     from tqdm import tqdm
 

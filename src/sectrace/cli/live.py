@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ._common import require_extra
 
 
 def _keys(key_file: Path | None, no_auth: bool, host: str) -> tuple[dict | None, str | None]:
@@ -69,6 +70,7 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
       sectrace serve --verifier ~/.cache/sectrace/models/verifier --port 8000 --api-key-file keys
       sectrace validate TRACE --drafter D --verifier V ...   # starts its own service
     """
+    require_extra("serve", "live", "collect")
     import logging
 
     import uvicorn
@@ -176,6 +178,7 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
       sectrace validate trace/ --drafter D --verifier V --rtt 20ms,50ms,100ms --out val.parquet
       sectrace report ... --validation val.parquet     # the error table in the report
     """
+    require_extra("validate", "live", "collect")
     from tqdm import tqdm
 
     from ..network import parse_jitter

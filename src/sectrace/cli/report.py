@@ -13,8 +13,9 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ..fsio import check_output
 from ..reports.inputs import check_results, normalise_configs, read_results, recorded_trace
-from ._common import require_extra
+from ._common import Progress, require_extra
 
 
 @click.command("report")
@@ -31,7 +32,8 @@ from ._common import require_extra
 @click.option("--overhead", default="100B", show_default=True, help="Framing bytes per message used by simulate.")
 @click.option("--validation", "validation_path", type=click.Path(path_type=Path),
               help="Results of `sectrace validate` (Parquet): adds the simulator-vs-live error section.")
-def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, validation_path):
+@click.option("--force", is_flag=True, help="Replace a report already in --out.")
+def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, validation_path, force):
     """Build a self-contained HTML report (plus figures and tables) from `simulate --out` RESULTS.
 
     \b
@@ -41,9 +43,11 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, 
     The HTML embeds its figures and opens from disk with no network.
     """
     import polars as pl
-    from tqdm import tqdm
 
     require_extra("report", "report")
+    check_output(out_dir, force=True, suffixes=None, directory=True)
+    if (out_dir / "report.html").exists() and not force:
+        raise UserError(f"{out_dir} already holds a report; choose another --out or pass --force to replace it")
     from ..reports.breakdown import break_even, overhead_breakdown
     from ..reports.build import ReportInputs, build_report
     from ..units import parse_size
@@ -56,8 +60,9 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, 
         inp.validation, inp.validation_summary, inp.validation_facts = _read_validation(validation_path)
     trace_path = trace_path or recorded_trace(res)
     steps = 5 + (0 if trace_path is None else 3)
-    with tqdm(total=steps, desc="report", unit="step", disable=None, leave=False) as bar:
+    with Progress(steps, "report") as bar:
         if trace_path is not None:
+            bar(0, "scoring captions")
             from ..gates import parse_gate
             from ..reports.privacy import exposure
             from ..trace import load_trace
@@ -73,9 +78,9 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, 
                 inp.quality = score_captions(res, tr.utterances)
                 if embeddings:
                     attach_embedding(inp.quality, res, tr.utterances)
-            bar.update(1)
+            bar(1, "cloud exposure")
             inp.exposure = exposure(tr, res, parse_gate)
-            bar.update(1)
+            bar(1, "breakdown and break-even")
             inp.breakdown, inp.breakdown_note = overhead_breakdown(tr, res, int(res["config"][0]),
                                                                    parse_size(overhead, "--overhead"))
             from ..reports.build import front_points
@@ -86,11 +91,11 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, 
                     .sort("quality", descending=True, nulls_last=True)["policy"].head(4).to_list())
             be, inp.break_even_note = break_even(tr, res, best, parse_size(overhead, "--overhead"))
             inp.break_even = be
-            bar.update(1)
+            bar(1, "figures")
         else:
             inp.breakdown_note = "the overhead breakdown needs the trace: pass --trace"
             inp.notes.append("no --trace: reference metrics, exact cloud exposure and the breakdown are left out")
-        path = build_report(inp, out_dir, progress=bar.update)
+        path = build_report(inp, out_dir, progress=bar)
     click.echo(f"wrote {path} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
 
 
@@ -126,16 +131,23 @@ def _read_validation(path: Path):
               help="Configuration index as numbered in the report (one per distinct network/cost profile).")
 @click.option("--overhead", default="100B", show_default=True, help="Framing bytes per message used by simulate.")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Chrome trace JSON to write.")
-def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_path):
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_path, force):
     """Export one utterance's simulated run as a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing).
 
     Spans: edge prefill, draft, gate on the edge lane; uplink/downlink on the network lane;
     cloud prefill, verify, decode on the cloud lane. They add up to the result's latency.
+
+    \b
+    Examples:
+      sectrace simulate --out r.parquet
+      sectrace timeline r.parquet --policy 'k=5 gate=entropy:2.5 accept=rank:20 features' --out run.json
     """
     from ..reports.timeline import chrome_trace, timeline_spans, write_chrome_trace
     from ..trace import load_trace
     from ..units import parse_size
 
+    check_output(out_path, force, suffixes=(".json",))
     res = read_results(results_path)
     check_results(res, str(results_path))
     res = normalise_configs(res)

@@ -37,6 +37,11 @@ def sweep(grid, out, trace_path, cost_mode, jobs, force):
       [policy]  k = [1, 3, 5, 8]   gate = ["always", "entropy:2.5"]   accept = ["top1", "rank:20"]
       [network] preset = ["wifi", "4g"]   rtt = ["10ms", "50ms", "200ms"]
       [device]  edge = "study-cpu-2core"   edge_speedup = [1, 2, 4, 8]
+
+    \b
+    Examples:
+      sectrace sweep examples/grid.toml --out sweep.parquet
+      sectrace sweep examples/grid.toml --trace my-trace --jobs 2 --out sweep.csv --force
     """
     import time
 
@@ -87,7 +92,13 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
     """Where, in the edge tok/s × RTT plane, the hybrid beats edge-only and cloud-only (mean latency).
 
     In the printed map: H = hybrid fastest, E = edge-only fastest, C = cloud-only fastest;
-    lower case h: the hybrid beats edge-only but not cloud-only."""
+    lower case h: the hybrid beats edge-only but not cloud-only.
+
+    \b
+    Examples:
+      sectrace breakeven --costs study
+      sectrace breakeven my-trace --gate margin:0.3 --k 3 --edge-tps 1,2,4,8 --rtt 10ms,50ms,200ms --out map.parquet
+    """
     from ..simulate import Network, Replayer, profiles
     from ..simulate.sweep import breakeven as run_map
     from ..units import parse_duration
@@ -115,6 +126,8 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
             best = min(("H", r["hybrid_s"]), ("E", r["edge_only_s"]), ("C", r["cloud_only_s"]), key=lambda x: x[1])[0]
             cells.append("h" if best == "C" and r["beats_edge"] else best)
         click.echo(f"{t:>16g} " + " ".join(f"{c:>8}" for c in cells))
+    click.echo("H hybrid fastest · E edge-only fastest · C cloud-only fastest · "
+               "h hybrid beats edge-only, cloud-only fastest (mean latency over the covered utterances)")
     if out:
         click.echo(f"map: {out} ({m.height} rows)")
 
@@ -138,7 +151,13 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
 def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, devices,
           servers, max_batch, batch_window, batch_slowdown, arrival_rate, utterances_per_device, network_name, rtt,
           seed, out, force):
-    """Play one policy on a fleet (SimPy): devices share batching cloud servers; jitter and loss are sampled."""
+    """Play one policy on a fleet (SimPy): devices share batching cloud servers; jitter and loss are sampled.
+
+    \b
+    Examples:
+      sectrace fleet --devices 100 --servers 2 --network 4g
+      sectrace fleet --devices 20 --arrival-rate 0.05 --rtt 80ms --out fleet.parquet
+    """
     from dataclasses import replace
 
     from ..simulate import Network, Replayer, profiles

@@ -36,6 +36,11 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
     (edge-only, cloud greedy, always-escalate with rank ≤ R, built-in gates at a few
     thresholds, for k in 1, 3, 5, 8) is recorded in the trie. The trace says it is
     synthetic everywhere it shows.
+
+    \b
+    Examples:
+      sectrace trace synth my-trace --utterances 40 --seed 0
+      sectrace trace synth hard-trace --alpha 0.5 --coupling 0.9 --force
     """
     from tqdm import tqdm
 
@@ -59,7 +64,13 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
 @trace.command("info")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 def trace_info(path):
-    """Validate a trace and describe it (the bundled sample if PATH is omitted)."""
+    """Validate a trace and describe it (the bundled sample if PATH is omitted).
+
+    \b
+    Examples:
+      sectrace trace info                # the bundled sample trace
+      sectrace trace info my-trace
+    """
     tr = load_trace_or_sample(path)
     m = tr.manifest
     per_utt = tr.nodes.group_by("utt_id").len()["len"]
@@ -80,7 +91,13 @@ def trace_info(path):
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Merged trace directory.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def trace_merge(shards, out, force):
-    """Join the shard traces of one `sectrace collect` run into one trace."""
+    """Join the shard traces of one `sectrace collect` run into one trace.
+
+    \b
+    Examples:
+      sectrace trace merge shard-0 shard-1 shard-2 --out trace
+      sectrace trace merge shards/* --out trace --force
+    """
     from ..collect.collector import merge_traces
 
     res = merge_traces(list(shards), out, force=force)

@@ -110,12 +110,12 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
     out_dir = Path(out_dir)
     fig_dir, tab_dir = out_dir / "figures", out_dir / "tables"
     tab_dir.mkdir(parents=True, exist_ok=True)
-    tick = progress or (lambda *_: None)
+    tick = progress or (lambda *_, **__: None)
 
     points, front, qcol, qlabel = front_points(res, inp.quality)
     qual = inp.quality.per_policy if inp.quality is not None else None
     priv = privacy_table(res, inp.exposure)
-    tick(1)
+    tick(1, "Pareto fronts")
 
     # --- provenance --------------------------------------------------------------------------
     first = res.row(0, named=True)
@@ -158,7 +158,7 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
                      f"<p>Quality axis: <b>{qlabel}</b>. Dominated policies stay listed, greyed.</p>"
                      + "".join(figs_html) + _table(front.sort("config", "latency_s"), "on_front", front_cols)))
     front.write_csv(tab_dir / "pareto.csv")
-    tick(1)
+    tick(1, "tables 1-2 and latency CDFs")
 
     # --- Table 1 (quality) ---------------------------------------------------------------------
     t1 = table1(qual)
@@ -196,7 +196,7 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
                      "CPU/RAM/GPU columns of the study are measurements the simulator does not model.</p>"
                      + "".join(t2_html)))
     sections.append(("Latency distributions", "".join(cdf_html)))
-    tick(1)
+    tick(1, "privacy")
 
     # --- overhead breakdown ----------------------------------------------------------------------
     if inp.breakdown is not None and inp.breakdown.height:
@@ -257,7 +257,7 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
                      + _img(png, "privacy") + _table(priv, cols=[c for c in priv_cols if c in priv.columns])
                      + "<h3>The proposal and the study side by side</h3>" + _table(side)
                      + f"<p class='cap'>{prov_line}.</p>"))
-    tick(1)
+    tick(1, "breakdown, break-even and HTML")
 
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in inp.notes)
     synth = ('<p class="warn"><b>Synthetic trace</b>: these numbers illustrate the method; they are not measurements of '

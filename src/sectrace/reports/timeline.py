@@ -6,13 +6,13 @@ back on one device, so spans follow one another; instants mark commits.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from ..errors import UserError
+from ..fsio import write_json
 from .breakdown import cost_and_net, result_policies
 
 LANES = {"edge": 1, "network": 2, "cloud": 3}
@@ -46,10 +46,7 @@ def chrome_trace(spans: list[Span], instants: list[Span] = (), meta: dict | None
 
 
 def write_chrome_trace(path: Path, trace: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(trace, indent=1), encoding="utf-8")
-    return path
+    return write_json(trace, path)
 
 
 def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int, overhead_bytes: int = 100):
