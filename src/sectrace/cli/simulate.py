@@ -123,6 +123,13 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
                                        privacy=privacy, cloud_cache=cloud_cache, max_new_tokens=max_new,
                                        adaptive=adaptive))
     cost = base_cost(tr, cost_mode, edge_device, cloud_device)
+    overridden = {phase for phase, given in (("edge_decode", edge_tps), ("edge_prefill", edge_prefill),
+                                             ("cloud_decode", cloud_tps), ("cloud_prefill", cloud_prefill),
+                                             ("cloud_verify", cloud_verify)) if given}
+    if edge_device:
+        overridden |= {"edge_prefill", "edge_decode"}
+    if cloud_device:
+        overridden |= {"cloud_prefill", "cloud_verify", "cloud_decode"}
     over = {}
     if edge_tps:
         over.update(edge_step_a=1.0 / edge_tps, edge_step_c=0.0)
@@ -174,7 +181,10 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
             "costs": {k: v for k, v in cost.__dict__.items()}, "summary": summary.to_dicts()}, indent=2,
             default=str))
         return
-    _print_table(tr, summary, cost, configs)
+    warn = fit_warning(cost, overridden)
+    if warn:
+        click.echo(f"warning: {warn}", err=True)
+    _print_table(tr, summary, cost, configs, fit_summary(cost, overridden))
     if breakdown:
         _print_breakdown(results)
     if out:
@@ -217,7 +227,7 @@ def _fmt(x, kind):
     return f"{x:.2f}"
 
 
-def _print_table(tr, summary, cost, configs):
+def _print_table(tr, summary, cost, configs, fit_line=None):
     echo = click.echo
     label = "SYNTHETIC trace: numbers illustrate the method, not real models" if tr.synthetic else "measured trace"
     echo(f"trace: {tr.path}  ({tr.utterances.height} utterances; {label})")
@@ -225,6 +235,8 @@ def _print_table(tr, summary, cost, configs):
     cctx = int(tr.utterances["cloud_prompt_tokens"].median())
     echo(f"costs: {cost.source}; edge {1 / (cost.edge_step_a + cost.edge_step_c * ctx):.2f} tok/s, "
          f"cloud {1 / (cost.cloud_step_a + cost.cloud_step_c * cctx):.2f} tok/s (at a median prompt)")
+    if fit_line:
+        echo(f"  {fit_line}")
     net = configs[0][1]
     echo(f"network: uplink {net.up_Bps * 8 / 1e6:g} Mbit/s, downlink {net.down_Bps * 8 / 1e6:g} Mbit/s, "
          f"{net.overhead_bytes} B/message")

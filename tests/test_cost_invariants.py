@@ -1,0 +1,279 @@
+"""Physical invariants of fitted costs and of the times they price, on the bundled real trace and on synthetic timings.
+
+Every cost coefficient is a time, so a fit must never go negative; every part of a simulated run is a time,
+so none may be negative, all must be finite, and they must add up to the latency.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from sectrace.cli import main, sample_trace_path
+from sectrace.errors import UserError
+from sectrace.gates import parse_gate
+from sectrace.protocol import Accept, Policy
+from sectrace.simulate import CostModel, Network, Replayer, baselines, fit_costs, simulate
+from sectrace.simulate.costs import COST_FIELDS, FIT_ERROR_WARN, PHASE_FLAGS, fit_summary, fit_warning
+from sectrace.trace import load_trace
+
+PHASES = {"edge_prefill": ("edge", "prefill"), "edge_decode": ("edge", "decode"),
+          "cloud_prefill": ("cloud", "prefill"), "cloud_verify": ("cloud", "verify"),
+          "cloud_decode": ("cloud", "decode")}
+
+
+@pytest.fixture(scope="module")
+def real():
+    return load_trace(sample_trace_path())
+
+
+@pytest.fixture(scope="module")
+def fitted(real):
+    return fit_costs(real.timings)
+
+
+def _rows(timings, phase):
+    side, ph = PHASES[phase]
+    return timings.filter((pl.col("side") == side) & (pl.col("phase") == ph))
+
+
+def _by_hand(cost: CostModel, phase: str, n: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+    """The model's seconds for one measured call, written out from the CostModel docstring (not cost.predict)."""
+    return {"edge_prefill": cost.edge_prefill_a + cost.edge_prefill_b * n,
+            "edge_decode": cost.edge_step_a + cost.edge_step_c * ctx,
+            "cloud_prefill": cost.cloud_prefill_a + cost.cloud_prefill_b * n,
+            "cloud_verify": cost.verify_a + cost.verify_b * n + cost.verify_c * ctx,
+            "cloud_decode": cost.cloud_step_a + cost.cloud_step_c * ctx}[phase]
+
+
+# --- the fit on the bundled real trace -----------------------------------------------------------------------
+
+
+def test_real_fit_has_no_negative_coefficient(fitted):
+    for name in COST_FIELDS:
+        value = getattr(fitted, name)
+        assert type(value) is float and math.isfinite(value) and value >= 0, (name, value)
+    # the verify pass clearly costs more for more tokens (the timings rise from ~0.4 s at 1 token to ~1-3 s at 16)
+    assert fitted.verify_b > 0.01
+
+
+def test_real_fit_error_is_what_the_model_predicts(real, fitted):
+    """The stated per-phase error is the model's mean absolute % error on the trace's own timings,
+    and the warning names exactly the phases above the bound."""
+    assert set(fitted.fit_error) == set(PHASES)  # the sample has cloud decode timings too
+    for phase, (side, ph) in PHASES.items():
+        rows = _rows(real.timings, phase)
+        y = rows["seconds"].to_numpy()
+        pred = _by_hand(fitted, phase, rows["new_tokens"].to_numpy().astype(float), rows["context_tokens"].to_numpy().astype(float))
+        assert np.all(pred >= 0)
+        mape = float(np.mean(np.abs(pred - y) / y))
+        assert fitted.fit_error[phase] == pytest.approx(mape, rel=1e-9, abs=1e-12)
+        assert fitted.fit_rows[phase] == rows.height
+        assert np.allclose(fitted.predict(side, ph, rows["new_tokens"], rows["context_tokens"]), pred)
+    bad = {p for p, e in fitted.fit_error.items() if e > FIT_ERROR_WARN}
+    msg = fit_warning(fitted)
+    assert (msg is None) == (not bad)
+    for p in PHASES:
+        assert (p.replace("_", " ") in msg) == (p in bad) if msg else True
+    for p in bad:
+        assert PHASE_FLAGS[p] in msg
+    # phases replaced by flag no longer warn
+    assert fit_warning(fitted, overridden=bad) is None
+
+
+def test_real_fit_is_the_best_non_negative_fit(real, fitted):
+    """No other non-negative coefficients fit the verify timings with a smaller squared error: checked against
+    every active set (each coefficient either free or held at 0) solved by plain least squares."""
+    rows = _rows(real.timings, "cloud_verify")
+    y = rows["seconds"].to_numpy()
+    X = np.column_stack([np.ones(len(y)), rows["new_tokens"].to_numpy().astype(float), rows["context_tokens"].to_numpy().astype(float)])
+    best = math.inf
+    for free in itertools.product([False, True], repeat=3):
+        idx = [i for i in range(3) if free[i]]
+        coef = np.zeros(3)
+        if idx:
+            coef[idx] = np.linalg.lstsq(X[:, idx], y, rcond=None)[0]
+        if np.all(coef >= -1e-12):
+            best = min(best, float(np.sum((X @ coef - y) ** 2)))
+    got = X @ np.array([fitted.verify_a, fitted.verify_b, fitted.verify_c])
+    assert float(np.sum((got - y) ** 2)) == pytest.approx(best, rel=1e-9)
+    # and the unconstrained fit would have gone negative on this trace (why the constraint matters)
+    free_fit = np.linalg.lstsq(X, y, rcond=None)[0]
+    assert free_fit[2] < 0
+
+
+def test_fit_summary_names_every_phase(fitted):
+    line = fit_summary(fitted)
+    for phase in PHASES:
+        assert f"{phase.replace('_', ' ')} {100 * fitted.fit_error[phase]:.0f}%" in line
+    assert "(1 timing)" in line  # the sample's prefills rest on one probe each: 0 % error says little
+    assert "cloud verify" not in fit_summary(fitted, overridden={"cloud_verify"})
+    assert fit_summary(CostModel()) is None and fit_warning(CostModel()) is None
+
+
+# --- simulating the real trace with the fitted costs -------------------------------------------------------
+
+
+def _policies(max_new):
+    pols = list(baselines(max_new))
+    for k, gate, accept, privacy, cache in itertools.product(
+            (3, 5), ("always", "entropy:2.5", "margin:0.3"), ("top1", "rank:20"), ("features", "token-only"),
+            ("stateful", "stateless")):
+        pols.append(Policy(k=k, gate=parse_gate(gate), gate_spec=gate, accept=Accept.parse(accept), privacy=privacy,
+                           cloud_cache=cache, max_new_tokens=max_new))
+    return pols
+
+
+@pytest.fixture(scope="module")
+def results(real, fitted):
+    max_new = int(real.manifest["decoding"].get("max_new_tokens", 64))
+    nets = [Network(rtt_s=0.0), Network(rtt_s=0.05), Network(rtt_s=0.3, up_Bps=1e6 / 8, down_Bps=5e6 / 8,
+                                                               overhead_bytes=300)]
+    configs = [(fitted, n) for n in nets]
+    return simulate(real, _policies(max_new), configs, replayer=Replayer(real))
+
+
+def test_simulated_times_are_physical(results):
+    parts = [c for c in results.columns if c.startswith("t_") and c.endswith("_s")]
+    assert {"t_cloud_verify_s", "t_resync_s", "t_edge_drafting_s", "t_wasted_drafts_s"} <= set(parts)
+    cov = results.filter(pl.col("covered"))
+    # enough covered rows to mean something: every policy has some, and the hybrids escalate
+    assert cov["policy"].n_unique() == results["policy"].n_unique()
+    assert cov.filter(pl.col("k") > 0)["t_cloud_verify_s"].sum() > 0
+    assert cov.filter(pl.col("cloud_cache") == "stateless")["t_resync_s"].sum() > 0
+    for c in parts + ["latency_s", "ttft_s"]:
+        v = cov[c].to_numpy()
+        assert np.all(np.isfinite(v)), c
+        assert v.min() >= 0, (c, v.min())
+    lat = cov["latency_s"].to_numpy()
+    total = np.sum([cov[c].to_numpy() for c in parts], axis=0)
+    assert np.all(np.abs(total - lat) <= 1e-9 * lat)
+    assert np.all(lat > 0)
+    assert np.all(cov["ttft_s"].to_numpy() <= lat)
+
+
+def test_fitted_costs_are_physical_with_presets_and_speedups(fitted):
+    from sectrace.simulate import profiles
+
+    for cost in (profiles.cloud_device("study-a100").apply(fitted), fitted.scaled(4.0, 0.5),
+                 profiles.edge_device("study-cpu-2core").apply(fitted)):
+        assert all(getattr(cost, f) >= 0 and math.isfinite(getattr(cost, f)) for f in COST_FIELDS)
+
+
+# --- fits on synthetic timings with known coefficients --------------------------------------------------------
+
+
+def _timings(rows):
+    return pl.DataFrame(rows, schema={"side": pl.String, "phase": pl.String, "new_tokens": pl.Int32,
+                                      "context_tokens": pl.Int32, "seconds": pl.Float64, "device": pl.String,
+                                      "threads": pl.Int32}, orient="row")
+
+
+def _table(verify, noise=0.0, seed=0, decode=True):
+    """Timings from stated coefficients: prefill 0.5 + 0.004·n (edge), 0.2 + 0.001·n (cloud); edge step
+    0.1 + 0.0002·ctx; verify from ``verify(n, ctx)``; cloud step 0.03 + 0.0001·ctx. Multiplicative noise."""
+    rng = np.random.default_rng(seed)
+    jig = lambda t: float(t * (1 + noise * rng.standard_normal()))
+    rows = []
+    for n in (50, 100, 150, 200):
+        rows.append(("edge", "prefill", n, 0, jig(0.5 + 0.004 * n), "cpu", 2))
+        rows.append(("cloud", "prefill", n, 0, jig(0.2 + 0.001 * n), "gpu", None))
+    for ctx in range(100, 300, 20):
+        rows.append(("edge", "decode", 1, ctx, jig(0.1 + 0.0002 * ctx), "cpu", 2))
+        if decode:
+            rows.append(("cloud", "decode", 1, ctx, jig(0.03 + 0.0001 * ctx), "gpu", None))
+        for n in (1, 3, 5, 8):
+            rows.append(("cloud", "verify", n, ctx, jig(verify(n, ctx)), "gpu", None))
+    return _timings(rows)
+
+
+def test_fit_recovers_known_non_negative_coefficients():
+    true = {"edge_prefill_a": 0.5, "edge_prefill_b": 0.004, "edge_step_a": 0.1, "edge_step_c": 0.0002,
+            "cloud_prefill_a": 0.2, "cloud_prefill_b": 0.001, "verify_a": 0.04, "verify_b": 0.003,
+            "verify_c": 0.00005, "cloud_step_a": 0.03, "cloud_step_c": 0.0001}
+    exact = fit_costs(_table(lambda n, ctx: 0.04 + 0.003 * n + 0.00005 * ctx))
+    for k, v in true.items():
+        assert getattr(exact, k) == pytest.approx(v, rel=1e-6), k
+    assert max(exact.fit_error.values()) < 1e-9
+    noisy = fit_costs(_table(lambda n, ctx: 0.04 + 0.003 * n + 0.00005 * ctx, noise=0.01, seed=1))
+    for k, v in true.items():
+        assert getattr(noisy, k) == pytest.approx(v, rel=0.25, abs=1e-3 * v + 1e-6), k
+    assert all(0 < e < 0.03 for e in noisy.fit_error.values())
+    assert fit_warning(noisy) is None
+
+
+def test_fit_clamps_where_least_squares_goes_negative():
+    """Verify time that falls with context (a cache warming up, say) would give a negative slope; the fit holds
+    it at 0 and the rest is the least-squares fit without that regressor."""
+    tab = _table(lambda n, ctx: 0.9 + 0.01 * n - 0.002 * ctx)
+    rows = _rows(tab, "cloud_verify")
+    y = rows["seconds"].to_numpy()
+    n, ctx = rows["new_tokens"].to_numpy().astype(float), rows["context_tokens"].to_numpy().astype(float)
+    free = np.linalg.lstsq(np.column_stack([np.ones_like(n), n, ctx]), y, rcond=None)[0]
+    assert free[2] < 0  # the unconstrained fit is unphysical
+    cost = fit_costs(tab)
+    assert cost.verify_c == 0.0
+    a, b = np.linalg.lstsq(np.column_stack([np.ones_like(n), n]), y, rcond=None)[0]
+    assert (cost.verify_a, cost.verify_b) == pytest.approx((a, b), rel=1e-9)
+    # a negative intercept is clamped too: edge steps that grow steeply with context
+    tab2 = _timings([("edge", "decode", 1, c, 0.002 * c - 0.15, "cpu", 2) for c in (100, 140, 180, 220)]
+                    + [r for r in tab.iter_rows() if r[1] != "decode" or r[0] != "edge"])
+    c2 = fit_costs(tab2)
+    x = np.array([100, 140, 180, 220.0])
+    assert c2.edge_step_a == 0.0
+    assert c2.edge_step_c == pytest.approx(float(x @ (0.002 * x - 0.15) / (x @ x)), rel=1e-9)
+
+
+def test_cloud_decode_fallback_from_verify_is_non_negative():
+    cost = fit_costs(_table(lambda n, ctx: 0.9 + 0.01 * n - 0.002 * ctx, decode=False))
+    assert "cloud_decode" not in cost.fit_error
+    assert cost.cloud_step_a == pytest.approx(cost.verify_a + cost.verify_b)
+    assert cost.cloud_step_c == cost.verify_c == 0.0
+
+
+def test_unidentifiable_regressors_are_dropped():
+    """All verify timings at one context: the context slope cannot be told from the intercept, so it is 0;
+    proportional columns (n and ctx move together) keep one slope."""
+    rows = [r for r in _table(lambda n, ctx: 0.04 + 0.003 * n).iter_rows() if not (r[1] == "verify" and r[3] != 100)]
+    cost = fit_costs(_timings(rows))
+    assert cost.verify_c == 0.0 and cost.verify_b == pytest.approx(0.003) and cost.verify_a == pytest.approx(0.04)
+    prop = [r for r in rows if r[1] != "verify"] + [("cloud", "verify", n, 40 * n, 0.05 + 0.002 * n, "gpu", None)
+                                                     for n in (1, 2, 3, 4, 5)]
+    cost = fit_costs(_timings(prop))
+    assert cost.verify_c == 0.0 and cost.verify_b == pytest.approx(0.002) and cost.verify_a == pytest.approx(0.05)
+
+
+def test_bad_timings_are_refused():
+    bad = _table(lambda n, ctx: 0.04 + 0.003 * n).with_columns(
+        pl.when(pl.col("phase") == "verify").then(float("nan")).otherwise(pl.col("seconds")).alias("seconds"))
+    with pytest.raises(UserError, match="non-finite"):
+        fit_costs(bad)
+
+
+# --- CostModel refuses unphysical fields ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["edge_step_a", "verify_c", "cloud_prefill_b", "gate_s"])
+@pytest.mark.parametrize("value", [-0.01, float("nan"), float("inf")])
+def test_cost_model_refuses_negative_or_non_finite(field, value):
+    with pytest.raises(UserError, match=field):
+        CostModel(**{field: value})
+    with pytest.raises(UserError, match=field):
+        replace(CostModel(), **{field: value})
+
+
+def test_scaled_refuses_non_positive_speedups():
+    for s in (0.0, -2.0):
+        with pytest.raises(UserError, match="positive"):
+            CostModel().scaled(edge_speedup=s)
+
+
+def test_cli_refuses_a_negative_speed():
+    r = CliRunner().invoke(main, ["simulate", "--edge-tps", "-2"])
+    assert r.exit_code == 2 and "edge_step_a" in r.output and r.output.count("\n") == 1
