@@ -100,7 +100,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
 
     from ..gates import parse_gate, split_top
     from ..protocol import Accept, Policy
-    from ..simulate import Network, Replayer, baselines, profiles, summarise
+    from ..simulate import Network, Replayer, baselines, fit_summary, fit_warning, profiles, summarise
     from ..simulate import simulate as run_sim
     from ..units import parse_duration, parse_rate, parse_size
 
