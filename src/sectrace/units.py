@@ -14,7 +14,7 @@ _PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 def parse_duration(text: str | float, what: str = "duration", require_unit: bool = False) -> float:
     """Seconds from ``50ms``, ``0.05s``, ``2min``; a bare number is seconds unless ``require_unit``
     (on the command line ``--rtt 50`` could mean 50 ms or 50 s, so it is refused there)."""
-    if isinstance(text, (int, float)):
+    if isinstance(text, (int, float)) and not require_unit:
         return float(text)
     m = re.fullmatch(_NUM + r"([a-zµ]*)\s*", str(text).strip().lower())
     if not m or m.group(2) not in _TIME:
@@ -25,9 +25,12 @@ def parse_duration(text: str | float, what: str = "duration", require_unit: bool
     return value
 
 
-def parse_rate(text: str | float, what: str = "bandwidth") -> float:
-    """Bytes per second from ``20Mbit/s``, ``20Mbps``, ``2.5MB/s``, ``100kbit/s``."""
+def parse_rate(text: str | float, what: str = "bandwidth", require_unit: bool = False) -> float:
+    """Bytes per second from ``20Mbit/s``, ``20Mbps``, ``2.5MB/s``, ``100kbit/s``; a bare number (from
+    Python) is bytes per second unless ``require_unit`` (in a grid file ``20`` could mean 20 Mbit/s)."""
     if isinstance(text, (int, float)):
+        if require_unit:
+            raise UserError(f"{what} {text!r} has no unit; write {text:g}Mbit/s, {text:g}kbit/s or {text:g}MB/s")
         return float(text)
     s = str(text).strip()
     m = re.fullmatch(_NUM + r"([kKmMgG]?)(bit/s|bps|b/s|B/s|Bps|byte/s|bytes/s)\s*", s)
@@ -42,14 +45,18 @@ def parse_rate(text: str | float, what: str = "bandwidth") -> float:
     return value
 
 
-def parse_size(text: str | int, what: str = "size") -> int:
-    """Bytes from ``64B``, ``1.5kB``, ``2MB``; a bare number is bytes."""
-    if isinstance(text, (int, float)):
+def parse_size(text: str | int, what: str = "size", require_unit: bool = False) -> int:
+    """Bytes from ``64B``, ``1.5kB``, ``2MB``; a bare number is bytes unless ``require_unit``
+    (a grid file asks for ``100B``, so that ``100`` is never read as kilobytes or bits by mistake)."""
+    if isinstance(text, (int, float)) and not require_unit:
         return int(text)
     m = re.fullmatch(_NUM + r"([kKmMgG]?)(B|bytes?)?\s*", str(text).strip())
     if not m:
         raise UserError(f"cannot read {what} {text!r}; write it like 64B, 1.5kB or 2MB")
-    return int(float(m.group(1)) * _PREFIX[m.group(2).lower()])
+    value = int(float(m.group(1)) * _PREFIX[m.group(2).lower()])
+    if require_unit and not m.group(3) and value != 0:
+        raise UserError(f"{what} {text!r} has no unit; write {m.group(1)}{m.group(2)}B")
+    return value
 
 
 def fmt_seconds(x: float) -> str:

@@ -139,6 +139,9 @@ def out_option(help_text: str, required: bool = False):
 
 
 FORCE_OPTION = click.option("--force", is_flag=True, help="Replace --out if it exists.")
+#: sweep, breakeven and fleet: --force also lets a run past the size bounds (docs/simulator.md) start.
+FORCE_BIG_OPTION = click.option("--force", is_flag=True,
+                                help="Replace --out if it exists, and run past the size bounds (docs/simulator.md).")
 
 
 class Progress:

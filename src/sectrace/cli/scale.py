@@ -9,7 +9,7 @@ import click
 from ..errors import UserError
 from ..fsio import check_output, write_table
 from ._common import (
-    FORCE_OPTION,
+    FORCE_BIG_OPTION,
     POLICY_OPTIONS,
     base_cost,
     load_trace_or_sample,
@@ -28,7 +28,7 @@ from ._common import (
 @click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
               help="Base costs when the grid names no device: fitted to the trace, or the study's devices.")
 @click.option("--jobs", default=1, show_default=True, help="Parallel worker processes (joblib), split by policy.")
-@FORCE_OPTION
+@FORCE_BIG_OPTION
 def sweep(grid, out, trace_path, cost_mode, jobs, force):
     """Price the cartesian product of GRID (policies × networks × devices) in one pass per policy.
 
@@ -48,21 +48,18 @@ def sweep(grid, out, trace_path, cost_mode, jobs, force):
     from tqdm import tqdm
 
     from ..simulate import Replayer
-    from ..simulate.sweep import load_grid, run_sweep, run_sweep_parallel, tomllib
-
-    check_output(out, force)
-    try:
-        doc_trace = tomllib.loads(grid.read_text()).get("trace")
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"cannot read grid {grid}: {exc}") from None
-    if trace_path is None and doc_trace:
-        trace_path = (grid.parent / doc_trace) if not Path(doc_trace).is_absolute() else Path(doc_trace)
+    from ..simulate.budget import cap_jobs
+    from ..simulate.grid import grid_trace
+    from ..simulate.results import coverage_note
+    from ..simulate.sweep import load_grid, run_sweep, run_sweep_parallel
     from ..trace import load_trace, sample_trace_path
 
-    trace_path = trace_path or sample_trace_path()
+    check_output(out, force)
+    trace_path = trace_path or grid_trace(grid) or sample_trace_path()
     tr = load_trace(trace_path)
     max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
-    policies, ax, cost, _ = load_grid(grid, max_new)
+    jobs = cap_jobs(jobs)
+    policies, ax, cost, _ = load_grid(grid, max_new, trace=tr, jobs=jobs, force=force)
     cost = cost or base_cost(tr, cost_mode)
     t0 = time.perf_counter()
     n_utt = tr.utterances.height
@@ -75,6 +72,9 @@ def sweep(grid, out, trace_path, cost_mode, jobs, force):
     write_table(df, out)
     click.echo(f"{len(policies)} policies × {len(ax)} configurations = {df.height} rows → {out} "
                f"({len(policies) * len(ax) * n_utt / dt:,.0f} utterance-replays/s, {dt:.2f} s)")
+    note = coverage_note(df, trace_path, tr.synthetic)
+    if note:
+        click.echo(note)
 
 
 @click.command()
@@ -86,7 +86,7 @@ def sweep(grid, out, trace_path, cost_mode, jobs, force):
               help="Round-trip times to map.")
 @click.option("--network", "network_name", default=None, help="Network preset for bandwidths, jitter, loss.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the map as a table (.parquet or .csv).")
-@FORCE_OPTION
+@FORCE_BIG_OPTION
 def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, tps,
               rtts, network_name, out, force):
     """Where, in the edge tok/s × RTT plane, the hybrid beats edge-only and cloud-only (mean latency).
@@ -114,7 +114,7 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
     if min(tps_list) <= 0:
         raise UserError("--edge-tps values must be positive")
     rtt_list = [parse_duration(r, "--rtt", require_unit=True) for r in split_list([rtts], "RTT", str)]
-    m = run_map(Replayer(tr), pol, cost, net, tps_list, rtt_list)
+    m = run_map(Replayer(tr), pol, cost, net, tps_list, rtt_list, force=force)
     if out:
         write_table(m, out)
     click.echo(f"policy: {pol.label}   costs: {cost.source}")
@@ -147,7 +147,7 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
 @click.option("--rtt", default=None, help="Override the network's RTT.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Per-utterance fleet results (.parquet or .csv).")
-@FORCE_OPTION
+@FORCE_BIG_OPTION
 def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, devices,
           servers, max_batch, batch_window, batch_slowdown, arrival_rate, utterances_per_device, network_name, rtt,
           seed, out, force):
@@ -161,6 +161,7 @@ def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, e
     from dataclasses import replace
 
     from ..simulate import Network, Replayer, profiles
+    from ..simulate.budget import check_fleet
     from ..simulate.fleet import Fleet, fleet_summary, plans, simulate_fleet
     from ..units import parse_duration
 
@@ -177,6 +178,7 @@ def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, e
                batch_window_s=parse_duration(batch_window, "--batch-window", require_unit=True),
                batch_slowdown=batch_slowdown, arrival_rate=arrival_rate,
                utterances_per_device=utterances_per_device, seed=seed)
+    check_fleet(devices, utterances_per_device or tr.utterances.height, force)
     rp = Replayer(tr)
     df = simulate_fleet(plans(rp, rp.replay(pol)), cost, net, fl, stateful=cloud_cache == "stateful")
     if out:

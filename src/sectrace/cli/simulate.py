@@ -102,6 +102,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
     from ..protocol import Accept, Policy
     from ..simulate import Network, Replayer, baselines, fit_summary, fit_warning, profiles, summarise
     from ..simulate import simulate as run_sim
+    from ..simulate.results import coverage_note
     from ..units import parse_duration, parse_rate, parse_size
 
     if out:
@@ -175,16 +176,19 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
     summary = summarise(results)
     if out:
         write_table(results, out)
+    warn = fit_warning(cost, overridden)
+    note = coverage_note(summary, tr.path, tr.synthetic)
+    if warn:
+        click.echo(f"warning: {warn}", err=True)
     if as_json:
         click.echo(json.dumps({
             "trace": str(tr.path), "synthetic": tr.synthetic, "tool_version": __version__,
-            "costs": {k: v for k, v in cost.__dict__.items()}, "summary": summary.to_dicts()}, indent=2,
-            default=str))
+            "costs": {k: v for k, v in cost.__dict__.items()}, "cost_warning": warn, "coverage": note,
+            "summary": summary.to_dicts()}, indent=2, default=str))
         return
-    warn = fit_warning(cost, overridden)
-    if warn:
-        click.echo(f"warning: {warn}", err=True)
     _print_table(tr, summary, cost, configs, fit_summary(cost, overridden))
+    if note:
+        click.echo(note)
     if breakdown:
         _print_breakdown(results)
     if out:
@@ -264,4 +268,4 @@ def _print_table(tr, summary, cost, configs, fit_line=None):
          "calls/cloud tok/up: per caption")
     if any_miss:
         echo("* some utterances left the explored trie (coverage misses): they are excluded from that row's "
-             "means, never guessed. Explore more with `sectrace trace synth` or collect the missing states.")
+             "means, never guessed.")

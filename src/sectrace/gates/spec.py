@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..errors import UserError
 from .builtin import Always, AudioShift, Margin, MaxEntropy, MeanEntropy, MinLogProb, Never, RandomGate, Stability
 from .combine import AllGate, AnyGate
@@ -100,6 +102,8 @@ def parse_gate(spec: str, trace=None):
         value = float(arg) if arg else default
     except ValueError:
         raise UserError(f"cannot read the threshold in gate {spec!r}; write e.g. {name}:{default}") from None
+    if not math.isfinite(value):
+        raise UserError(f"gate {spec!r} needs a finite threshold; write e.g. {name}:{default}")
     if name == "random" and not 0.0 <= value <= 1.0:
         raise UserError(f"random:{value} needs a probability between 0 and 1")
     return cls(value)

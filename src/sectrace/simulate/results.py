@@ -122,3 +122,41 @@ def summarise(results: pl.DataFrame) -> pl.DataFrame:
             (pl.col("n_tokens").filter(cov).sum() / pl.col("latency_s").filter(cov).sum()).alias("tokens_per_s"),
         )
     )
+
+
+def coverage_note(frame: pl.DataFrame, trace_path=None, synthetic: bool = False) -> str | None:
+    """One sentence on coverage misses and how to fill them, or None when every row covers all its utterances.
+
+    ``frame``: a sweep result or a ``summarise`` table (one row per policy and configuration, with
+    ``utterances`` and ``covered`` counts) or ``simulate``'s per-utterance rows (``covered`` true/false).
+    A miss is an utterance whose run leaves the explored trie: it is left out of the row's means, so a
+    row with misses averages fewer utterances than its neighbours, which is easy to overlook in a big
+    table. Real traces are filled by collecting the missing states (``collect --extend``); synthetic
+    ones by generating them again with those policies explored."""
+    if frame.height == 0 or not {"policy", "covered"} <= set(frame.columns):
+        return None
+    if frame.schema["covered"] == pl.Boolean:
+        keys = [c for c in ("policy", "config") if c in frame.columns]
+        frame = frame.group_by(keys, maintain_order=True).agg(pl.len().alias("utterances"),
+                                                             pl.col("covered").sum().alias("covered"))
+    if "utterances" not in frame.columns:
+        return None
+    short = frame.filter(pl.col("covered") < pl.col("utterances"))
+    if short.height == 0:
+        return None
+    n_none = short.filter(pl.col("covered") == 0).height
+    policies = short["policy"].unique(maintain_order=True)
+    worst = short.sort(pl.col("covered") / pl.col("utterances"), maintain_order=True)["policy"][0]
+    trace = str(trace_path) if trace_path is not None else "TRACE"
+    what = (f"{short.height:,} of {frame.height:,} rows ({100 * short.height / frame.height:.0f} %, "
+            f"{len(policies):,} of {frame['policy'].n_unique():,} policies) miss some utterances"
+            f"{f' ({n_none:,} cover none)' if n_none else ''}, so their means average fewer utterances "
+            "(see the covered column)")
+    if synthetic:
+        how = (f"this trace is synthetic, so generate it again with those policies explored: "
+               f"`sectrace trace synth NEW --policy '{worst}'` (one --policy per policy that misses, and the "
+               f"model options in {trace}'s manifest)")
+    else:
+        how = (f"record the missing decoding states with `sectrace collect MANIFEST --drafter D --verifier V "
+               f"--extend {trace} --out NEW --policy '{worst}'` (one --policy per policy that misses)")
+    return f"{what}; {how}."

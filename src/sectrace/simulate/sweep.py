@@ -11,9 +11,9 @@ from __future__ import annotations
 import itertools
 
 try:
-    import tomllib
+    import tomllib  # noqa: F401  (the CLI imports it from here)
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # noqa: F401
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -24,8 +24,8 @@ import polars as pl
 from ..errors import UserError
 from ..network import Network
 from ..protocol import Accept, Policy, cloud_only, drafter_only
-from ..units import parse_duration, parse_rate, parse_size
 from .costs import CostModel
+from .grid import GridSpec
 from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
 from .profiles import cloud_device, edge_device, network_preset
 from .replay import FI, Replayer
@@ -135,71 +135,67 @@ def run_sweep(rp: Replayer, policies: Sequence[Policy], cost: CostModel, ax: Axe
 
 
 # --- grid files -----------------------------------------------------------------------------
-def _list(x):
-    return x if isinstance(x, list) else [x]
+def load_grid(path: Path, max_new_tokens: int, *, trace=None, utterances: int | None = None, jobs: int = 1,
+              force: bool = False) -> tuple[list[Policy], Axes, CostModel | None, GridSpec]:
+    """Read a grid TOML (docs/simulator.md; the keys are declared in :mod:`.grid`) into policies,
+    configurations and the device cost model.
 
-
-def load_grid(path: Path, max_new_tokens: int) -> tuple[list[Policy], Axes, CostModel | None, dict]:
-    """Read a grid TOML (docs/simulator.md): [policy], [network], [device] tables of lists."""
+    The grid is validated and its size counted before anything is built: past the bounds of
+    :mod:`.budget` (rows, and memory when ``utterances`` or ``trace`` gives the trace's size) it is
+    refused unless ``force``. ``trace`` also lets content and learned gates check against it."""
     from ..gates import parse_gate
+    from .budget import check_sweep
+    from .grid import read_grid
 
-    try:
-        doc = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"cannot read grid {path}: {exc}") from None
-    unknown = set(doc) - {"trace", "policy", "network", "device", "baselines"}
-    if unknown:
-        raise UserError(f"grid {path}: unknown table(s) {', '.join(sorted(unknown))}; use policy, network, device")
-    p, n, d = doc.get("policy", {}), doc.get("network", {}), doc.get("device", {})
-    policies = [drafter_only(max_new_tokens), cloud_only(max_new_tokens)] if doc.get("baselines", True) else []
-    gates = {g: parse_gate(g) for g in _list(p.get("gate", ["entropy:2.5"]))}
+    spec = read_grid(path, trace)
+    if utterances is None and trace is not None:
+        utterances = trace.utterances.height
+    check_sweep(spec.n_policies, spec.n_configs, utterances, jobs, force)
+
+    def pol(key, default):
+        return spec.get("policy", key, default)
+
+    policies = [drafter_only(max_new_tokens), cloud_only(max_new_tokens)] if spec.get(None, "baselines", True) else []
+    gates = {g: parse_gate(g, trace) for g in pol("gate", ["entropy:2.5"])}
     for k, g, acc, bonus, priv, cache, adapt in itertools.product(
-            _list(p.get("k", [5])), gates, _list(p.get("accept", ["rank:20"])), _list(p.get("bonus", [True])),
-            _list(p.get("privacy", ["features"])), _list(p.get("cloud_cache", ["stateful"])),
-            _list(p.get("adaptive", ["off"]))):
-        policies.append(Policy(k=int(k), gate=gates[g], gate_spec=g.lower(), accept=Accept.parse(str(acc)),
-                               bonus=bool(bonus), privacy=priv, cloud_cache=cache, max_new_tokens=max_new_tokens,
-                               adaptive=None if adapt in ("off", None) else float(adapt)))
+            pol("k", [5]), gates, pol("accept", [Accept.parse("rank:20")]), pol("bonus", [True]),
+            pol("privacy", ["features"]), pol("cloud_cache", ["stateful"]), pol("adaptive", [None])):
+        policies.append(Policy(k=k, gate=gates[g], gate_spec=g.lower(), accept=acc, bonus=bonus, privacy=priv,
+                               cloud_cache=cache, max_new_tokens=max_new_tokens, adaptive=adapt))
+    keep = object()  # "not given: the preset's value"
     nets = []
-    for preset in _list(n.get("preset", [None])):
+    for preset in spec.get("network", "preset", [None]):
         base = network_preset(preset) if preset else Network()
         for rtt, up, down, ovh, jit, loss in itertools.product(
-                _list(n.get("rtt", [None])), _list(n.get("uplink", [None])), _list(n.get("downlink", [None])),
-                _list(n.get("overhead", [None])), _list(n.get("jitter", [base.jitter])),
-                _list(n.get("loss", [base.loss]))):
-            over = {"jitter": jit if jit not in ("none", "") else None, "loss": float(loss)}
-            if rtt is not None:
-                over["rtt_s"] = parse_duration(rtt, "rtt")
-            if up is not None:
-                over["up_Bps"] = parse_rate(up, "uplink")
-            if down is not None:
-                over["down_Bps"] = parse_rate(down, "downlink")
-            if ovh is not None:
-                over["overhead_bytes"] = parse_size(ovh, "overhead")
-            net = replace(base, **over)
-            nets.append(replace(net, name=preset or "custom"))
+                *(spec.get("network", key, [keep]) for key in ("rtt", "uplink", "downlink", "overhead", "jitter",
+                                                               "loss"))):
+            over = {field_: value for field_, value in (("rtt_s", rtt), ("up_Bps", up), ("down_Bps", down),
+                                                         ("overhead_bytes", ovh), ("jitter", jit), ("loss", loss))
+                    if value is not keep}
+            nets.append(replace(base, **over, name=preset or "custom"))
     cost = None
-    edge, cloud = d.get("edge"), d.get("cloud")
+    edge, cloud = spec.get("device", "edge"), spec.get("device", "cloud")
     if edge or cloud:
         cost = CostModel()
         if edge:
             cost = edge_device(edge).apply(cost)
         if cloud:
             cost = cloud_device(cloud).apply(cost)
-    ax = product_axes(nets, [float(x) for x in _list(d.get("edge_speedup", [1.0]))],
-                      [float(x) for x in _list(d.get("cloud_speedup", [1.0]))])
-    if np.any(ax.edge_speedup <= 0) or np.any(ax.cloud_speedup <= 0):
-        raise UserError(f"grid {path}: speedups must be positive")
-    return policies, ax, cost, doc
+    ax = product_axes(nets, spec.get("device", "edge_speedup", [1.0]), spec.get("device", "cloud_speedup", [1.0]))
+    return policies, ax, cost, spec
 
 
 # --- break-even maps ------------------------------------------------------------------------
 def breakeven(rp: Replayer, pol: Policy, cost: CostModel, net: Network, edge_tps: Sequence[float],
-              rtts: Sequence[float]) -> pl.DataFrame:
+              rtts: Sequence[float], force: bool = False) -> pl.DataFrame:
     """The edge tok/s × RTT plane for one policy: mean latency of the hybrid, edge-only and cloud-only.
 
     Edge tok/s is the context-free decode speed 1/edge_step_a; the whole edge (prefill included)
-    is scaled to reach it, as --edge-speedup does."""
+    is scaled to reach it, as --edge-speedup does. A plane past :mod:`.budget`'s bounds is refused
+    unless ``force``."""
+    from .budget import check_map
+
+    check_map(len(edge_tps), len(rtts), rp.trace.utterances.height, force)
     if cost.edge_step_a <= 0:
         raise UserError("the cost model has no edge decode cost to scale; give --edge-tps")
     base_tps = 1.0 / cost.edge_step_a
@@ -248,11 +244,13 @@ def _sweep_chunk(trace_path: str, policies: Sequence[Policy], cost: CostModel, a
 def run_sweep_parallel(trace_path, policies: Sequence[Policy], cost: CostModel, ax: Axes, jobs: int,
                        progress=None, breakdown: bool = True) -> pl.DataFrame:
     """The same sweep over ``jobs`` joblib workers (each loads the trace and replays its share of policies).
-    Rows come back in the order of ``policies``, identical to :func:`run_sweep`."""
+    Rows come back in the order of ``policies``, identical to :func:`run_sweep`. ``jobs`` is capped at
+    the CPUs available and the number of policies (:func:`.budget.cap_jobs`)."""
     from joblib import Parallel, delayed
 
-    if jobs < 1:
-        raise UserError("--jobs must be at least 1")
+    from .budget import cap_jobs
+
+    jobs = cap_jobs(jobs, len(policies))
     n_chunks = min(len(policies), jobs * 4)
     chunks = [list(policies[i::n_chunks]) for i in range(n_chunks)]
     order = [i for c in range(n_chunks) for i in range(c, len(policies), n_chunks)]
