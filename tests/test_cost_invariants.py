@@ -15,7 +15,8 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from sectrace.cli import main, sample_trace_path
+from sectrace.cli import main
+from sectrace.trace import sample_trace_path
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Policy

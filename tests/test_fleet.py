@@ -1,6 +1,7 @@
 """The SimPy fleet engine against the closed form, and the fleet effects the closed form cannot see."""
 
 import numpy as np
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -124,3 +125,32 @@ def test_poisson_arrivals_wait_on_a_busy_device(rp):
         assert (df["start_s"] >= df["arrival_s"]).all()
     # arrivals far faster than service pile up on the device; rare ones barely wait
     assert (fast["response_s"] - fast["latency_s"]).mean() > 10 * (slow["response_s"] - slow["latency_s"]).mean()
+
+
+@pytest.mark.parametrize("arrival_rate", [None, 0.2])
+def test_many_devices_keep_fractional_start_times(small_trace, arrival_rate):
+    """Issue 13: past ~100 devices the first rows to finish all started at SimPy's integer 0, polars typed
+    ``start_s`` as an integer column and truncated every later start, overstating latency. Back to back, a
+    device's second utterance starts when its first ends (a fractional time); with Poisson arrivals every start is.
+    Latency must equal the time the device process itself accumulated (edge, links, queue, cloud), all floats."""
+    from sectrace.simulate import Replayer
+
+    rp = Replayer(small_trace)
+    pol = _policy(3, "always", "rank:20", "features", "stateful", True)
+    df = simulate_fleet(plans(rp, rp.replay(pol)), CostModel(), Network(rtt_s=0.02),
+                        Fleet(devices=500, servers=4, max_batch=16, arrival_rate=arrival_rate,
+                              utterances_per_device=2 if arrival_rate is None else 1, seed=1))
+    assert df.height == (1000 if arrival_rate is None else 500)
+    for col in ("arrival_s", "start_s", "finish_s", "latency_s", "response_s"):
+        assert df.schema[col] == pl.Float64, col
+    start, finish, lat = (df[c].to_numpy() for c in ("start_s", "finish_s", "latency_s"))
+    assert (start % 1 != 0).sum() >= 400  # fractional starts survived
+    spent = df.select(["edge_s", "uplink_s", "queue_s", "cloud_s", "downlink_s"]).to_numpy().sum(axis=1)
+    np.testing.assert_allclose(lat, spent, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(lat, finish - start, rtol=0, atol=1e-12)
+    assert np.isfinite(lat).all() and (lat > 0).all()
+    assert (start >= df["arrival_s"].to_numpy() - 1e-12).all()
+    if arrival_rate is None:  # back to back: each device's second utterance starts as its first finishes
+        by = df.sort("start_s").group_by("device", maintain_order=True).agg(pl.col("start_s"), pl.col("finish_s"))
+        for s, f in zip(by["start_s"].to_list(), by["finish_s"].to_list()):
+            assert s[0] == 0.0 and s[1] == f[0]

@@ -135,7 +135,7 @@ def test_report_bad_input(tmp_path):
 
 def test_break_even_matches_simulated_latency(results):
     from sectrace.reports.breakdown import break_even
-    from sectrace.reports.build import normalise_configs
+    from sectrace.reports.inputs import normalise_configs
 
     res = normalise_configs(pl.read_parquet(results))
     tr = synthetic_trace()

@@ -51,8 +51,9 @@ def write_chrome_trace(path: Path, trace: dict) -> Path:
 
 def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int, overhead_bytes: int = 100):
     """Per-event spans of one utterance's run under one policy and configuration."""
-    from ..protocol import CloudStart, CloudStep, Commit, Draft, GateCall, Prefill, Run, Verify, run
-    from ..simulate import breakdown, cost_vector, schedule_features
+    from ..protocol import run
+    from ..simulate import cost_vector
+    from ..simulate.spans import run_timeline
     from ..trace import TrieSession
 
     sub = results.filter((pl.col("policy") == policy) & (pl.col("config") == config) & (pl.col("utt_id") == utt))
@@ -72,39 +73,10 @@ def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int
     sess = TrieSession(nodes, tr.modes, [c for c in nodes.columns if c.startswith("x_")])
     r = run(sess, pol)
     u = tr.utterances.filter(pl.col("utt_id") == utt).row(0, named=True)
-    base, *_ = schedule_features(Run(tokens=[], events=[]), pol, u)
-
-    def parts_of(events, tokens=(), minus_base=True):
-        f, *_ = schedule_features(Run(tokens=list(tokens), events=events), pol, u)
-        return {k: float(v[0]) for k, v in breakdown((f - base if minus_base else f)[None, :], theta).items()}
-
-    lane_of = {"edge_prefill": "edge", "edge_drafting": "edge", "gate": "edge", "uplink": "network",
-               "cloud_prefill": "cloud", "cloud_verify": "cloud", "cloud_decode": "cloud", "downlink": "network"}
-    order = ("edge_prefill", "edge_drafting", "gate", "uplink", "cloud_prefill", "cloud_verify", "cloud_decode",
-             "downlink")
-    spans, instants, t = [], [], 0.0
-    committed = 0
-    for i, ev in enumerate(r.events):
-        kind = type(ev).__name__
-        if type(ev) is Commit:
-            committed = ev.total
-            instants.append(Span("edge", f"commit {ev.n}", t, 0.0, {"committed": ev.total}))
-            continue
-        args = {k: getattr(ev, k) for k in getattr(ev, "_fields", ())}
-        for part in order:
-            secs = parts_of([ev]).get(part, 0.0)
-            if secs <= 0:
-                continue
-            name = {"edge_drafting": "draft", "cloud_verify": "verify", "cloud_decode": "decode"}.get(part,
-                                                                                                      part.replace("_", " "))
-            spans.append(Span(lane_of[part], name, t, secs, {"event": kind, "index": i, **args}))
-            t += secs
-        assert type(ev) in (Prefill, Draft, GateCall, Verify, CloudStart, CloudStep), kind
-    tail = parts_of([], r.tokens, minus_base=False)  # cloud-only: the caption streams down after the last step
-    for part, secs in tail.items():
-        if secs > 0:
-            spans.append(Span(lane_of[part], part.replace("_", " ") + " (caption)", t, secs, {}))
-            t += secs
+    timed, marks = run_timeline(r, pol, u, theta)
+    spans = [Span(x.lane, x.name, x.start_s, x.dur_s, x.args) for x in timed]
+    instants = [Span(x.lane, x.name, x.start_s, x.dur_s, x.args) for x in marks]
+    t = sum(x.dur_s for x in timed)
     if abs(t - row["latency_s"]) > 1e-6 * max(1.0, row["latency_s"]):
         raise UserError("the timeline recomputed from the trace does not add up to the results' latency (the results "
                         "were simulated with other costs, e.g. --gate-cost or --overhead); re-simulate with defaults")
@@ -113,5 +85,4 @@ def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int
             "cost_source": row["cost_source"], "latency_s": row["latency_s"], "ttft_s": row["ttft_s"],
             "tokens": len(r.tokens), "caption": row.get("caption"), "tool_version": row.get("tool_version"),
             "synthetic": row.get("synthetic"), "engine": "closed-form (events back to back, no queueing)"}
-    assert committed == len(r.tokens)
     return spans, instants, meta

@@ -20,7 +20,8 @@ import polars as pl
 from ..errors import UserError
 from ..network import Network
 from .costs import CostModel
-from .replay import FEATURES, FI, Replay, Replayer, schedule_features
+from .replay import FEATURES, FI, Replay, Replayer
+from .spans import event_features
 from .timing import cost_vector
 
 _UP = np.zeros(len(FEATURES), bool)
@@ -32,6 +33,13 @@ _CLOUD[[FI[n] for n in ("cloud_prefills", "cloud_prefill_tokens", "verify_calls"
                         "cloud_steps", "cloud_ctx")]] = True
 _EDGE = ~(_UP | _DOWN | _CLOUD)
 _PHASES = (("edge", _EDGE), ("up", _UP), ("cloud", _CLOUD), ("down", _DOWN))
+
+
+#: Columns of a fleet run, typed up front: inferred from the first rows, a start of 0 (SimPy's integer
+#: clock) once made ``start_s`` an integer column and truncated every later start.
+FLEET_SCHEMA = {"device": pl.Int64, "utt_id": pl.String, "arrival_s": pl.Float64, "start_s": pl.Float64,
+                "finish_s": pl.Float64, "edge_s": pl.Float64, "uplink_s": pl.Float64, "queue_s": pl.Float64,
+                "cloud_s": pl.Float64, "downlink_s": pl.Float64, "cloud_calls": pl.Int64, "servers_used": pl.Int64}
 
 
 @dataclass(frozen=True)
@@ -78,16 +86,11 @@ class Plan:
 
 
 def plan_utterance(run_, policy, utt: dict) -> Plan:
-    """Cut a run's schedule into edge steps and calls, from the running feature totals after each event."""
-    marks: list = []
-    schedule_features(run_, policy, utt, marks)
+    """Cut a run's schedule into edge steps and calls, from each event's features (``spans.event_features``)."""
     kinds: list[int] = []
     rows = {"edge": [], "up": [], "cloud": [], "down": []}
-    prev = np.zeros(len(FEATURES))
     last = None  # phase of the step being built
-    for m in marks:
-        delta = m - prev
-        prev = m
+    for delta in event_features(run_, policy, utt):
         for phase, mask in _PHASES:
             part = np.where(mask, delta, 0.0)
             if not part.any():
@@ -254,7 +257,9 @@ def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Netwo
                 yield env.timeout(delay)
             if stateful and server is not None:
                 pinned[server] -= 1
-            rows.append((d, job.utt_id, t_arr, start, env.now, edge_s, up_s, wait_s, cloud_s, down_s, ci, len(used)))
+            # float(): SimPy's clock starts at the integer 0, and a start of 0 must not make the column integer
+            rows.append((d, job.utt_id, float(t_arr), float(start), float(env.now), edge_s, up_s, wait_s, cloud_s,
+                         down_s, ci, len(used)))
 
     n_per = fleet.utterances_per_device or len(priced)
     for i in range(fleet.servers):
@@ -267,9 +272,7 @@ def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Netwo
             arrivals = np.cumsum(rng.exponential(1.0 / fleet.arrival_rate, size=n_per)).tolist()
         env.process(device_proc(d, jobs, arrivals))
     env.run()
-    df = pl.DataFrame(rows, schema=["device", "utt_id", "arrival_s", "start_s", "finish_s", "edge_s", "uplink_s",
-                                    "queue_s", "cloud_s", "downlink_s", "cloud_calls", "servers_used"],
-                      orient="row")
+    df = pl.DataFrame(rows, schema=FLEET_SCHEMA, orient="row")
     return df.with_columns((pl.col("finish_s") - pl.col("start_s")).alias("latency_s"),
                            (pl.col("finish_s") - pl.col("arrival_s")).alias("response_s"))
 

@@ -179,7 +179,7 @@ def _size(v, _trace=None):
 
 
 def _jitter(v, _trace=None):
-    from .costs import parse_jitter
+    from ..network import parse_jitter
 
     if not isinstance(v, str):
         raise _Bad(f'is {_kind(v)}; write "none" or a scipy.stats distribution in seconds as a string')
