@@ -67,6 +67,7 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
     are MessagePack; the OpenAPI schema is at /openapi.json, docs at /docs.
 
     \b
+    Examples:
       sectrace serve --verifier ~/.cache/sectrace/models/verifier --port 8000 --api-key-file keys
       sectrace validate TRACE --drafter D --verifier V ...   # starts its own service
     """
@@ -175,6 +176,7 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
     machine's noise (how much identical edge-only runs differ).
 
     \b
+    Examples:
       sectrace validate trace/ --drafter D --verifier V --rtt 20ms,50ms,100ms --out val.parquet
       sectrace report ... --validation val.parquet     # the error table in the report
     """

@@ -1,1 +1,1 @@
-"""Quality, privacy, Pareto fronts and HTML reports (issue 7; not built yet)."""
+"""Reports from results: caption quality, privacy accounting, Pareto fronts, figures, the HTML report, timelines."""
