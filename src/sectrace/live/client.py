@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from ..errors import UserError
-from ..protocol import CloudUnavailable, Commit, Judgement, Policy, run
+from ..protocol import CloudUnavailable, Commit, Judgement, Policy, bonus_earned, committed_tokens, run
 from . import wire
 
 
@@ -154,15 +154,14 @@ class LiveSession:
             return [self._next_streamed(mode)]
         prefix = list(prefix)
         p = self.policy
-        bonus = bool(p.bonus and tokens[-1] not in self.eos and len(prefix) + len(tokens) < p.max_new_tokens)
+        bonus = bonus_earned(p, tokens[-1] in self.eos, len(prefix), len(tokens))
         block = {"draft": wire.pack_ids(tokens), "accept": str(p.accept), "bonus": bonus}
         if p.cloud_cache == "stateless":
             out = self.client.post("/v1/verify", {**self._session_fields(mode), "committed": wire.pack_ids(prefix),
                                                   **block})
         else:
             out = self._stateful(prefix, block, mode)
-            j, n = out["accepted"], len(tokens)
-            self.held = prefix + list(tokens[:j]) + ([out["top1"][j]] if j < n or bonus else [])
+            self.held = prefix + committed_tokens(tokens, out["accepted"], out["top1"], bonus)
         return [Judgement(r, math.nan if pr is None else pr, t, tp, e, math.nan) for r, pr, t, tp, e in
                 zip(out["rank"], out["prob"], out["top1"], out["top1_prob"], out["top1_eos"])]
 

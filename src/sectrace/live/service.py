@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..errors import UserError
-from ..protocol import Accept, PolicyError
+from ..protocol import Accept, PolicyError, committed_tokens
 from . import wire
 from .verifier import CloudModel
 from .wire import WireError
@@ -237,10 +237,7 @@ def create_app(cloud: CloudModel, keys: dict[str, str] | None, limits: Limits | 
 
     def commit_after(seq: list[int], body, out: dict) -> list[int]:
         """What the edge commits after this reply (it runs the same protocol): kept tentatively."""
-        j, n = out["accepted"], len(body.draft)
-        if j < n:
-            return seq + list(body.draft[:j]) + [out["top1"][j]]
-        return seq + list(body.draft) + ([out["top1"][n]] if body.bonus else [])
+        return seq + committed_tokens(body.draft, out["accepted"], out["top1"], body.bonus)
 
     @app.get("/v1/health", summary="Liveness (no key needed)")
     async def health():

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from ..models.lm import CachedLM, judgements
-from ..protocol import Accept
+from ..protocol import Accept, accepted_prefix
 from .wire import WireError
 
 
@@ -82,9 +82,7 @@ class CloudModel:
             logits = lm.logits_for(seq + draft, len(draft) + 1)
             js = judgements(logits, draft, self.eos)
             t2 = time.perf_counter()
-        j = 0
-        while j < len(draft) and accept.accepts(js[j].rank, js[j].prob):
-            j += 1
+        j = accepted_prefix(js, len(draft), accept)
         keep = js[: j + 1]  # the accepted prefix, the rejected position (its top-1 is the correction) or the bonus
         return {"accepted": j, "rank": [g.rank for g in keep], "prob": [g.prob for g in keep],
                 "top1": [g.top1 for g in keep], "top1_prob": [g.top1_prob for g in keep],

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, Sequence
 
-from .policy import Block, Policy
+from .policy import Accept, Block, Policy
 
 
 class CoverageMiss(Exception):
@@ -168,6 +168,32 @@ def _emitter(events: list, observe):
     return emit
 
 
+def accepted_prefix(judgements: Sequence[Judgement], n: int, accept: Accept) -> int:
+    """How many of a block's ``n`` drafted tokens stand: the longest prefix the acceptance rule keeps."""
+    j = 0
+    while j < n and accept.accepts(judgements[j].rank, judgements[j].prob):
+        j += 1
+    return j
+
+
+def bonus_earned(policy: Policy, last_is_eos: bool, committed: int, n: int) -> bool:
+    """Whether a fully accepted block of ``n`` tokens also takes the verifier's next top-1 for free: the policy
+    allows it, the block did not end the caption, and the caption has room for one more token."""
+    return bool(policy.bonus and not last_is_eos and committed + n < policy.max_new_tokens)
+
+
+def committed_tokens(block: Sequence[int], accepted: int, top1: Sequence[int], bonus: bool) -> list[int]:
+    """What both sides commit after a verified block: the accepted prefix, then the correction (the verifier's
+    top-1 at the first rejected position) or, for a fully accepted block, the bonus token if earned.
+
+    The one statement of the rule: the engine, the live service (its KV cache) and the live client
+    (what it believes the cloud holds) all call it, so they cannot drift apart."""
+    n = len(block)
+    if accepted < n:
+        return list(block[:accepted]) + [top1[accepted]]
+    return list(block) + ([top1[n]] if bonus else [])
+
+
 def run(session: Session, policy: Policy, observe=None) -> Run:
     """Decode one utterance under ``policy``. May raise :class:`CoverageMiss` from the session.
 
@@ -226,26 +252,11 @@ def run(session: Session, policy: Policy, observe=None) -> Run:
             ended = drafts[-1].eos
             unsent += n
         else:
-            j = 0
-            while j < n:
-                jg = judgements[j]
-                if not accept.accepts(jg.rank, jg.prob):
-                    break
-                j += 1
-            corrected = bonus = 0
-            if j < n:
-                fix = judgements[j]
-                new = list(block_toks[:j]) + [fix.top1]
-                ended = fix.top1_eos
-                corrected = 1
-            else:
-                new = list(block_toks)
-                ended = drafts[-1].eos
-                if policy.bonus and not ended and len(tokens) + n < max_new:
-                    extra = judgements[n]
-                    new.append(extra.top1)
-                    ended = extra.top1_eos
-                    bonus = 1
+            j = accepted_prefix(judgements, n, accept)
+            bonus = int(j == n and bonus_earned(policy, drafts[-1].eos, len(tokens), n))
+            corrected = int(j < n)
+            new = committed_tokens(block_toks, j, [g.top1 for g in judgements], bool(bonus))
+            ended = judgements[j].top1_eos if (corrected or bonus) else drafts[-1].eos
             emit(Verify(n, len(tokens), unsent, pending + unsent, first, j, corrected, bonus))
             first = False
             out.escalations += 1
