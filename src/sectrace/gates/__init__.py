@@ -1,12 +1,12 @@
 """Gates: which drafted blocks go to the cloud."""
 
-from .builtin import Always, AudioShift, MaxEntropy, Margin, MeanEntropy, MinLogProb, Never, RandomGate, Stability
+from .builtin import Always, AudioShift, Margin, MaxEntropy, MeanEntropy, MinLogProb, Never, RandomGate, Stability
 from .combine import AllGate, AnyGate
 from .content import ContentGate
 from .exploration import default_exploration
 from .oracle import Oracle
-from .spec import GATES, gate_help, parse_gate, split_top
+from .spec import GATES, GateFileNotGiven, gate_help, parse_gate, split_top
 
-__all__ = ["AllGate", "Always", "AnyGate", "AudioShift", "ContentGate", "GATES", "MaxEntropy", "Margin",
+__all__ = ["AllGate", "Always", "AnyGate", "AudioShift", "ContentGate", "GATES", "GateFileNotGiven", "MaxEntropy", "Margin",
            "MeanEntropy", "MinLogProb", "Never", "Oracle", "RandomGate", "Stability", "default_exploration",
            "gate_help", "parse_gate", "split_top"]
