@@ -153,7 +153,7 @@ def test_cli_train_eval_simulate(tmp_path, small, trace):
     assert {"entropy", "stability", "audio"} <= set(df["signal"].to_list())
     res = runner.invoke(main, ["simulate", str(SAMPLE), "--gate", f"learned:{out}:0.5", "--k", "3", "--accept", "top1"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(main, ["gates", "train", "--out", str(out), "--features", "nope"])
+    res = runner.invoke(main, ["gates", "train", "--out", str(tmp_path / "g2.json"), "--features", "nope"])
     assert res.exit_code == 2 and "unknown feature" in res.output
 
 

@@ -111,7 +111,7 @@ policies = st.builds(
         privacy=privacy, cloud_cache=cache, adaptive=adaptive, max_new_tokens=max_new),
     k=st.integers(1, 8),
     accept=st.one_of(st.just(Accept("top1", 1)), st.integers(1, 30).map(lambda r: Accept("rank", r)),
-                     st.floats(0.0, 1.0).map(lambda p: Accept("prob", p))),
+                     st.floats(0.0, 1.0, exclude_min=True).map(lambda p: Accept("prob", p))),
     gate_p=st.sampled_from([0.0, 0.3, 0.7, 1.0]),
     bonus=st.booleans(),
     privacy=st.sampled_from(["token-only", "features"]),

@@ -32,8 +32,11 @@ from ._common import Progress, require_extra
 @click.option("--overhead", default="100B", show_default=True, help="Framing bytes per message used by simulate.")
 @click.option("--validation", "validation_path", type=click.Path(path_type=Path),
               help="Results of `sectrace validate` (Parquet): adds the simulator-vs-live error section.")
+@click.option("--gate-file", "gate_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A learned gate (gates train) that policies in RESULTS use; repeatable. Results name gate files, "
+                   "but only the files given here are opened; other learned-gate policies are left out with a note.")
 @click.option("--force", is_flag=True, help="Replace a report already in --out.")
-def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, validation_path, force):
+def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, validation_path, gate_files, force):
     """Build a self-contained HTML report (plus figures and tables) from `simulate --out` RESULTS.
 
     \b
@@ -63,11 +66,11 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, 
     with Progress(steps, "report") as bar:
         if trace_path is not None:
             bar(0, "scoring captions")
-            from ..gates import parse_gate
-            from ..reports.privacy import exposure
+            from ..reports.privacy import ReportGates, exposure
             from ..trace import load_trace
 
             tr = load_trace(trace_path)
+            gates = ReportGates(tr, gate_files)
             inp.trace_path, inp.trace_manifest = str(trace_path), tr.manifest
             if not no_quality and ("caption" not in res.columns or res["caption"].null_count() == res.height):
                 inp.notes.append("no caption text in the results (the trace has no vocab.parquet): reference "
@@ -79,17 +82,17 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, 
                 if embeddings:
                     attach_embedding(inp.quality, res, tr.utterances)
             bar(1, "cloud exposure")
-            inp.exposure = exposure(tr, res, parse_gate)
+            inp.exposure = exposure(tr, res, gates, notes=inp.notes)
             bar(1, "breakdown and break-even")
             inp.breakdown, inp.breakdown_note = overhead_breakdown(tr, res, int(res["config"][0]),
-                                                                   parse_size(overhead, "--overhead"))
+                                                                   parse_size(overhead, "--overhead"), gates)
             from ..reports.build import front_points
 
             _, front, _, _ = front_points(res, inp.quality)
             best = (front.filter((pl.col("config") == 0) & pl.col("on_front")
                                  & ~pl.col("policy").is_in(["edge-only", "cloud-only"]))
                     .sort("quality", descending=True, nulls_last=True)["policy"].head(4).to_list())
-            be, inp.break_even_note = break_even(tr, res, best, parse_size(overhead, "--overhead"))
+            be, inp.break_even_note = break_even(tr, res, best, parse_size(overhead, "--overhead"), gates=gates)
             inp.break_even = be
             bar(1, "figures")
         else:
@@ -131,8 +134,11 @@ def _read_validation(path: Path):
               help="Configuration index as numbered in the report (one per distinct network/cost profile).")
 @click.option("--overhead", default="100B", show_default=True, help="Framing bytes per message used by simulate.")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Chrome trace JSON to write.")
+@click.option("--gate-file", "gate_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A learned gate (gates train) that policies in RESULTS use; repeatable. Results name gate files, "
+                   "but only the files given here are opened; other learned-gate policies are left out with a note.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_path, force):
+def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_path, gate_files, force):
     """Export one utterance's simulated run as a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing).
 
     Spans: edge prefill, draft, gate on the edge lane; uplink/downlink on the network lane;
@@ -156,6 +162,9 @@ def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_pat
         raise UserError("these results do not name their trace; pass --trace PATH")
     tr = load_trace(trace_path)
     utt = utt_id or res["utt_id"][0]
-    spans, instants, meta = timeline_spans(tr, res, policy, utt, config, parse_size(overhead, "--overhead"))
+    from ..reports.privacy import ReportGates
+
+    spans, instants, meta = timeline_spans(tr, res, policy, utt, config, parse_size(overhead, "--overhead"),
+                                           ReportGates(tr, gate_files))
     write_chrome_trace(out_path, chrome_trace(spans, instants, meta, process=f"{policy} · {utt}"))
     click.echo(f"wrote {out_path}: {len(spans)} spans, {meta['latency_s']:.3f} s; open it in ui.perfetto.dev")

@@ -4,8 +4,8 @@ from .builtin import Always, AudioShift, Margin, MaxEntropy, MeanEntropy, MinLog
 from .combine import AllGate, AnyGate
 from .content import ContentGate
 from .oracle import Oracle
-from .spec import GATES, gate_help, parse_gate, parse_policy, split_top
+from .spec import GATES, GateFileNotGiven, gate_help, parse_gate, parse_policy, split_top
 
-__all__ = ["AllGate", "Always", "AnyGate", "AudioShift", "ContentGate", "GATES", "MaxEntropy", "Margin",
-           "MeanEntropy", "MinLogProb", "Never", "Oracle", "RandomGate", "Stability",
-           "gate_help", "parse_gate", "parse_policy", "split_top"]
+__all__ = ["AllGate", "Always", "AnyGate", "AudioShift", "ContentGate", "GATES", "GateFileNotGiven", "MaxEntropy",
+           "Margin", "MeanEntropy", "MinLogProb", "Never", "Oracle", "RandomGate", "Stability", "gate_help",
+           "parse_gate", "parse_policy", "split_top"]

@@ -22,6 +22,19 @@ GATES = {
     "audio": (AudioShift, 0.5, "largest x_audio_shift (drafter distribution moved by the audio) above T"),
     "oracle": (Oracle, None, "escalate exactly the blocks the verifier would change (replay only: the upper bound)"),
 }
+#: Threshold ranges where a gate's signal has one (lo, hi, what the signal is), inclusive; all must be finite.
+RANGES = {
+    "entropy": (0.0, math.inf, "an entropy in nats (at least 0)"),
+    "entropy-mean": (0.0, math.inf, "an entropy in nats (at least 0)"),
+    "margin": (0.0, 1.0, "a probability margin between 0 and 1"),
+    "logprob": (-math.inf, 0.0, "a log-probability in nats (at most 0)"),
+    "random": (0.0, 1.0, "a probability between 0 and 1"),
+    "stability": (0.0, 1.0, "an x_stability value between 0 and 1"),
+    "audio": (0.0, math.inf, "an x_audio_shift value (at least 0)"),
+}
+#: Longest gate spec, and deepest any(...)/all(...) nesting, that parse_gate reads.
+MAX_SPEC_CHARS = 4096
+MAX_SPEC_DEPTH = 32
 #: Gates whose argument is not one threshold: name -> help.
 SPECIAL = {
     "content": "content:RULES = a drafted token is a digit, date, name or emotion word (RULES joined by +, "
@@ -58,12 +71,47 @@ def split_top(text: str, sep: str = ",") -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def parse_gate(spec: str, trace=None):
+class GateFileNotGiven(UserError):
+    """A spec read back from results names a learned-gate file the user did not pass; the file was not opened."""
+
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(f"the learned gate file {path} named in the results was not opened (results never choose "
+                         f"files to open); pass it explicitly, e.g. --gate-file {path}")
+
+
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    for ch in text:
+        if ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth -= 1
+    return deepest
+
+
+def parse_gate(spec: str, trace=None, gate_files=None):
     """A gate object from its spec; the spec string doubles as the gate's label in results.
 
     ``trace`` is needed by gates that read token text (content rules) and lets learned
-    gates check that the trace has their features.
+    gates check that the trace has their features. ``gate_files`` (a
+    :class:`~sectrace.gates.learned.GateFiles`) is for specs that come from data rather than
+    from the user, such as a results file's gate column: ``learned:FILE`` then loads only a
+    file given there, and raises :class:`GateFileNotGiven` (opening nothing) otherwise.
     """
+    if not isinstance(spec, str):
+        raise UserError(f"a gate spec must be text, e.g. entropy:2.5, not {type(spec).__name__}")
+    if len(spec) > MAX_SPEC_CHARS:
+        raise UserError(f"the gate spec is {len(spec):,} characters, over the limit of {MAX_SPEC_CHARS:,}; "
+                        "write a shorter one, e.g. any(entropy:3,content:emotion)")
+    if _nesting(spec) > MAX_SPEC_DEPTH:
+        raise UserError(f"the gate spec nests any(...)/all(...) {_nesting(spec)} deep, over the limit of "
+                        f"{MAX_SPEC_DEPTH}; flatten it, e.g. any(entropy:3,margin:0.1,content:emotion)")
+    return _parse(spec, trace, gate_files)
+
+
+def _parse(spec: str, trace, gate_files):
     text = spec.strip()
     low = text.lower()
     for combo, cls in (("any", AnyGate), ("all", AllGate)):
@@ -71,7 +119,7 @@ def parse_gate(spec: str, trace=None):
             inner = split_top(text[len(combo) + 1:-1])
             if not inner:
                 raise UserError(f"{combo}() needs at least one gate, e.g. {combo}(entropy:3,margin:0.1)")
-            return cls(tuple(parse_gate(s, trace) for s in inner))
+            return cls(tuple(_parse(s, trace, gate_files) for s in inner))
     name, _, arg = text.partition(":")
     name = name.lower()
     if name == "content":
@@ -88,10 +136,17 @@ def parse_gate(spec: str, trace=None):
             threshold = float(thr) if thr else 0.5
         except ValueError:
             path, threshold = arg, 0.5
-        return load_learned(path, threshold, trace)
+        if not path:
+            raise UserError("learned gates need a file, e.g. learned:gate.json:0.5")
+        if gate_files is None:
+            return load_learned(path, threshold, trace)
+        gate = gate_files.load(path, threshold, trace)
+        if gate is None:
+            raise GateFileNotGiven(path)
+        return gate
     arg = arg.lower()
     if name not in GATES:
-        raise UserError(f"unknown gate {spec!r}; known gates: {', '.join(list(GATES) + list(SPECIAL))} "
+        raise UserError(f"unknown gate {spec[:80]!r}; known gates: {', '.join(list(GATES) + list(SPECIAL))} "
                         "(e.g. --gate entropy:2.5)")
     cls, default, _ = GATES[name]
     if default is None:
@@ -101,11 +156,10 @@ def parse_gate(spec: str, trace=None):
     try:
         value = float(arg) if arg else default
     except ValueError:
-        raise UserError(f"cannot read the threshold in gate {spec!r}; write e.g. {name}:{default}") from None
-    if not math.isfinite(value):
-        raise UserError(f"gate {spec!r} needs a finite threshold; write e.g. {name}:{default}")
-    if name == "random" and not 0.0 <= value <= 1.0:
-        raise UserError(f"random:{value} needs a probability between 0 and 1")
+        raise UserError(f"cannot read the threshold in gate {spec[:80]!r}; write e.g. {name}:{default}") from None
+    lo, hi, what = RANGES[name]
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise UserError(f"{name}:{arg} needs a finite threshold, {what}, e.g. {name}:{default}")
     return cls(value)
 
 

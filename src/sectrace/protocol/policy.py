@@ -29,7 +29,7 @@ class Accept:
 
     kind ``top1``: the token must be the verifier's own top-1 (lossless);
     ``rank``: its rank under the verifier is at most ``value`` (the study used 20);
-    ``prob``: the verifier gives it probability at least ``value``.
+    ``prob``: the verifier gives it probability at least ``value`` (in (0, 1]).
     """
 
     kind: str = "rank"
@@ -42,8 +42,8 @@ class Accept:
             raise PolicyError(f"{self.kind}:{self.value} needs a finite number, e.g. rank:20 or prob:0.1")
         if self.kind == "rank" and (self.value < 1 or int(self.value) != self.value):
             raise PolicyError(f"rank:{self.value} needs a whole number R >= 1, e.g. rank:20")
-        if self.kind == "prob" and not 0.0 <= self.value <= 1.0:
-            raise PolicyError(f"prob:{self.value} needs a probability between 0 and 1, e.g. prob:0.1")
+        if self.kind == "prob" and not 0.0 < self.value <= 1.0:  # prob:0 would accept every token
+            raise PolicyError(f"prob:{self.value:g} needs a probability above 0 and at most 1, e.g. prob:0.1")
 
     def accepts(self, rank: int, prob: float) -> bool:
         if self.kind == "top1":

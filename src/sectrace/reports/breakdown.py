@@ -30,15 +30,15 @@ def cost_and_net(tr, row: dict, overhead_bytes: int):
                          overhead_bytes=overhead_bytes), ""
 
 
-def result_policies(results: pl.DataFrame):
-    from ..gates import parse_gate
-    from .privacy import POLICY_KEYS, _policy_from_row
+def result_policies(results: pl.DataFrame, gates=None) -> dict:
+    """The policies of the results by label; a learned gate only from a file the user passed (``gates``)."""
+    from .privacy import rebuild_policies
 
-    rows = results.select("policy", *POLICY_KEYS).unique(subset=["policy"], maintain_order=True)
-    return {r["policy"]: _policy_from_row(r, parse_gate) for r in rows.iter_rows(named=True)}
+    pols, _ = rebuild_policies(results, gates)
+    return pols
 
 
-def overhead_breakdown(tr, results: pl.DataFrame, config: int, overhead_bytes: int = 100):
+def overhead_breakdown(tr, results: pl.DataFrame, config: int, overhead_bytes: int = 100, gates=None):
     """Mean seconds per part per policy at one configuration, or (None, why)."""
     from ..simulate import Replayer, breakdown, cost_vector
 
@@ -49,7 +49,7 @@ def overhead_breakdown(tr, results: pl.DataFrame, config: int, overhead_bytes: i
     theta = cost_vector(cost, net)
     rp = Replayer(tr)
     rows = []
-    for name, pol in result_policies(sub).items():
+    for name, pol in result_policies(sub, gates).items():
         rep = rp.replay(pol)
         ok = rep.covered
         parts = breakdown(rep.total[ok], theta)
@@ -69,7 +69,7 @@ def overhead_breakdown(tr, results: pl.DataFrame, config: int, overhead_bytes: i
 
 
 def break_even(tr, results: pl.DataFrame, policies: list[str], overhead_bytes: int = 100, n: int = 41,
-               rtts=None, speeds=None):
+               rtts=None, speeds=None, gates=None):
     """Latency of each hybrid policy relative to edge-only over a grid of RTT × edge speed-up, or (None, why).
 
     Latency is linear in the schedule features, so the grid is one matrix product per policy:
@@ -84,7 +84,7 @@ def break_even(tr, results: pl.DataFrame, policies: list[str], overhead_bytes: i
     cost, net, why = cost_and_net(tr, row, overhead_bytes)
     if cost is None:
         return None, why
-    pols = result_policies(results)
+    pols = result_policies(results, gates)
     if "edge-only" not in pols:
         return None, "the results hold no edge-only baseline to break even against"
     rtts = np.logspace(-3, 0, n) if rtts is None else np.asarray(rtts, dtype=float)
@@ -97,6 +97,8 @@ def break_even(tr, results: pl.DataFrame, policies: list[str], overhead_bytes: i
     edge = rp.replay(pols["edge-only"])
     out = {}
     for name in policies:
+        if name not in pols:  # a learned gate whose file was not passed: left out, with a note elsewhere
+            continue
         rep = rp.replay(pols[name])
         ok = rep.covered & edge.covered
         if not ok.any():

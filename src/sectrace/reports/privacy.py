@@ -13,11 +13,11 @@ committed prefix, the drafted block (its rejected tail too) and its own correcti
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import polars as pl
 
 from ..errors import UserError
+from ..gates.learned import GateFiles
+from ..gates.spec import GateFileNotGiven, parse_gate
 from ..protocol import Accept, CloudStep, Policy, Verify, cloud_only, drafter_only, run
 from ..protocol.engine import CoverageMiss
 from ..trace import Trace, TrieSession
@@ -26,36 +26,91 @@ from .emotion import emotion_words
 POLICY_KEYS = ("k", "gate", "accept", "bonus", "privacy", "cloud_cache", "adaptive", "max_new_tokens")
 
 
-def _policy_from_row(row: dict, make_gate: Callable) -> Policy:
+class ReportGates:
+    """Turns the gate specs in results rows back into gates, opening no file because a row names it.
+
+    A results file is data: its ``gate`` column may say ``learned:/some/path:0.5``. Such a gate is
+    loaded only from the files the user passed (``gate_files``, e.g. ``sectrace report --gate-file``);
+    a policy whose gate names any other file is skipped with a note saying how to include it.
+    ``trace`` lets content gates read token text.
+    """
+
+    def __init__(self, trace: Trace | None = None, gate_files=()):
+        self.trace = trace
+        self.files = gate_files if isinstance(gate_files, GateFiles) else GateFiles(gate_files)
+
+    def __call__(self, spec: str):
+        return parse_gate(spec, self.trace, gate_files=self.files)
+
+
+def _report_gates(gates, trace: Trace | None = None) -> ReportGates:
+    """``gates`` as a ReportGates: a plain parser (e.g. ``parse_gate``, which the CLI used to pass) is replaced,
+    since it would open whatever file a row names; ``trace`` fills in one the ReportGates lacks."""
+    if not isinstance(gates, ReportGates):
+        return ReportGates(trace)
+    if gates.trace is None and trace is not None:
+        return ReportGates(trace, gates.files)
+    return gates
+
+
+def _policy_from_row(row: dict, gates: ReportGates | None = None) -> Policy:
+    """The policy a results row was simulated with; raises GateFileNotGiven for a learned gate not passed."""
     if row["policy"] == "edge-only":
         return drafter_only(int(row["max_new_tokens"]))
     if row["policy"] == "cloud-only":
         return cloud_only(int(row["max_new_tokens"]))
+    make_gate = _report_gates(gates)
     return Policy(k=int(row["k"]), gate=make_gate(row["gate"]), gate_spec=row["gate"],
                   accept=Accept.parse(row["accept"]), bonus=bool(row["bonus"]), privacy=row["privacy"],
                   cloud_cache=row["cloud_cache"], max_new_tokens=int(row["max_new_tokens"]),
                   adaptive=row["adaptive"])
 
 
-def exposure(trace: Trace, results: pl.DataFrame, make_gate: Callable, progress=None) -> pl.DataFrame:
+def rebuild_policies(results: pl.DataFrame, gates: ReportGates | None = None) -> tuple[dict[str, Policy], list[str]]:
+    """Every policy in the results by label, and notes on those left out (a learned gate file not passed).
+
+    One note per gate file: how many policies it leaves out and the option that includes them.
+    """
+    gates = _report_gates(gates)
+    rows = results.select("policy", *POLICY_KEYS).unique(subset=["policy"], maintain_order=True)
+    pols, missing = {}, {}
+    for row in rows.iter_rows(named=True):
+        try:
+            pols[row["policy"]] = _policy_from_row(row, gates)
+        except GateFileNotGiven as exc:
+            missing.setdefault(exc.path, []).append(row["policy"])
+    notes = [f"{len(names)} polic{'y' if len(names) == 1 else 'ies'} with the learned gate {path} "
+             f"({names[0]!r}{' …' if len(names) > 1 else ''}) left out: results never choose files to open; "
+             f"pass --gate-file {path} to include {'it' if len(names) == 1 else 'them'}"
+             for path, names in missing.items()]
+    return pols, notes
+
+
+def exposure(trace: Trace, results: pl.DataFrame, gates: ReportGates | None = None, progress=None,
+             notes: list | None = None) -> pl.DataFrame:
     """Per (policy, utterance): caption tokens the cloud saw, the seen prefix, emotion words seen.
 
-    ``make_gate`` turns a gate spec from the results (e.g. ``entropy:2.5``) into a gate object;
-    the CLI passes the gates stage's ``parse_gate``.
+    ``gates`` turns the results' gate specs back into gates (:class:`ReportGates`: learned gates
+    only from files the user passed). Policies it cannot rebuild are left out; why is appended to
+    ``notes`` when given.
     """
     missing = [c for c in ("policy", *POLICY_KEYS, "utt_id", "tokens") if c not in results.columns]
     if missing:
         raise UserError(f"the results lack the column {missing[0]!r}; write them with `sectrace simulate --out`")
+    pols, why = rebuild_policies(results, _report_gates(gates, trace))
+    if notes is not None:
+        notes.extend(why)
+    skipped = results["policy"].n_unique() - len(pols)
+    if progress and skipped:
+        progress(skipped)
     extra = [c for c in trace.nodes.columns if c.startswith("x_")]
     sessions = {key[0]: TrieSession(df, trace.modes, extra)
                 for key, df in trace.nodes.partition_by("utt_id", as_dict=True).items()}
-    pols = results.select("policy", *POLICY_KEYS).unique(subset=["policy"], maintain_order=True)
     want = {(p, u): t for p, u, t in results.filter(pl.col("covered")).select("policy", "utt_id", "tokens")
             .unique(subset=["policy", "utt_id"]).iter_rows()}
     rows = []
-    for prow in pols.iter_rows(named=True):
-        pol = _policy_from_row(prow, make_gate)
-        for uid in results.filter(pl.col("policy") == prow["policy"])["utt_id"].unique(maintain_order=True):
+    for name, pol in pols.items():
+        for uid in results.filter(pl.col("policy") == name)["utt_id"].unique(maintain_order=True):
             sess = sessions.get(uid)
             if sess is None:
                 raise UserError(f"utterance {uid!r} of the results is not in trace {trace.path}; "
@@ -64,9 +119,9 @@ def exposure(trace: Trace, results: pl.DataFrame, make_gate: Callable, progress=
                 r = run(sess, pol)
             except CoverageMiss:
                 continue
-            expected = want.get((prow["policy"], uid))
+            expected = want.get((name, uid))
             if expected is not None and list(expected) != r.tokens:
-                raise UserError(f"replaying {prow['policy']!r} on {uid!r} gives another caption than the results "
+                raise UserError(f"replaying {name!r} on {uid!r} gives another caption than the results "
                                 "hold; give the trace the results were simulated from")
             prefix, rejected = 0, 0
             for ev in r.events:
@@ -78,7 +133,7 @@ def exposure(trace: Trace, results: pl.DataFrame, make_gate: Callable, progress=
             prefix = min(prefix, len(r.tokens))
             words_all = emotion_words(trace.decode(r.tokens)) if trace.vocab is not None else []
             words_seen = emotion_words(trace.decode(r.tokens[:prefix])) if trace.vocab is not None else []
-            rows.append({"policy": prow["policy"], "utt_id": uid, "caption_tokens": len(r.tokens),
+            rows.append({"policy": name, "utt_id": uid, "caption_tokens": len(r.tokens),
                          "seen_prefix": prefix, "seen_rejected": rejected, "cloud_seen_tokens": prefix + rejected,
                          "emotion_words": len(words_all), "emotion_words_seen": min(len(words_seen), len(words_all))})
         if progress:

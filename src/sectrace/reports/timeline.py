@@ -13,7 +13,7 @@ import polars as pl
 
 from ..errors import UserError
 from ..fsio import write_json
-from .breakdown import cost_and_net, result_policies
+from .breakdown import cost_and_net
 
 LANES = {"edge": 1, "network": 2, "cloud": 3}
 
@@ -49,7 +49,8 @@ def write_chrome_trace(path: Path, trace: dict) -> Path:
     return write_json(trace, path)
 
 
-def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int, overhead_bytes: int = 100):
+def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int, overhead_bytes: int = 100,
+                   gates=None):
     """Per-event spans of one utterance's run under one policy and configuration."""
     from ..protocol import run
     from ..simulate import cost_vector
@@ -68,7 +69,12 @@ def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int
     if cost is None:
         raise UserError(why)
     theta = cost_vector(cost, net)
-    pol = result_policies(sub)[policy]
+    from .privacy import rebuild_policies
+
+    pols, notes = rebuild_policies(sub, gates)
+    if policy not in pols:
+        raise UserError(notes[0] if notes else f"cannot rebuild policy {policy!r} from the results")
+    pol = pols[policy]
     nodes = tr.nodes.filter(pl.col("utt_id") == utt)
     sess = TrieSession(nodes, tr.modes, [c for c in nodes.columns if c.startswith("x_")])
     r = run(sess, pol)
