@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -86,11 +85,6 @@ def frontier(trace, gate_specs, k: int = 5, accept: str = "top1", privacy: str =
         sessions = Replayer(trace).sessions
     acc = Accept.parse(accept)
 
-    def go(session, pol):
-        if getattr(pol.gate, "needs_session", False):
-            session, gate = pol.gate.prepare(session, pol)
-            pol = replace(pol, gate=gate)
-        return run(session, pol)
 
     # The reference is what `simulate` calls cloud-only: raw audio up, the audio-hearing verifier decodes.
     cloud_pol = Policy(k=0, gate=parse_gate("always"), gate_spec="always", accept=Accept("top1", 1),
@@ -98,7 +92,7 @@ def frontier(trace, gate_specs, k: int = 5, accept: str = "top1", privacy: str =
     ref = {}
     for uid in utt_ids:
         try:
-            ref[uid] = go(sessions[uid], cloud_pol).tokens
+            ref[uid] = run(sessions[uid], cloud_pol).tokens
         except CoverageMiss:
             ref[uid] = None
     rows = []
@@ -110,7 +104,7 @@ def frontier(trace, gate_specs, k: int = 5, accept: str = "top1", privacy: str =
         covered = 0
         for uid in utt_ids:
             try:
-                r = go(sessions[uid], pol)
+                r = run(sessions[uid], pol)
             except CoverageMiss:
                 continue
             if ref[uid] is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..protocol import Block
+from ..protocol import Block, SessionGate
 
 
 @dataclass(frozen=True)
@@ -16,11 +16,10 @@ class _Combination:
     def bind(self, session, policy):
         return type(self)(tuple(_bind(g, session, policy) for g in self.gates))
 
-    @property
-    def needs_session(self) -> bool:
-        return needs_session(self)
-
-    def prepare(self, session, policy):
+    def bind_session(self, session, policy):
+        """Members that need the session (the oracle) share one tapped session; the others stay as they are."""
+        if not needs_session(self):
+            return session, self
         from .oracle import prepare_session
 
         return prepare_session(self, session, policy)
@@ -47,6 +46,4 @@ def needs_session(gate) -> bool:
     """Whether a gate (or one inside a combination) must be bound to a replay session (the oracle)."""
     if isinstance(gate, (AnyGate, AllGate)):
         return any(needs_session(g) for g in gate.gates)
-    if isinstance(gate, type):
-        return False
-    return bool(getattr(gate, "needs_session", False))
+    return isinstance(gate, SessionGate) and not isinstance(gate, type)

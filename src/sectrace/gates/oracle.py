@@ -1,7 +1,7 @@
 """The oracle gate: escalate exactly the blocks the verifier would change (the upper bound on any gate).
 
 It needs the verifier's judgement, which a device never has, so it only works in replay.
-The protocol is left untouched: the replayer asks a gate that has ``prepare`` for a
+It is a declared :class:`sectrace.protocol.SessionGate`: ``run`` asks it, per utterance, for a
 session wrapper (:class:`Tap`, which remembers the states the drafter was asked about) and
 a gate bound to it. The bound oracle looks up the block's first state, asks the same
 session's verifier about the block, and escalates iff some drafted token would be
@@ -38,9 +38,7 @@ class Tap:
 
 @dataclass(frozen=True)
 class Oracle:
-    """Unbound: a placeholder until the replayer binds it to an utterance's session."""
-
-    needs_session = True
+    """Unbound: a placeholder until ``run`` binds it to an utterance's session."""
 
     def escalate(self, block: Block) -> bool:
         raise UserError("the oracle gate knows the verifier's answers, so it only works when replaying a trace "
@@ -48,10 +46,10 @@ class Oracle:
 
     def bind(self, tap: Tap, policy) -> "BoundOracle":
         if not isinstance(tap, Tap):
-            raise TypeError("bind the oracle through sectrace.gates.prepare_session")
+            raise TypeError("bind the oracle through bind_session")
         return BoundOracle(tap, policy.accept, policy.verifier_mode)
 
-    def prepare(self, session, policy):
+    def bind_session(self, session, policy):
         return prepare_session(self, session, policy)
 
 

@@ -10,12 +10,12 @@ from .engine import (
 )
 from .policy import (
     CLOUD_CACHES, PRIVACY_MODES, VERIFIER_MODE_FOR_PRIVACY, Accept, Always, Block, Gate, Never, Policy, PolicyError,
-    cloud_only, drafter_only, lossless,
+    SessionGate, cloud_only, drafter_only, lossless,
 )
 
 __all__ = [
     "Accept", "Always", "Block", "CLOUD_CACHES", "CloudStart", "CloudStep", "CloudUnavailable", "Commit",
     "CoverageMiss", "Draft", "DraftToken", "Fallback", "Gate", "GateCall", "Judgement", "Never", "PRIVACY_MODES",
-    "Policy", "PolicyError", "Prefill", "Run", "Session", "VERIFIER_MODE_FOR_PRIVACY", "Verify", "accepted_prefix",
+    "Policy", "PolicyError", "Prefill", "Run", "Session", "SessionGate", "VERIFIER_MODE_FOR_PRIVACY", "Verify", "accepted_prefix",
     "bonus_earned", "cloud_only", "committed_tokens", "drafter_only", "lossless", "run",
 ]

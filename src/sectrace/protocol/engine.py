@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, Sequence
 
-from .policy import Accept, Block, Policy
+from .policy import Accept, Block, Policy, SessionGate
 
 
 class CoverageMiss(Exception):
@@ -204,6 +204,8 @@ def run(session: Session, policy: Policy, observe=None) -> Run:
     gate = policy.gate
     if gate is None:
         raise ValueError("policy has no gate object; build it with sectrace.gates.parse_gate")
+    if isinstance(gate, SessionGate):  # the oracle: bound to this utterance's session
+        session, gate = gate.bind_session(session, policy)
     accept = policy.accept
     mode = policy.verifier_mode
     max_new = policy.max_new_tokens

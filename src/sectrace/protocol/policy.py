@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 PRIVACY_MODES = ("token-only", "features", "raw")
 CLOUD_CACHES = ("stateful", "stateless")
@@ -87,6 +87,19 @@ class Gate(Protocol):
     """Decides, per drafted block, whether to escalate it to the cloud verifier."""
 
     def escalate(self, block: Block) -> bool: ...
+
+
+@runtime_checkable
+class SessionGate(Protocol):
+    """A gate that must see the session it gates: the replay-only oracle asks the session's verifier.
+
+    :func:`sectrace.protocol.run` binds such a gate to each utterance's session before decoding
+    (``bind_session`` returns the session to decode with and the bound gate), so every caller of
+    ``run`` (replay, gate evaluation, reports, timelines) handles it alike."""
+
+    def escalate(self, block: Block) -> bool: ...
+
+    def bind_session(self, session, policy: "Policy") -> tuple: ...
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ networks and devices walks the trie once per policy and reuses the schedule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -180,15 +180,9 @@ class Replayer:
             return hit
         runs, misses, tot, fst, up, down, aup = [], [], [], [], [], [], []
         nfeat = len(FEATURES)
-        # Replay-only gates (the oracle) see the verifier: they wrap the session and bind to it, per utterance.
-        prepare = getattr(policy.gate, "prepare", None) if getattr(policy.gate, "needs_session", False) else None
         for uid in self.utt_ids:
             try:
-                if prepare is not None:
-                    session, gate = prepare(self.sessions[uid], policy)
-                    r = run(session, replace(policy, gate=gate))
-                else:
-                    r = run(self.sessions[uid], policy)
+                r = run(self.sessions[uid], policy)
             except CoverageMiss as miss:
                 runs.append(None)
                 misses.append(miss)
