@@ -56,15 +56,25 @@ def _keys(key_file: Path | None, no_auth: bool, host: str) -> tuple[dict | None,
 @click.option("--sessions-per-client", default=16, show_default=True, help="Open sessions per key.")
 @click.option("--max-sessions", default=256, show_default=True, help="Open sessions in all.")
 @click.option("--idle", default="120s", show_default=True, help="Close sessions idle this long.")
+@click.option("--max-kv-memory", default="auto", show_default=True,
+              help="KV-cache memory all sessions and calls may hold together, e.g. 4GB (auto: a quarter of this "
+                   "machine's memory; on CUDA half the device's free memory after loading). Past it new work gets "
+                   "503.")
+@click.option("--header-timeout", default="10s", show_default=True,
+              help="Close a connection whose request headers have not all arrived this long after they began.")
+@click.option("--body-timeout", default="60s", show_default=True,
+              help="Close a connection whose request body has not all arrived this long after its headers.")
 @click.option("--ready-file", type=click.Path(path_type=Path), help="Write {\"port\": …} here once listening.")
 def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_file, no_auth, max_draft,
-          max_context, max_body, sessions_per_client, max_sessions, idle, ready_file):
+          max_context, max_body, sessions_per_client, max_sessions, idle, max_kv_memory, header_timeout,
+          body_timeout, ready_file):
     """Serve the cloud verifier over HTTP for live edge clients.
 
     An edge opens a session per utterance (the verifier keeps its KV cache between
     blocks) or calls statelessly; each call carries drafted token ids and gets back the
     accepted count, the correction or bonus token and the verifier's judgement. Bodies
-    are MessagePack; the OpenAPI schema is at /openapi.json, docs at /docs.
+    are MessagePack; the OpenAPI schema is at /openapi.json (with a key; no
+    interactive docs are served).
 
     \b
     Examples:
@@ -78,15 +88,25 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
 
     from ..fsio import write_json
     from ..live.process import parse_cpus, pin
-    from ..live.service import Limits, create_app
-    from ..live.verifier import load_cloud_model
+    from ..live.service import Limits, create_app, server_config
+    from ..live.verifier import check_device, load_cloud_model
     from ..units import parse_duration, parse_size
 
+    # Every option is checked before the model loads (minutes for a real one): one sentence, exit 2.
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port; use 1-65535, or 0 for any free port")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, not {threads}")
+    check_device(device)
     cores = parse_cpus(cpus)
     keys, generated = _keys(api_key_file, no_auth, host)
+    kv = None if max_kv_memory.strip().lower() == "auto" else parse_size(max_kv_memory, "--max-kv-memory")
     limits = Limits(max_draft=max_draft, max_context=max_context, max_body_bytes=parse_size(max_body, "--max-body"),
                     sessions_per_client=sessions_per_client, max_sessions=max_sessions,
-                    idle_s=parse_duration(idle, "--idle", require_unit=True))
+                    idle_s=parse_duration(idle, "--idle", require_unit=True), max_kv_bytes=kv,
+                    header_timeout_s=parse_duration(header_timeout, "--header-timeout", require_unit=True),
+                    body_timeout_s=parse_duration(body_timeout, "--body-timeout", require_unit=True))
+    limits.check()
     if cores:
         pin(cores)
     cloud = load_cloud_model(verifier, backend, device, dtype, threads)
@@ -107,8 +127,7 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
                 write_json({"port": bound, "pid": os.getpid()}, ready_file)
 
     logging.basicConfig(level=logging.WARNING)
-    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
-                                   timeout_keep_alive=300))
+    server = Server(server_config(app, host, port, timeout_keep_alive=300))
     try:
         server.run()
     except OSError as exc:

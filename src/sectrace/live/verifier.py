@@ -11,7 +11,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..models.lm import CachedLM, judgements
+from ..errors import UserError
+from ..models.lm import KEEP_ROWS, CachedLM, judgements
 from ..protocol import Accept, accepted_prefix
 from .wire import WireError
 
@@ -32,6 +33,16 @@ class CloudModel:
     def __post_init__(self):
         self.lock = threading.Lock()
         self.dtype = next(self.model.parameters()).dtype
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one position adds to a session's KV cache (what the service's memory budget counts)."""
+        return kv_bytes_per_token(self.model.config, self.dtype)
+
+    @property
+    def cache_overhead_bytes(self) -> int:
+        """Bytes a cache holds whatever its length: the logit rows CachedLM keeps (float64, one per vocab id)."""
+        return KEEP_ROWS * self.vocab * 8
 
     def new_cache(self, first_kwargs: dict | None) -> CachedLM:
         return CachedLM(self.model, self.vocab, first_kwargs or {}, slots=1)
@@ -101,6 +112,44 @@ class CloudModel:
             if g.top1_eos:
                 return
             seq.append(g.top1)
+
+
+def kv_bytes_per_token(config, dtype) -> int:
+    """layers × KV heads × head dim × 2 (keys and values) × bytes per element, read from the model's config.
+
+    Why from the config rather than measured: the service must bound memory before a cache exists. A
+    DynamicCache holds exactly this per position (tests/test_live_service.py checks it against one);
+    sliding-window layers would hold less, so this is an upper bound."""
+    import torch
+
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return int(cfg.num_hidden_layers * kv_heads * head_dim * 2 * torch.empty((), dtype=dtype).element_size())
+
+
+def check_device(device: str) -> str:
+    """``device`` if this machine has it, else a UserError (torch's own failure is an AssertionError traceback)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device; write cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return device
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: this machine has no CUDA device that torch can use; "
+                            "use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise UserError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+        return device
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return device
+    raise UserError(f"--device {device}: not available here; use cpu or cuda[:N]")
 
 
 def load_cloud_model(path: str, backend: str = "causal-lm", device: str = "cpu", dtype: str = "auto",

@@ -105,18 +105,33 @@ class GenerateRequest(Session):
     max_new_tokens: StrictInt = Field(ge=1)
 
 
-def decode_body(raw: bytes, content_type: str | None) -> dict:
-    """Bytes → a plain dict with ids as lists of ints and binary fields as bytes."""
+def decode_body(raw: bytes, content_type: str | None, max_items: int | None = None) -> dict:
+    """Bytes → a plain dict with ids as lists of ints and binary fields as bytes.
+
+    ``max_items`` bounds every list (and packed id field) before it is built: an 8 MB body of one-byte
+    MessagePack ints would otherwise become a list of 8 million (64 MB of pointers) before any limit
+    is checked, and pydantic would then validate every item."""
     ct = (content_type or JSON).split(";")[0].strip().lower()
     if ct in (MSGPACK, "application/x-msgpack", "application/vnd.msgpack"):
         import msgpack
 
+        kw = {} if max_items is None else {"max_array_len": max_items, "max_map_len": max_items}
         try:
-            obj = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+            obj = msgpack.unpackb(raw, raw=False, strict_map_key=True, **kw)
+        except ValueError as exc:
+            if max_items is not None and "exceeds max_" in str(exc):
+                raise WireError(413, f"the body holds a list of more than {max_items} items, over this "
+                                     "service's limit") from None
+            raise WireError(400, f"the body is not valid MessagePack ({type(exc).__name__})") from None
         except Exception as exc:  # msgpack raises several types for malformed input
             raise WireError(400, f"the body is not valid MessagePack ({type(exc).__name__})") from None
         binary = True
     elif ct == JSON:
+        # json.loads has no limits and holds the GIL throughout (a thread does not help): count first. A
+        # valid body's commas separate at most four id lists and a few fields; base64 has none.
+        if max_items is not None and raw.count(b",") > 4 * max_items + 64:
+            raise WireError(413, f"the body holds more than {4 * max_items} list items, over this service's "
+                                 f"limit of {max_items} token ids per field")
         try:
             obj = json.loads(raw)
         except (ValueError, RecursionError):
@@ -128,6 +143,9 @@ def decode_body(raw: bytes, content_type: str | None) -> dict:
         raise WireError(422, "the body must be an object (a map of field names to values)")
     for f in ID_FIELDS:
         v = obj.get(f)
+        n = len(v) // 4 if isinstance(v, (bytes, bytearray)) else len(v) if isinstance(v, list) else 0
+        if max_items is not None and n > max_items:
+            raise WireError(413, f"{f}: {n} token ids is over this service's limit of {max_items}")
         if isinstance(v, (bytes, bytearray)):
             obj[f] = unpack_ids(bytes(v), f)
     if not binary:
