@@ -70,8 +70,13 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     if not mode_list or any(m not in ("audio", "blind") for m in mode_list):
         raise UserError(f"--modes {modes!r}: list audio, blind or both, e.g. --modes audio,blind")
-    if max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
+    for name, value, lo, what in (("--max-new-tokens", max_new_tokens, 1, "the longest caption explored"),
+                                  ("--limit", limit, 1, "the number of manifest rows to collect"),
+                                  ("--max-nodes", max_nodes, 0, "the trie node budget per utterance, 0 = none"),
+                                  ("--timing-repeats", timing_repeats, 1, "repeats per timing probe"),
+                                  ("--edge-threads", edge_threads, 1, "the drafter's CPU threads")):
+        if value is not None and value < lo:
+            raise UserError(f"{name} {value} is out of range: it is {what}, so give a whole number of at least {lo}")
     if extend and not policies:
         raise UserError("--extend needs the policies to add: give one or more --policy")
     pols = [parse_policy(p, max_new_tokens) for p in policies] if policies else default_exploration(max_new_tokens)

@@ -2,10 +2,26 @@
 
 Layout while running: ``OUT.parts/`` beside the output holds ``config.json`` (what this
 run is), the timing probes, and one pair of files per finished utterance (its trie rows,
-then a small JSON that marks it done; both written to a temporary name and renamed). A
-killed run restarted with the same command skips every finished utterance; a different
-command on the same parts is refused. When the shard's last utterance is done the trace is
-written with :func:`sectrace.trace.write_trace` (atomic, validated) and the parts removed.
+then a small JSON that marks it done; each written to a temporary name, fsynced and
+renamed). A killed run restarted with the same command skips every finished utterance.
+
+Every moment of a run is resumable; the order that makes it so:
+
+1. Options and every manifest row this shard reads are checked before anything is written,
+   so a bad input leaves nothing behind that blocks the corrected command.
+2. ``OUT.parts`` is created and locked (a second collect on it is refused); temporary files
+   a kill left behind (``.NAME.*.tmp`` in the parts, ``.OUT.tmp-*`` and ``.OUT.parts.trash-*``
+   beside OUT) are removed.
+3. Utterances are collected; an utterance counts as done only when both of its files are
+   in place and name this collection.
+4. The trace is staged in a temporary sibling, fsynced and validated; then ``done.json`` in
+   the parts marks the run finished; then the trace is renamed into place; then the parts
+   folder is renamed to a trash name (atomic) and deleted.
+
+So on restart: OUT present and made by this command → leftover parts/trash are removed
+("already complete"); OUT absent → the parts (always whole, never half-deleted) resume. A
+parts folder of a *different* command with no finished utterance (a failed start) is
+replaced, with a note; with finished utterances it is refused with the command to clear it.
 """
 
 from __future__ import annotations
@@ -14,7 +30,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +46,7 @@ from ..explore.recorder import BudgetRecorder, explore, seed_recorder
 from ..models.dataset import Utterance, read_manifest, shard_of
 from ..trace import load_trace, write_trace
 from ..trace import schema as S
+from ..trace.io import fsync_dir, publish_trace, stage_trace, staging_dirs
 
 
 @dataclass
@@ -56,16 +76,200 @@ class CollectConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _atomic_write_bytes(path: Path, data: bytes):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
+CONFIG = "config.json"
+DONE = "done.json"  # written once the final trace is staged: the parts' work is finished
+LOCK = ".lock"
+
+
+def _replace(tmp: Path, path: Path):
+    """The rename that publishes a finished file: the one step a kill cannot split."""
     os.replace(tmp, path)
+
+
+def _write_file(path: Path, write):
+    """``write(tmp)`` to a temporary sibling, fsync it, rename it over ``path``, fsync the folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    _replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _atomic_write_bytes(path: Path, data: bytes):
+    _write_file(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _atomic_parquet(df: pl.DataFrame, path: Path):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.write_parquet(tmp, compression="zstd")
-    os.replace(tmp, path)
+    _write_file(path, lambda tmp: df.write_parquet(tmp, compression="zstd"))
+
+
+def _remove_tree(path: Path):
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _trash_dirs(out: Path) -> list[Path]:
+    """Parts folders renamed for deletion (step 4) whose deletion a kill interrupted."""
+    pat = re.compile(r"\." + re.escape(out.name) + r"\.parts\.trash-\d+")
+    try:
+        return sorted(p for p in out.parent.iterdir() if pat.fullmatch(p.name))
+    except OSError:
+        return []
+
+
+def _discard_parts(parts: Path, out: Path):
+    """Rename the parts folder away in one atomic step, then delete it: it is never seen half-deleted."""
+    trash = out.parent / f".{out.name}.parts.trash-{os.getpid()}"
+    if trash.exists():
+        _remove_tree(trash)
+    parts.rename(trash)
+    fsync_dir(out.parent)
+    _remove_tree(trash)
+
+
+def _clean_leftovers(out: Path, parts: Path | None):
+    """Temporary files and folders a killed run left: never part of any result, always safe to delete."""
+    if parts is not None and parts.is_dir():
+        for p in parts.iterdir():
+            if p.name.startswith(".") and p.name != LOCK:
+                _remove_tree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    for d in staging_dirs(out) + _trash_dirs(out):
+        _remove_tree(d)
+
+
+@contextmanager
+def _locked(parts: Path):
+    """Hold ``parts/.lock`` (flock) so a second collect on the same parts is refused, not interleaved."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    fd = os.open(parts / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another `sectrace collect` is writing {parts} right now; wait for it to finish "
+                            "or stop it first") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _id_in(path: Path) -> str | None:
+    """The collection id a parts JSON names, if it exists and names one."""
+    d = _read_json(path) if path.exists() else None
+    return d.get("id") if isinstance(d, dict) else None
+
+
+def _utt_stem(parts: Path, utt_id: str) -> Path:
+    return parts / f"utt-{_safe(utt_id)}"
+
+
+def _utt_files(stem: Path) -> tuple[Path, Path]:
+    """(nodes parquet, done json): names built whole, since utterance ids may contain dots."""
+    return stem.parent / f"{stem.name}.nodes.parquet", stem.parent / f"{stem.name}.json"
+
+
+def _finished(parts: Path, coll_id: str, legacy_ok: bool) -> set[str]:
+    """Stems of utterances whose both files are in place and belong to this collection.
+
+    A stats JSON whose nodes file is missing (a half-deleted folder of an older sectrace) or
+    that names another collection is not finished: that utterance is collected again.
+    JSONs without a collection id (older sectrace) count only when ``legacy_ok`` (the
+    folder's config named this collection).
+    """
+    out = set()
+    for j in parts.glob("utt-*.json"):
+        stem = j.parent / j.name[: -len(".json")]
+        nodes_path, _ = _utt_files(stem)
+        st = _read_json(j)
+        if not nodes_path.exists() or not isinstance(st, dict):
+            continue
+        if st.get("collection", coll_id if legacy_ok else None) == coll_id:
+            out.add(stem.name)
+    return out
+
+
+def _adopt_parts(parts: Path, mine: dict, echo) -> bool:
+    """Make ``parts`` this run's folder; returns whether it already was (its config named this run).
+
+    A folder of another command with no finished utterance is a failed start (bad input,
+    a crash while loading): it is replaced, with a note. One with finished utterances is
+    real work and is refused, naming the command that clears it.
+    """
+    cpath = parts / CONFIG
+    old = _read_json(cpath) if cpath.exists() else None
+    if isinstance(old, dict) and (old.get("id"), old.get("shard")) != (mine["id"], mine["shard"]):
+        n_done = sum(1 for _ in parts.glob("utt-*.json"))
+        if n_done:
+            raise UserError(f"{parts} holds {n_done} finished utterance(s) of a different command (models, prompt, "
+                            "policies, manifest or shard differ); rerun that command to finish it, or delete the "
+                            f"folder (rm -r '{parts}') to start this one")
+        echo(f"replacing {parts}: it holds a failed start of a different command with no finished utterances")
+        for p in sorted(parts.iterdir(), key=lambda p: p.name == CONFIG):  # config last: a kill here repeats this
+            if p.name != LOCK:
+                _remove_tree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        old = None
+    matched = isinstance(old, dict)
+    if not matched:
+        _atomic_write_bytes(cpath, json.dumps(mine, indent=2).encode())
+    (parts / DONE).unlink(missing_ok=True)  # OUT is absent, so the run is not finished: resume it
+    return matched
+
+
+def _check_options(cfg: CollectConfig):
+    """The numeric options, checked before anything is loaded or written."""
+    for name, value, lo in (("--max-new-tokens", cfg.max_new_tokens, 1), ("--limit", cfg.limit, 1),
+                            ("--max-nodes", cfg.max_nodes, 1), ("--timing-repeats", cfg.timing_repeats, 1),
+                            ("--edge-threads", cfg.edge_threads, 1)):
+        if value is not None and (type(value) is not int or value < lo):
+            raise UserError(f"{name} must be a whole number of at least {lo}, got {value!r}")
+
+
+def check_rows(utts: list[Utterance], backend: str) -> None:
+    """Refuse a manifest row the backend cannot read, before anything is written (audio headers only).
+
+    The backends raise the same errors when they prepare an utterance, but by then the
+    parts folder exists; checking here first means bad input leaves nothing behind.
+    """
+    import soundfile as sf
+
+    from ..models.dataset import load_audio
+
+    for u in utts:
+        if backend == "causal-lm" and not u.text:
+            raise UserError(f"utterance {u.utt_id} has no transcript; the causal-lm backend needs a 'text' column "
+                            "in the manifest (use an audio backend to caption from audio)")
+        if backend != "causal-lm" and u.audio is None:
+            raise UserError(f"utterance {u.utt_id} has no audio path; the {backend} backend captions audio")
+        if u.audio is None:
+            continue
+        try:
+            info = sf.info(str(u.audio))
+        except Exception:
+            load_audio(u.audio)  # raises the clear error naming the file
+            raise UserError(f"cannot read the audio header of {u.audio}; convert it to WAV/FLAC") from None
+        if backend != "causal-lm" and info.duration > 30:
+            raise UserError(f"{u.audio} lasts {info.duration:.1f} s; the Whisper-style encoder takes at most 30 s: "
+                            "cut the file or drop it from the manifest")
 
 
 def _safe(utt_id: str) -> str:
@@ -106,13 +310,13 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     from ..models.audio import DEFAULT_INSTRUCTION, AudioChatBackend, load_feature_extractor
     from ..models.backends import DEFAULT_TEXT_PROMPT, CausalLMBackend
     from ..models.pair import load_pair, tokenizer_fingerprint
-    from ..trace.schema import TIMINGS
-    from .probes import GpuSampler, hardware, peaks, probe
 
     if not cfg.policies:
         raise UserError("no exploration policies to run; give at least one --policy")
+    _check_options(cfg)
+    cfg.manifest = Path(cfg.manifest)
     utts_all = read_manifest(cfg.manifest)
-    if cfg.limit:
+    if cfg.limit is not None:
         utts_all = utts_all[: cfg.limit]
     i, n = cfg.shard
     utts = shard_of(utts_all, i, n)
@@ -129,6 +333,7 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
                             f"--modes {','.join(base.modes)}")
     if not utts:
         raise UserError(f"shard {i}/{n} has no utterances to collect (the manifest lists {len(utts_all)})")
+    check_rows(utts, cfg.backend)
 
     out = Path(cfg.out)
     parts = out.with_name(out.name + ".parts")
@@ -138,34 +343,47 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     tok_fp = tokenizer_fingerprint(pair.tokenizer)
     if cfg.prompt is None:
         cfg.prompt = DEFAULT_TEXT_PROMPT if cfg.backend == "causal-lm" else DEFAULT_INSTRUCTION
-    ident = collection_identity(cfg, tok_fp, base_id)
-    coll_id = _id_of(ident)
-    if out.exists():
-        try:
-            m = json.loads((out / "manifest.json").read_text())
-        except (OSError, ValueError):
-            m = {}
-        if m.get("collection", {}).get("id") == coll_id and m["collection"].get("shard") == [i, n]:
-            echo(f"{out} is already complete for this command; nothing to do")
-            return {"complete": True, "skipped": True, "out": str(out)}
-        raise UserError(f"{out} already exists and was made by another command; choose another --out or remove it")
-    parts.mkdir(parents=True, exist_ok=True)
-    cpath = parts / "config.json"
-    mine = {"id": coll_id, "shard": [i, n], "identity": ident}
-    if cpath.exists():
-        old = json.loads(cpath.read_text())
-        if old.get("id") != coll_id or old.get("shard") != [i, n]:
-            raise UserError(f"{parts} holds a partial run of a different command (models, prompt, policies, "
-                            "manifest or shard differ); rerun that command to finish it, or delete the folder")
-    else:
-        _atomic_write_bytes(cpath, json.dumps(mine, indent=2).encode())
-
+    # The backend (prompt template, feature extractor) before any file is written, too.
     if cfg.backend == "causal-lm":
         backend = CausalLMBackend(pair.tokenizer, cfg.prompt)
     else:
         backend = AudioChatBackend(cfg.backend, pair.tokenizer, pair.verifier, load_feature_extractor(cfg.drafter),
                                    cfg.prompt)
     prepared_first = backend.prepare(utts[0], cfg.modes, cfg.edge_device, cfg.cloud_device)
+    ident = collection_identity(cfg, tok_fp, base_id)
+    coll_id = _id_of(ident)
+    mine = {"id": coll_id, "shard": [i, n], "identity": ident}
+    if out.exists():
+        m = _read_json(out / "manifest.json")
+        coll = m.get("collection") if isinstance(m, dict) else None
+        if isinstance(coll, dict) and coll.get("id") == coll_id and coll.get("shard") == [i, n]:
+            _finish_cleanup(out, parts, coll_id, echo)
+            echo(f"{out} is already complete for this command; nothing to do")
+            return {"complete": True, "skipped": True, "out": str(out)}
+        raise UserError(f"{out} already exists and was made by another command; choose another --out or remove it")
+    parts.mkdir(parents=True, exist_ok=True)
+    with _locked(parts):
+        _clean_leftovers(out, parts)
+        legacy_ok = _adopt_parts(parts, mine, echo)
+        return _run(cfg, pair, backend, prepared_first, utts, parts, out, mine, ident, tok_fp, base, legacy_ok,
+                    progress_factory)
+
+
+def _finish_cleanup(out: Path, parts: Path, coll_id: str, echo):
+    """OUT is complete for this command: remove what a kill during step 4 left (parts, trash, staging)."""
+    if parts.is_dir():
+        cfg_id, done_id = (_id_in(parts / name) for name in (CONFIG, DONE))
+        if coll_id in (cfg_id, done_id) or cfg_id is None:  # ours, or nothing says whose: the trace is done
+            with _locked(parts):
+                _discard_parts(parts, out)
+            echo(f"removed {parts}, left over from the run that wrote {out}")
+    _clean_leftovers(out, None)
+
+
+def _run(cfg, pair, backend, prepared_first, utts, parts, out, mine, ident, tok_fp, base, legacy_ok,
+         progress_factory) -> dict:
+    from ..trace.schema import TIMINGS
+    from .probes import GpuSampler, hardware, peaks, probe
 
     hw_path = parts / "hardware.json"
     tpath = parts / "timings.parquet"
@@ -183,21 +401,22 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
         _atomic_write_bytes(hw_path, json.dumps({"edge": hardware(cfg.edge_device, cfg.edge_threads),
                                                  "cloud": hardware(cfg.cloud_device, None)}).encode())
 
-    done = {p.name[: -len(".json")] for p in parts.glob("utt-*.json")}
-    todo = [(k, u) for k, u in enumerate(utts) if f"utt-{_safe(u.utt_id)}" not in done]
+    done = _finished(parts, mine["id"], legacy_ok)
+    todo = [u for u in utts if _utt_stem(parts, u.utt_id).name not in done]
     bar = progress_factory(total=len(utts), initial=len(utts) - len(todo)) if progress_factory else None
     t_start = time.perf_counter()
     nodes_made = 0
     with GpuSampler(cfg.cloud_device) as gpu:
-        for count, (_, u) in enumerate(todo):
+        for count, u in enumerate(todo):
             if cfg.stop_after is not None and count >= cfg.stop_after:
                 if bar:
                     bar.close()
                 return {"complete": False, "out": str(out), "parts": str(parts)}
             stats = _collect_one(cfg, pair, backend, u, base)
-            stem = parts / f"utt-{_safe(u.utt_id)}"
-            _atomic_parquet(stats.pop("nodes"), stem.with_suffix(".nodes.parquet"))
-            _atomic_write_bytes(stem.with_suffix(".json"), json.dumps(stats).encode())
+            stats["collection"] = mine["id"]
+            nodes_path, json_path = _utt_files(_utt_stem(parts, u.utt_id))
+            _atomic_parquet(stats.pop("nodes"), nodes_path)  # the nodes first: the JSON marks the pair done
+            _atomic_write_bytes(json_path, json.dumps(stats).encode())
             nodes_made += stats["nodes_new"]
             if bar:
                 rate = nodes_made / max(time.perf_counter() - t_start, 1e-9)
@@ -245,10 +464,10 @@ def _collect_one(cfg, pair, backend, u: Utterance, base) -> dict:
 def _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, peak) -> dict:
     rows, frames, stats = [], [], []
     for u in utts:
-        stem = parts / f"utt-{_safe(u.utt_id)}"
-        st = json.loads(stem.with_suffix(".json").read_text())
+        nodes_path, json_path = _utt_files(_utt_stem(parts, u.utt_id))
+        st = json.loads(json_path.read_text())
         rows.append(st["row"])
-        frames.append(pl.read_parquet(stem.with_suffix(".nodes.parquet")))
+        frames.append(pl.read_parquet(nodes_path))
         stats.append(st)
     nodes = pl.concat(frames, how="diagonal_relaxed")
     tpath = parts / "timings.parquet"
@@ -306,10 +525,12 @@ def _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, peak) -> d
             rows += keep.to_dicts()
             nodes = pl.concat([nodes, base.nodes.filter(pl.col("utt_id").is_in(keep["utt_id"]))],
                               how="diagonal_relaxed")
-    write_trace(out, manifest, rows, nodes, timings, vocab)
-    import shutil
-
-    shutil.rmtree(parts, ignore_errors=True)
+    # Step 4 (module docstring): stage, mark done, publish, discard. A kill between any two
+    # leaves either whole parts and no OUT (resume) or OUT complete (cleaned on the next run).
+    staged = stage_trace(out, manifest, rows, nodes, timings, vocab)
+    _atomic_write_bytes(parts / DONE, json.dumps({"id": mine["id"], "trace": out.name}).encode())
+    publish_trace(staged, out)
+    _discard_parts(parts, out)
     return {"complete": True, "out": str(out), "utterances": len(rows), "nodes": nodes.height,
             "compute": manifest["compute"], "truncated": len(manifest["exploration"]["truncated_utterances"])}
 

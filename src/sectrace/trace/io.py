@@ -9,7 +9,9 @@ never leaves a torn trace behind and never touches one already written.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -95,8 +97,164 @@ def _check_columns(df: pl.DataFrame, wanted: dict, nullable: set, where: str, st
                              "it may not be null")
 
 
+def _check_int_widths(df: pl.DataFrame, wanted: dict, where: str):
+    """Integer columns written wider than the format's type must still fit it, or the cast would fail."""
+    for col, dtype in wanted.items():
+        limits = S.INT_LIMITS.get(dtype)
+        if limits is None or col not in df.columns or df.schema[col] == dtype or not df.schema[col].is_integer():
+            continue
+        lo, hi = df[col].min(), df[col].max()
+        bad = lo if lo is not None and lo < limits[0] else hi if hi is not None and hi > limits[1] else None
+        if bad is not None:
+            raise TraceError(f"{where} column {col!r} holds {bad}, outside the {str(dtype).lower()} range trace "
+                             f"format v1 allows ({limits[0]} to {limits[1]}); rewrite the column with values "
+                             "that fit")
+
+
+def _check_values(df: pl.DataFrame, ranges: dict, where: str):
+    """Declared ranges (schema.*_RANGE): no negative counts or durations, no NaN or infinite floats."""
+    for col, (lo, hi) in ranges.items():
+        if col not in df.columns:
+            continue
+        vals = df[col].drop_nulls()
+        if not vals.len():
+            continue
+        if vals.dtype.is_float() and not vals.is_finite().all():
+            raise TraceError(f"{where} column {col!r} holds NaN or infinite values; every value must be a "
+                             "finite number (docs/trace-format.md gives each column's unit)")
+        if lo is not None and vals.min() < lo:
+            raise TraceError(f"{where} column {col!r} holds {vals.min()}, but it may not be below {lo}; "
+                             "fix the rows that wrote it (counts, sizes and durations are never negative)")
+        if hi is not None and vals.max() > hi:
+            raise TraceError(f"{where} column {col!r} holds {vals.max()}, but it may not exceed {hi}; "
+                             "fix the rows that wrote it")
+
+
 def _cast(df: pl.DataFrame, wanted: dict) -> pl.DataFrame:
     return df.with_columns([pl.col(c).cast(t) for c, t in wanted.items() if df.schema[c] != t])
+
+
+def read_manifest(mpath: Path) -> dict:
+    """Parse and check manifest.json against the declared schema (schema.MANIFEST).
+
+    Size and nesting are capped before anything walks the parsed value, and every field a
+    reader uses is type-checked here, so a trace that loads is one ``trace info`` and
+    ``simulate`` can run on.
+    """
+    try:
+        size = mpath.stat().st_size
+    except OSError as exc:
+        raise TraceError(f"cannot read {mpath} ({exc.strerror})") from None
+    if size > S.MANIFEST_MAX_BYTES:
+        raise TraceError(f"{mpath} is {size} bytes, over the {S.MANIFEST_MAX_BYTES} a manifest may hold; "
+                         "keep bulky data in the Parquet tables or beside the trace")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TraceError(f"{mpath} is not valid JSON ({exc}); the manifest is corrupt") from None
+    except RecursionError:
+        raise TraceError(f"{mpath} nests JSON deeper than {S.MANIFEST_MAX_DEPTH} levels; "
+                         "the manifest is corrupt or not a sectrace manifest") from None
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise TraceError(f"{mpath} holds a number with too many digits to read; write numbers of ordinary "
+                         "size") from None
+    if not isinstance(manifest, dict):
+        raise TraceError(f"{mpath} must hold a JSON object")
+    if _depth(manifest) > S.MANIFEST_MAX_DEPTH:
+        raise TraceError(f"{mpath} nests JSON deeper than {S.MANIFEST_MAX_DEPTH} levels; "
+                         "the manifest is corrupt or not a sectrace manifest")
+    version = manifest.get("schema_version")
+    if type(version) is not int or version != S.SCHEMA_VERSION:
+        raise TraceError(f"{mpath.parent} has trace schema version {version!r}, but this sectrace reads version "
+                         f"{S.SCHEMA_VERSION}; convert the trace or use a matching sectrace release")
+    check_manifest(manifest, str(mpath))
+    return manifest
+
+
+def _depth(value) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= S.MANIFEST_MAX_DEPTH:
+                stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def check_manifest(manifest: dict, where: str = "manifest.json") -> None:
+    """Check ``manifest`` against schema.MANIFEST; a TraceError names the first wrong field and the fix."""
+    _check_object(manifest, S.MANIFEST, "", where)
+
+
+def _check_object(obj: dict, fields: dict, prefix: str, where: str):
+    for key, spec in fields.items():
+        name = prefix + key
+        if key not in obj:
+            if spec.required:
+                raise TraceError(f"{where} lacks the required field {name!r} (see docs/trace-format.md)")
+            continue
+        _check_field(obj[key], spec, name, where)
+
+
+def _check_field(value, spec: S.Field, name: str, where: str):
+    if value is None and spec.nullable:
+        return
+    if not _kind_ok(value, spec.kind) or (spec.choices and value not in spec.choices) or not _in_range(value, spec) \
+            or (spec.kind == "list" and len(value) < spec.min_items) \
+            or (spec.unique and len({json.dumps(v, sort_keys=True) for v in value}) != len(value)):
+        raise TraceError(f"{where}: field {name!r} is {_show(value)}, but it must be {_describe(spec)}; "
+                         f"{spec.fix or 'correct it in the manifest (docs/trace-format.md lists each field)'}")
+    if spec.kind == "list" and spec.items is not None:
+        for i, item in enumerate(value):
+            _check_field(item, spec.items, f"{name}[{i}]", where)
+    if spec.kind == "object" and spec.fields:
+        _check_object(value, spec.fields, name + ".", where)
+
+
+def _kind_ok(value, kind: str) -> bool:
+    if kind == "any":
+        return True
+    if kind == "int":
+        return type(value) is int
+    if kind == "number":
+        return type(value) in (int, float) and math.isfinite(value)
+    return isinstance(value, {"str": str, "bool": bool, "object": dict, "list": list}[kind])
+
+
+def _in_range(value, spec: S.Field) -> bool:
+    if spec.kind not in ("int", "number"):
+        return True
+    return (spec.lo is None or value >= spec.lo) and (spec.hi is None or value <= spec.hi)
+
+
+def _describe(spec: S.Field) -> str:
+    if spec.choices:
+        text = ("true" if spec.choices == (True,) else
+                "one of " + ", ".join(json.dumps(c) for c in spec.choices))
+    elif spec.kind in ("int", "number"):
+        text = "a whole number" if spec.kind == "int" else "a finite number"
+        if spec.lo is not None and spec.hi is not None:
+            text += f" from {spec.lo} to {spec.hi}"
+        elif spec.lo is not None:
+            text += f" of at least {spec.lo}"
+    elif spec.kind == "list":
+        text = "a list" + (f" of at least {spec.min_items} item{'s' * (spec.min_items != 1)}" if spec.min_items
+                           else "") + (" without repeats" if spec.unique else "")
+        if spec.items is not None:
+            text += f", each {_describe(spec.items)}"
+    elif spec.kind == "object":
+        need = [k for k, f in (spec.fields or {}).items() if f.required]
+        text = "an object" + (f" with {', '.join(need)}" if need else "")
+    else:
+        text = {"str": "a string", "bool": "true or false", "any": "a value"}[spec.kind]
+    return text + (" or null" if spec.nullable else "")
+
+
+def _show(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_trace(path: str | os.PathLike) -> Trace:
@@ -110,26 +268,8 @@ def load_trace(path: str | os.PathLike) -> Trace:
     mpath = path / "manifest.json"
     if not mpath.exists():
         raise TraceError(f"{path} has no manifest.json, so it is not a sectrace trace directory")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TraceError(f"{mpath} is not valid JSON ({exc}); the manifest is corrupt") from None
-    if not isinstance(manifest, dict):
-        raise TraceError(f"{mpath} must hold a JSON object")
-    version = manifest.get("schema_version")
-    if version != S.SCHEMA_VERSION:
-        raise TraceError(f"{path} has trace schema version {version!r}, but this sectrace reads version "
-                         f"{S.SCHEMA_VERSION}; convert the trace or use a matching sectrace release")
-    for key in S.MANIFEST_REQUIRED:
-        if key not in manifest:
-            raise TraceError(f"{mpath} lacks the required field {key!r} (see docs/trace-format.md)")
-    for side in ("drafter", "verifier"):
-        for key in S.MODEL_REQUIRED:
-            if key not in manifest[side]:
-                raise TraceError(f"{mpath}: {side} lacks the field {key!r}")
+    manifest = read_manifest(mpath)
     modes = manifest["verifier_modes"]
-    if not modes or any(m not in S.VERIFIER_MODES for m in modes):
-        raise TraceError(f"{mpath}: verifier_modes must list one or both of {S.VERIFIER_MODES}, got {modes!r}")
 
     utts = _read_parquet(path / "utterances.parquet", "utterances")
     nodes = _read_parquet(path / "nodes.parquet", "nodes")
@@ -143,6 +283,10 @@ def load_trace(path: str | os.PathLike) -> Trace:
     _check_columns(timings, S.TIMINGS, S.TIMINGS_NULLABLE, "timings.parquet")
     if vocab is not None:
         _check_columns(vocab, S.VOCAB, set(), "vocab.parquet")
+        _check_int_widths(vocab, S.VOCAB, "vocab.parquet")
+    _check_int_widths(utts, S.UTTERANCES, "utterances.parquet")
+    _check_int_widths(nodes, nschema, "nodes.parquet")
+    _check_int_widths(timings, S.TIMINGS, "timings.parquet")
     utts = _cast(utts, S.UTTERANCES)
     nodes = _cast(nodes, nschema)
     timings = _cast(timings, S.TIMINGS)
@@ -156,6 +300,10 @@ def validate(trace: Trace) -> None:
     utts, nodes, timings = trace.utterances, trace.nodes, trace.timings
     if utts.height == 0:
         raise TraceError("utterances.parquet has no rows; a trace needs at least one utterance")
+    _check_values(utts, S.UTTERANCES_RANGE, "utterances.parquet")
+    _check_values(nodes, {**S.NODES_RANGE, **{c: (None, None) for c, t in S.nodes_schema(trace.modes).items()
+                                              if t == pl.Float32}}, "nodes.parquet")
+    _check_values(timings, S.TIMINGS_RANGE, "timings.parquet")
     if utts["utt_id"].n_unique() != utts.height:
         raise TraceError("utterances.parquet repeats an utt_id; each utterance must appear once")
     known = set(utts["utt_id"].to_list())
@@ -216,34 +364,83 @@ def validate(trace: Trace) -> None:
             raise TraceError(f"timings.parquet side must be one of {S.TIMING_SIDES}")
         if not timings["phase"].is_in(list(S.TIMING_PHASES)).all():
             raise TraceError(f"timings.parquet phase must be one of {S.TIMING_PHASES}")
+        if not timings["seconds"].is_finite().all():
+            raise TraceError("timings.parquet column 'seconds' holds NaN or infinite values; write each call's "
+                             "measured wall time in seconds")
         if (timings["seconds"] < 0).any() or (timings["seconds"] > 3600).any():
             raise TraceError("timings.parquet seconds must lie between 0 and 3600; are they in milliseconds? "
                              "Trace format v1 stores seconds")
 
 
 # --- writing -------------------------------------------------------------------------
-def _frame(rows_or_df, wanted: dict) -> pl.DataFrame:
+def _frame(rows_or_df, wanted: dict, where: str) -> pl.DataFrame:
     if isinstance(rows_or_df, pl.DataFrame):
         df = rows_or_df
     else:
         df = pl.DataFrame(rows_or_df, schema=wanted, strict=False)
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise TraceError(f"{where} lacks the column {missing[0]!r} that trace format v1 requires "
+                         "(see docs/trace-format.md)")
+    _check_int_widths(df, wanted, where)
     extra = [c for c in df.columns if c not in wanted]
-    return df.select([pl.col(c).cast(t) for c, t in wanted.items()] + extra)
+    try:
+        return df.select([pl.col(c).cast(t) for c, t in wanted.items()] + extra)
+    except pl.exceptions.PolarsError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise TraceError(f"{where} has a column that does not convert to trace format v1's type ({first}); "
+                         "see docs/trace-format.md for each column's type") from None
 
 
-def write_trace(path, manifest: dict, utterances, nodes, timings, vocab=None, overwrite: bool = False) -> Path:
-    """Write a trace atomically. Refuses to replace an existing directory unless ``overwrite``."""
+STAGING_INFIX = ".tmp-"
+
+
+def staging_dirs(path) -> list[Path]:
+    """Temporary siblings :func:`stage_trace` made for ``path`` and a kill left behind (safe to delete).
+
+    Matched exactly (``.NAME.tmp-`` + mkdtemp's 8 characters, or the older ``.NAME.`` + 8), so the
+    staging folder of another trace whose name starts with NAME (a shard ``NAME.s0``) never matches.
+    """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise TraceError(f"{path} already exists; choose another output or pass --force to replace it")
+    pat = re.compile(r"\." + re.escape(path.name) + r"\.(tmp-)?[A-Za-z0-9_]{8}")
+    try:
+        return sorted(p for p in path.parent.iterdir() if pat.fullmatch(p.name) and p.is_dir())
+    except OSError:
+        return []
+
+
+def _fsync(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path):
+    """Make a rename or unlink inside ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        _fsync(Path(path))
+    except OSError:
+        pass
+
+
+def stage_trace(path, manifest: dict, utterances, nodes, timings, vocab=None) -> Path:
+    """Write the trace into a temporary sibling of ``path``, fsync it and validate it; returns the sibling.
+
+    :func:`publish_trace` renames it into place. Split in two so a caller (collect) can record
+    that the trace is complete between the write and the rename. An error (not a kill) removes
+    the sibling; a kill leaves it for :func:`staging_dirs` to find.
+    """
+    path = Path(path)
     modes = manifest["verifier_modes"]
-    utts = _frame(utterances, S.UTTERANCES)
-    nds = _frame(nodes, S.nodes_schema(modes))
-    tms = _frame(timings, S.TIMINGS)
-    voc = _frame(vocab, S.VOCAB) if vocab is not None else None
+    utts = _frame(utterances, S.UTTERANCES, "utterances")
+    nds = _frame(nodes, S.nodes_schema(modes), "nodes")
+    tms = _frame(timings, S.TIMINGS, "timings")
+    voc = _frame(vocab, S.VOCAB, "vocab") if vocab is not None else None
     manifest = {"format": S.FORMAT_NAME, **manifest, "schema_version": S.SCHEMA_VERSION}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{STAGING_INFIX}", dir=path.parent))
     try:
         utts.write_parquet(tmp / "utterances.parquet")
         nds.sort(["utt_id", "node_id"]).write_parquet(tmp / "nodes.parquet", compression="zstd")
@@ -251,17 +448,42 @@ def write_trace(path, manifest: dict, utterances, nodes, timings, vocab=None, ov
         if voc is not None:
             voc.write_parquet(tmp / "vocab.parquet")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        for f in tmp.iterdir():
+            _fsync(f)
+        fsync_dir(tmp)
         # Check what we wrote with the same loader every reader uses.
         load_trace(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def publish_trace(staged: Path, path, overwrite: bool = False) -> Path:
+    """Rename a staged trace into place (replacing ``path`` only when ``overwrite``); durable on return."""
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise TraceError(f"{path} already exists; choose another output or pass --force to replace it")
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        staged.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staged.rename(path)
+    fsync_dir(path.parent)
+    return path
+
+
+def write_trace(path, manifest: dict, utterances, nodes, timings, vocab=None, overwrite: bool = False) -> Path:
+    """Write a trace atomically. Refuses to replace an existing directory unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise TraceError(f"{path} already exists; choose another output or pass --force to replace it")
+    tmp = stage_trace(path, manifest, utterances, nodes, timings, vocab)
+    try:
+        return publish_trace(tmp, path, overwrite=overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return path
