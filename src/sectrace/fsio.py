@@ -71,11 +71,30 @@ def _clean_stale(path: Path) -> None:
             pass  # another user's live writer
 
 
+def fsync(path) -> None:
+    """Flush a file (or a directory's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path) -> None:
+    """Make a rename or unlink inside ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fsync(Path(path))
+    except OSError:
+        pass
+
+
 @contextmanager
-def atomic_path(path, mode: int = 0o666, force: bool = True):
+def atomic_path(path, mode: int = 0o666, force: bool = True, durable: bool = False, rename=os.replace):
     """Yield a temporary sibling of ``path`` to write; on success it replaces ``path`` in one rename.
 
-    Files get ``mode`` less the umask. On any error, or a kill, the old ``path`` is untouched."""
+    Files get ``mode`` less the umask. On any error, or a kill, the old ``path`` is untouched.
+    ``durable`` also fsyncs the file before the rename and the folder after it (what a resumable
+    collection needs); ``rename`` is the publishing step (a seam for tests that kill there)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,20 +106,25 @@ def atomic_path(path, mode: int = 0o666, force: bool = True):
         yield tmp
         if tmp.is_file():
             os.chmod(tmp, mode & ~_umask())
+            if durable:
+                fsync(tmp)
         if not force and path.exists():
             raise UserError(f"{path} already exists; choose another path or pass --force to replace it")
         if path.is_dir() and tmp.is_dir():
             old = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
             os.replace(path, old)
-            os.replace(tmp, path)
+            rename(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from None
-    finally:
+            rename(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
+    except Exception as exc:  # an error: leave nothing behind (a kill leaves the temp file; the next write cleans it)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {path}: {exc.strerror}") from None
+        raise
 
 
 def write_table(df, path, force: bool = True) -> Path:

@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,7 +45,8 @@ from ..explore.recorder import BudgetRecorder, explore, seed_recorder
 from ..models.dataset import Utterance, read_manifest, shard_of
 from ..trace import load_trace, write_trace
 from ..trace import schema as S
-from ..trace.io import fsync_dir, publish_trace, stage_trace, staging_dirs
+from ..fsio import atomic_path, fsync_dir
+from ..trace.io import publish_trace, stage_trace, staging_dirs
 
 
 @dataclass
@@ -87,22 +87,9 @@ def _replace(tmp: Path, path: Path):
 
 
 def _write_file(path: Path, write):
-    """``write(tmp)`` to a temporary sibling, fsync it, rename it over ``path``, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
+    """``write(tmp)`` to a temporary sibling, fsync it, rename it over ``path`` (:func:`_replace`), fsync the folder."""
+    with atomic_path(path, durable=True, rename=lambda tmp, dest: _replace(tmp, dest)) as tmp:
         write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except Exception:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def _atomic_write_bytes(path: Path, data: bytes):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ..fsio import fsync, fsync_dir
 from ..errors import UserError
 from . import schema as S
 
@@ -409,22 +410,6 @@ def staging_dirs(path) -> list[Path]:
         return []
 
 
-def _fsync(path: Path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path):
-    """Make a rename or unlink inside ``path`` durable (a no-op where directories cannot be opened)."""
-    try:
-        _fsync(Path(path))
-    except OSError:
-        pass
-
-
 def stage_trace(path, manifest: dict, utterances, nodes, timings, vocab=None) -> Path:
     """Write the trace into a temporary sibling of ``path``, fsync it and validate it; returns the sibling.
 
@@ -449,7 +434,7 @@ def stage_trace(path, manifest: dict, utterances, nodes, timings, vocab=None) ->
             voc.write_parquet(tmp / "vocab.parquet")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         for f in tmp.iterdir():
-            _fsync(f)
+            fsync(f)
         fsync_dir(tmp)
         # Check what we wrote with the same loader every reader uses.
         load_trace(tmp)
