@@ -90,7 +90,7 @@ class HandSession:
         return out
 
 
-def hand_trace(path: Path, policies) -> "object":
+def hand_trace(path: Path, policies) -> object:
     """The hand world written as a one-utterance trace explored with ``policies``, loaded back."""
     rec = TrieRecorder(HandSession(), MODES)
     from sectrace.protocol import run

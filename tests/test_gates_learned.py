@@ -11,13 +11,14 @@ from click.testing import CliRunner
 
 pytest.importorskip("sklearn")
 
-from conftest import synthetic_replayer, synthetic_sample, synthetic_trace, trace_subset  # noqa: E402
-from sectrace.cli import main  # noqa: E402
-from sectrace.errors import UserError  # noqa: E402
-from sectrace.gates import parse_gate  # noqa: E402
-from sectrace.gates.features import available_features, block_matrix, node_table  # noqa: E402
-from sectrace.gates.learned import _fit, export_model, load_learned, raw_score, save_gate, train_gate  # noqa: E402
-from sectrace.protocol import Accept, Always, Block, Never, Policy  # noqa: E402
+from conftest import synthetic_replayer, synthetic_sample, synthetic_trace, trace_subset
+
+from sectrace.cli import main
+from sectrace.errors import UserError
+from sectrace.gates import parse_gate
+from sectrace.gates.features import available_features, block_matrix, node_table
+from sectrace.gates.learned import _fit, export_model, load_learned, raw_score, save_gate, train_gate
+from sectrace.protocol import Accept, Always, Block, Never, Policy
 
 SAMPLE = synthetic_sample()
 
@@ -81,7 +82,7 @@ def test_train_gate_cross_validation_is_grouped_by_utterance(small, monkeypatch)
 
     A row-index column rides along as an extra feature so that the rows each fit and each scoring see can
     be told apart; a plain KFold (contiguous row chunks that cut through utterances) fails this."""
-    import sectrace.gates.learned as learned
+    from sectrace.gates import learned
 
     real_table, real_fit, real_score = learned.node_table, learned._fit, learned.raw_score
     seen = {"table": None, "fit": [], "score": []}

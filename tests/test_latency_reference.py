@@ -27,8 +27,19 @@ import pytest
 from hand_world import UTT, hand_trace
 
 from sectrace.gates import parse_gate
-from sectrace.protocol import Accept, CloudStart, CloudStep, Commit, Draft, GateCall, Policy, Prefill, Verify
-from sectrace.protocol import cloud_only, drafter_only
+from sectrace.protocol import (
+    Accept,
+    CloudStart,
+    CloudStep,
+    Commit,
+    Draft,
+    GateCall,
+    Policy,
+    Prefill,
+    Verify,
+    cloud_only,
+    drafter_only,
+)
 from sectrace.simulate import CostModel, Network, Replayer, simulate
 from sectrace.simulate.fleet import Fleet, plans, simulate_fleet
 from sectrace.simulate.sweep import product_axes, run_sweep
@@ -91,7 +102,7 @@ def reference(run_, pol: Policy, utt: dict, cost: CostModel, net: Network, extra
             if ttft is None and ev.n > 0:
                 ttft = t + (down(ID_BYTES) if pol.k == 0 else 0.0)
         else:
-            raise AssertionError(f"unexpected event {ev}")
+            pytest.fail(f"unexpected event {ev}")
     if pol.k == 0:
         t += down(ID_BYTES * len(run_.tokens))
     return t, ttft
