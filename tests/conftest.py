@@ -41,7 +41,7 @@ def small_trace_path(small_trace):
     return small_trace.path
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def synthetic_sample() -> Path:
     """The synthetic sample trace (40 utterances, seed 0, default exploration), built once per test run.
 
@@ -54,13 +54,13 @@ def synthetic_sample() -> Path:
     return make_trace(out, n=40, max_new=64, seed=0)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def synthetic_trace():
     """The synthetic sample, loaded once per test run (it is read-only: polars frames, no test mutates it)."""
     return load_trace(synthetic_sample())
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def synthetic_replayer():
     """One replayer over the synthetic sample: replays are pure and cached per policy, so modules share it."""
     from sectrace.simulate import Replayer
