@@ -1,14 +1,26 @@
 from __future__ import annotations
 
 import functools
+import os
 import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sectrace.explore import default_exploration
 from sectrace.trace import load_trace, write_trace
 from sectrace.explore.synth import AlphaModel, synth_trace
+
+# Hypothesis profiles. "ci" is reproducible: the same examples on every run (derandomize), no example
+# database carried between runs, no wall-clock deadline on shared runners. "dev" explores: fresh random
+# examples each run, and failures are remembered in the local database and replayed first.
+# Tests that set max_examples themselves keep their own count; the profile supplies the rest.
+# CI set (non-empty) loads "ci", otherwise "dev"; HYPOTHESIS_PROFILE=ci|dev overrides both.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, max_examples=50,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", derandomize=False, deadline=None, max_examples=100)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 def make_trace(path: Path, n: int = 6, max_new: int = 48, policies=None, **model) -> Path:

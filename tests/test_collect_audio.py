@@ -44,22 +44,55 @@ def _source(info, prep, modes=("audio", "blind")):
     return PairSource(d, prep.edge_prompt, vs, {m: prep.cloud_prompts[m] for m in modes}, info.eos)
 
 
+def _independent_inputs(root, wav_path, n_audio: int | None):
+    """The verifier's generate() inputs built here, not by the backend: the chat prompt written out as text and
+    tokenized in one go, audio read and resampled to 16 kHz with scipy, features from the checkpoint's own
+    WhisperFeatureExtractor (padded to 30 s, mask over the real frames)."""
+    from math import gcd
+
+    import numpy as np
+    from scipy.signal import resample_poly
+    from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+    from sectrace.models.audio import DEFAULT_INSTRUCTION, OMNI_SYSTEM
+
+    tok = AutoTokenizer.from_pretrained(root / "verifier")
+    audio = "" if n_audio is None else "<|audio_bos|>" + "<|AUDIO|>" * n_audio + "<|audio_eos|>"
+    text = (f"<|im_start|>system\n{OMNI_SYSTEM}<|im_end|>\n<|im_start|>user\n{audio}{DEFAULT_INSTRUCTION}<|im_end|>\n"
+            "<|im_start|>assistant\n")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if n_audio is None:
+        return ids, {}
+    data, sr = sf.read(str(wav_path), dtype="float32")
+    g = gcd(sr, 16000)
+    wav = resample_poly(data, 16000 // g, sr // g).astype(np.float32)
+    f = WhisperFeatureExtractor.from_pretrained(root / "verifier")(wav, sampling_rate=16000, return_attention_mask=True,
+                                                                   padding="max_length", return_tensors="pt")
+    return ids, {"input_features": f["input_features"].to(torch.float64), "feature_attention_mask": f["attention_mask"]}
+
+
 @pytest.mark.parametrize("mode", ["audio", "blind"])
 def test_thinker_always_escalate_top1_equals_verifier_generate(omni, mode):
     root, info, backend, wavs = omni
     prep = backend.prepare(Utterance("u", wavs[1], ["r"]), ("audio", "blind"))
-    assert prep.edge_prompt.count(backend.audio_id) == 55  # 2.2 s → 220 frames → 55 placeholders
+    # 2.2 s at 16 kHz = 220 mel frames -> 110 after the stride-2 conv -> 55 after stride-2 pooling
+    n_audio = 55 if mode == "audio" else None
+    ref_ids, ref_kwargs = _independent_inputs(root, wavs[1], n_audio)
+    assert prep.cloud_prompts[mode] == ref_ids
+    assert prep.edge_prompt == _independent_inputs(root, wavs[1], 55)[0]
+    assert prep.edge_prompt.count(backend.audio_id) == 55
     assert backend.audio_id not in prep.cloud_prompts["blind"]
     src = _source(info, prep)
     privacy = "features" if mode == "audio" else "token-only"
     max_new = 10
+    ids = torch.tensor([ref_ids])
+    gen = info.verifier.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=max_new, **ref_kwargs)
+    expect = gen[0, ids.shape[1]:].tolist()
     for k in (1, 4):
         out = run(TrieRecorder(src, (mode,)), lossless(k, max_new_tokens=max_new, privacy=privacy))
-        ids = torch.tensor([prep.cloud_prompts[mode]])
-        gen = info.verifier.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=max_new, **prep.cloud_kwargs[mode])
-        assert out.tokens == gen[0, ids.shape[1]:].tolist()
-    assert run(TrieRecorder(src, (mode,)), drafter_only(max_new)).tokens != out.tokens
+        assert out.tokens == expect
+    assert run(TrieRecorder(src, (mode,)), drafter_only(max_new)).tokens != expect
 
 
 def test_thinker_cached_steps_equal_recompute_and_audio_matters(omni):
@@ -100,10 +133,19 @@ def test_thinker_collect_end_to_end_replays(omni, tmp_path):
     u = tr.utterances.sort("utt_id")
     assert u["audio_seconds"].to_list() == pytest.approx([1.3, 2.2], abs=1e-3)
     assert (u["cloud_prompt_tokens"] > u["blind_prompt_tokens"]).all()
+    # Replays from the written trace equal live runs on the models: tokens, schedule and counters
+    # (a sample of the exploration: baselines, then every 9th policy).
+    from sectrace.models.dataset import read_manifest
+
+    utts = {x.utt_id: x for x in read_manifest(man)}
+    assert set(utts) == set(u["utt_id"].to_list())
+    pols = default_exploration(5)
+    pols = pols[:3] + pols[3::9]
     for uid in u["utt_id"]:
         sess = TrieSession(tr.nodes.filter(pl.col("utt_id") == uid), tr.modes)
-        for pol in default_exploration(5):
-            run(sess, pol)
+        src = _source(info, backend.prepare(utts[uid], tr.modes), tr.modes)
+        for pol in pols:
+            assert run(sess, pol) == run(src, pol), pol.label
 
 
 def test_qwen2_audio_lossless(tmp_path):

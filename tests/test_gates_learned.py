@@ -11,14 +11,14 @@ from click.testing import CliRunner
 
 pytest.importorskip("sklearn")
 
-from conftest import synthetic_sample, trace_subset, synthetic_trace  # noqa: E402
-from sectrace.cli import main  # noqa: E402
-from sectrace.errors import UserError  # noqa: E402
-from sectrace.gates import parse_gate  # noqa: E402
-from sectrace.gates.features import available_features, block_matrix, node_table  # noqa: E402
-from sectrace.gates.learned import _fit, export_model, load_learned, raw_score, save_gate, train_gate  # noqa: E402
-from sectrace.protocol import Accept, Block, Policy  # noqa: E402
-from sectrace.simulate import Replayer  # noqa: E402
+from conftest import synthetic_replayer, synthetic_sample, synthetic_trace, trace_subset
+
+from sectrace.cli import main
+from sectrace.errors import UserError
+from sectrace.gates import parse_gate
+from sectrace.gates.features import available_features, block_matrix, node_table
+from sectrace.gates.learned import _fit, export_model, load_learned, raw_score, save_gate, train_gate
+from sectrace.protocol import Accept, Always, Block, Never, Policy
 
 SAMPLE = synthetic_sample()
 
@@ -76,13 +76,50 @@ def test_train_records_provenance_and_cv(logreg_doc, small):
     json.dumps(d)  # plain JSON all the way down
 
 
-def test_grouped_cv_keeps_utterances_apart(small):
-    from sklearn.model_selection import GroupKFold
+def test_train_gate_cross_validation_is_grouped_by_utterance(small, monkeypatch):
+    """The project's own CV loop (train_gate), observed from inside: every utterance's rows sit in exactly
+    one test fold and never in that fold's training rows, and every row is scored out of fold exactly once.
 
-    tab = node_table(small, ["logprob"])
-    g = tab["utt_id"].to_numpy()
-    for tr_idx, te_idx in GroupKFold(n_splits=3).split(g, g, g):
-        assert not set(g[tr_idx]) & set(g[te_idx])
+    A row-index column rides along as an extra feature so that the rows each fit and each scoring see can
+    be told apart; a plain KFold (contiguous row chunks that cut through utterances) fails this."""
+    from sectrace.gates import learned
+
+    real_table, real_fit, real_score = learned.node_table, learned._fit, learned.raw_score
+    seen = {"table": None, "fit": [], "score": []}
+
+    def table(trace, feats, mode="audio", rank=1):
+        tab = real_table(trace, [f for f in feats if f != "rowid"], mode, rank)
+        tab = tab.with_row_index("rowid").with_columns(pl.col("rowid").cast(pl.Float64))
+        seen["table"] = tab
+        return tab
+
+    def fit(kind, X, y, seed):
+        seen["fit"].append(X[:, -1].astype(int))
+        return real_fit(kind, X, y, seed)
+
+    def score(model, X):
+        seen["score"].append(X[:, -1].astype(int))
+        return real_score(model, X)
+
+    monkeypatch.setattr(learned, "node_table", table)
+    monkeypatch.setattr(learned, "_fit", fit)
+    monkeypatch.setattr(learned, "raw_score", score)
+    doc = train_gate(small, "logreg", folds=3, features=["logprob", "entropy", "rowid"])
+    assert doc["cv"]["folds"] == 3 and doc["cv"]["grouped_by"] == "utt_id"
+    utt = np.array(seen["table"]["utt_id"].to_list())
+    n = len(utt)
+    assert len(seen["score"]) == 3 and len(seen["fit"]) == 4  # 3 folds, then the final fit on everything
+    assert sorted(seen["fit"][-1].tolist()) == list(range(n))
+    tested = np.concatenate(seen["score"])
+    assert sorted(tested.tolist()) == list(range(n))  # each row scored out of fold exactly once
+    fold_of_utt = {}
+    for train_rows, test_rows in zip(seen["fit"], seen["score"]):
+        assert set(train_rows.tolist()) == set(range(n)) - set(test_rows.tolist())
+        assert not set(utt[train_rows]) & set(utt[test_rows])
+        for u in set(utt[test_rows]):
+            assert u not in fold_of_utt, f"utterance {u} is split across test folds"
+            fold_of_utt[u] = len(fold_of_utt)
+    assert set(fold_of_utt) == set(utt) and len(set(utt)) == 12
 
 
 def test_learned_gate_roundtrip_and_escalation(tmp_path, logreg_doc, trace):
@@ -95,9 +132,23 @@ def test_learned_gate_roundtrip_and_escalation(tmp_path, logreg_doc, trace):
     safe = Block((5,), (-0.01,), (0.1,), (0.98,), 3, ({"stability": 0.99, "audio_shift": 0.1},))
     assert lo.block_prob(risky) > lo.block_prob(safe)
     assert lo.escalate(risky) and not hi.escalate(safe)
-    rep = Replayer(trace).replay(Policy(k=3, gate=lo, gate_spec="learned", accept=Accept("top1", 1),
-                                        privacy="features"))
-    assert sum(r is not None for r in rep.runs) > 0
+    # In a replay: a calibrated probability is > 0 for every block and never > 1, so thresholds 0 and 1
+    # must replay exactly as the always and never gates; 0.05 escalates some blocks but not all.
+    rp = synthetic_replayer()
+
+    def replay(gate, spec):
+        return rp.replay(Policy(k=3, gate=gate, gate_spec=spec, accept=Accept("top1", 1), privacy="features"))
+
+    for thr, ref_gate in (("0", Always()), ("1", Never())):
+        got = replay(parse_gate(f"learned:{path}:{thr}", trace), f"learned:{thr}")
+        ref = replay(ref_gate, f"ref-{thr}")
+        assert ref.covered.all() and got.covered.all()
+        for a, b in zip(got.runs, ref.runs):
+            assert a.tokens == b.tokens and a.events == b.events
+    mid = replay(lo, "learned:0.05")
+    assert mid.covered.all()
+    escalated = sum(r.escalations for r in mid.runs)
+    assert 0 < escalated < sum(r.blocks for r in mid.runs)
 
 
 def test_missing_features_fail_clearly(tmp_path, logreg_doc, trace):

@@ -12,6 +12,9 @@ pytest.importorskip("sklearn")
 from conftest import synthetic_sample, trace_subset, synthetic_trace  # noqa: E402
 from sectrace.cli import main  # noqa: E402
 from sectrace.analysis.evaluate import default_thresholds, dominates, frontier, pareto, signal_table  # noqa: E402
+from sectrace.gates import parse_gate  # noqa: E402
+from sectrace.protocol import Accept, Policy  # noqa: E402
+from sectrace.simulate import Replayer  # noqa: E402
 
 SAMPLE = synthetic_sample()
 
@@ -49,14 +52,43 @@ def test_frontier_bounds(small):
         assert f["never"]["similarity_cloud"] <= f[spec]["similarity_cloud"] <= 1.0
 
 
-def test_extend_agrees_with_replay_where_covered(small):
-    specs = ["always", "oracle", "entropy:1.5"]
-    a = frontier(small, specs, k=3, extend=True)
-    b = frontier(small, specs, k=3, extend=False)
-    for ra, rb in zip(a.iter_rows(named=True), b.iter_rows(named=True)):
-        if rb["covered"] == ra["covered"]:
-            assert ra["cloud_calls"] == pytest.approx(rb["cloud_calls"])
-            assert ra["similarity_cloud"] == pytest.approx(rb["similarity_cloud"])
+def test_extend_fills_what_the_trie_lacks_and_agrees_where_it_has_it(tmp_path):
+    """A trace explored only with edge-only, cloud-only and always-escalate k=3: other gates leave its trie.
+    Extension generates the missing states from the trace's own model (every utterance covered); on the
+    utterances the trie does cover, the extended and the replayed runs are the same runs, so every mean is
+    equal. The two arms really read different sources here (model vs. written trie)."""
+    import polars as pl
+
+    from conftest import make_trace
+    from sectrace.protocol import cloud_only, drafter_only, lossless
+    from sectrace.trace import load_trace
+
+    tr = load_trace(make_trace(tmp_path / "thin", n=8, max_new=40, seed=5,
+                               policies=[drafter_only(40), cloud_only(40), lossless(3, 40, privacy="features")]))
+    specs = ["always", "oracle", "entropy:1.5", "entropy:3.0", "margin:0.3"]
+    ext = {r["spec"]: r for r in frontier(tr, specs, k=3, extend=True).iter_rows(named=True)}
+    rep = {r["spec"]: r for r in frontier(tr, specs, k=3, extend=False).iter_rows(named=True)}
+    assert all(r["covered"] == 8 for r in ext.values())
+    assert rep["always"]["covered"] == 8 and rep["entropy:3.0"]["covered"] == 8  # explored / edge-only path
+    thin = [s for s in specs if rep[s]["covered"] < 8]
+    assert {"oracle", "margin:0.3"} <= set(thin), rep
+    cols = ("covered", "cloud_calls", "cloud_tokens", "drafted", "exact_match_cloud", "similarity_cloud", "n_tokens")
+    for spec in specs:
+        if spec not in thin:  # fully covered: the same runs either way
+            assert [ext[spec][c] for c in cols] == [rep[spec][c] for c in cols], spec
+            continue
+        # which utterances the trie covers for this gate, and the two arms restricted to them
+        pol = Policy(k=3, gate=parse_gate(spec, tr), gate_spec=spec, accept=Accept("top1", 1), privacy="features",
+                     max_new_tokens=40)
+        r = Replayer(tr).replay(pol)
+        keep = [u for u, c in zip(r.utt_ids, r.covered) if c]
+        assert len(keep) == rep[spec]["covered"] >= 1
+        sub = type(tr)(tr.manifest, tr.utterances.filter(pl.col("utt_id").is_in(keep)),
+                       tr.nodes.filter(pl.col("utt_id").is_in(keep)), tr.timings, tr.vocab, tr.path)
+        a = frontier(sub, [spec], k=3, extend=True).row(0, named=True)
+        b = frontier(sub, [spec], k=3, extend=False).row(0, named=True)
+        assert [a[c] for c in cols] == [b[c] for c in cols], spec
+        assert [b[c] for c in cols] == [rep[spec][c] for c in cols], spec
 
 
 def test_thresholds_span_signal(trace):

@@ -117,7 +117,9 @@ def test_proxy_adds_the_round_trip_and_serialises_bytes():
             c.sendall(b"x")
             assert c.recv(10) == b"x"
             rt = time.perf_counter() - t0
-            assert 0.1 <= rt < 0.5
+            # At least the round trip, by construction. The upper bound only rules out gross errors (the RTT
+            # paid several times over); it is wide because the test machine may be busy.
+            assert 0.1 <= rt < 2.0
             blob = b"y" * 100_000  # 0.1 s at 1 MB/s uplink, plus the round trip
             t0 = time.perf_counter()
             c.sendall(blob)
@@ -171,10 +173,18 @@ def _session(pair, url, policy, prompt, timeout=30.0):
 
 
 def _greedy(model, prompt, n):
+    """Greedy tokens from transformers' generate(): up to and including the end token, at most n."""
     import torch
 
     out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False)
     return out[0, len(prompt):].tolist()
+
+
+def _assert_whole_caption(run_, want, eos_ids, n):
+    """The run's caption is the whole reference: same tokens and length, ended the same way."""
+    assert run_.tokens == want
+    assert run_.eos == (want[-1] in eos_ids)
+    assert run_.eos or len(want) == n
 
 
 @pytest.mark.parametrize("policy", [lossless(3, max_new_tokens=16), lossless(1, max_new_tokens=16),
@@ -191,8 +201,7 @@ def test_live_lossless_equals_the_verifiers_greedy(live, policy, cache):
         prompt = pair.tokenizer(text)["input_ids"]
         sess, client = _session(pair, srv.url, policy, prompt)
         lr = decode_live(sess, policy)
-        want = _greedy(pair.verifier, prompt, 16)
-        assert lr.run.tokens == want[:len(lr.run.tokens)] and (lr.run.eos or len(lr.run.tokens) == 16)
+        _assert_whole_caption(lr.run, _greedy(pair.verifier, prompt, 16), pair.eos, 16)
         assert lr.fallbacks == 0 and lr.calls >= 1 and 0 < lr.ttft_s <= lr.latency_s
         client.close()
 
@@ -209,7 +218,7 @@ def test_unreachable_service_falls_back_to_the_edge(live):
     pol = lossless(3, max_new_tokens=12)
     sess, client = _session(pair, f"http://127.0.0.1:{port}", pol, prompt, timeout=2.0)
     lr = decode_live(sess, pol)
-    assert lr.run.tokens == _greedy(pair.drafter, prompt, 12)[:len(lr.run.tokens)]
+    _assert_whole_caption(lr.run, _greedy(pair.drafter, prompt, 12), pair.eos, 12)
     assert lr.fallbacks == lr.run.blocks > 0
 
 
@@ -227,7 +236,7 @@ def test_timeouts_fall_back_and_the_session_resyncs(live):
         lr = decode_live(sess, pol)
         client.close()
     assert lr.fallbacks == lr.run.blocks  # every call timed out
-    assert lr.run.tokens == _greedy(pair.drafter, prompt, 12)[:len(lr.run.tokens)]
+    _assert_whole_caption(lr.run, _greedy(pair.drafter, prompt, 12), pair.eos, 12)
 
 
 def test_an_evicted_session_is_reopened(live):
@@ -253,7 +262,7 @@ def test_an_evicted_session_is_reopened(live):
     finally:
         client_mod.run = orig
     assert lr.reopened == 1 and lr.fallbacks == 0
-    assert lr.run.tokens == _greedy(pair.verifier, prompt, 14)[:len(lr.run.tokens)]
+    _assert_whole_caption(lr.run, _greedy(pair.verifier, prompt, 14), pair.eos, 14)
 
 
 # --- sectrace validate, end to end (a service process, the proxy, the simulator) -------------------

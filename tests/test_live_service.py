@@ -614,6 +614,8 @@ def test_concurrent_edges_get_their_own_captions_and_leave_no_sessions(models, s
     stop.set()
     threads[-1].join()
     assert not errors, errors
+    assert not any(t.is_alive() for t in threads[:-1]) and sorted(results) == list(range(THREADS)), \
+        f"only {sorted(results)} of {THREADS} edges finished"
     for i, (caption, lr, traffic) in results.items():
         assert caption == alone[i], (i, jobs[i][0], jobs[i][1].label)
         assert lr.fallbacks == 0 and lr.reopened == 0 and traffic.failures == 0

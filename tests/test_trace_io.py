@@ -91,9 +91,21 @@ def test_write_refuses_to_clobber_and_roundtrips(small_trace, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
 
 
-def test_tables_are_plain_parquet(small_trace_path):
+def test_tables_are_plain_parquet(small_trace, small_trace_path):
+    """Any Parquet reader (pyarrow here) reads the same tables the loader gives, row for row."""
     import pyarrow.parquet as pq
 
-    for name in ("utterances", "nodes", "timings", "vocab"):
-        table = pq.read_table(small_trace_path / f"{name}.parquet")
-        assert table.num_rows > 0
+    m = small_trace.manifest
+    # What the synthetic collection wrote: 6 utterances, the nodes its exploration reports, one vocabulary
+    # row per token id, and the synthetic timings (prefill: 3 prompt lengths x 3 repeats x 2 sides;
+    # decode: 4 contexts x 5 repeats x 2 sides; verify: 4 contexts x 16 block sizes).
+    rows = {"utterances": 6, "nodes": m["exploration"]["nodes"], "vocab": m["shared_vocab_size"],
+            "timings": 3 * 3 * 2 + 4 * 5 * 2 + 4 * 16}
+    for name, n in rows.items():
+        df = pl.from_arrow(pq.read_table(small_trace_path / f"{name}.parquet"))
+        loaded = getattr(small_trace, name)
+        assert df.height == loaded.height == n, name
+        assert sorted(df.columns) == sorted(loaded.columns), name
+        assert df.select(loaded.columns).cast(dict(loaded.schema)).equals(loaded), name
+    assert small_trace.nodes.select("utt_id", "node_id").is_unique().all()
+    assert small_trace.vocab["id"].to_list() == list(range(m["shared_vocab_size"]))
