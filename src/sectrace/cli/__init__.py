@@ -12,7 +12,7 @@ import importlib
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UserError
 from ._common import missing_extra_message
 

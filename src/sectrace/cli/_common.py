@@ -90,18 +90,6 @@ def positive_float(what: str, example: str):
     return parse
 
 
-def base_cost(tr, cost_mode, edge_device=None, cloud_device=None):
-    """The cost model a command prices with: fitted to the trace, or the study's devices, then presets."""
-    from ..simulate import CostModel, fit_costs, profiles
-
-    cost = fit_costs(tr.timings) if cost_mode == "fit" else CostModel()
-    if edge_device:
-        cost = profiles.edge_device(edge_device).apply(cost)
-    if cloud_device:
-        cost = profiles.cloud_device(cloud_device).apply(cost)
-    return cost
-
-
 def one_policy(k, gate, accept, bonus, privacy, cloud_cache, max_new):
     from ..gates import parse_gate
     from ..protocol import Accept, Policy

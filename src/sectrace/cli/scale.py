@@ -11,7 +11,6 @@ from ..fsio import check_output, write_table
 from ._common import (
     FORCE_BIG_OPTION,
     POLICY_OPTIONS,
-    base_cost,
     load_trace_or_sample,
     one_policy,
     positive_float,
@@ -50,6 +49,7 @@ def sweep(grid, out, trace_path, cost_mode, jobs, force):
     from ..simulate import Replayer
     from ..simulate.budget import cap_jobs
     from ..simulate.grid import grid_trace
+    from ..simulate.profiles import base_cost
     from ..simulate.results import coverage_note
     from ..simulate.sweep import load_grid, run_sweep, run_sweep_parallel
     from ..trace import load_trace, sample_trace_path
@@ -100,6 +100,7 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
       sectrace breakeven my-trace --gate margin:0.3 --k 3 --edge-tps 1,2,4,8 --rtt 10ms,50ms,200ms --out map.parquet
     """
     from ..simulate import Network, Replayer, profiles
+    from ..simulate.profiles import base_cost
     from ..simulate.sweep import breakeven as run_map
     from ..units import parse_duration
 
@@ -163,6 +164,7 @@ def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, e
     from ..simulate import Network, Replayer, profiles
     from ..simulate.budget import check_fleet
     from ..simulate.fleet import Fleet, fleet_summary, plans, simulate_fleet
+    from ..simulate.profiles import base_cost
     from ..units import parse_duration
 
     if out:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UserError
 from ..fsio import check_output, write_table
-from ._common import base_cost, block_size, load_trace_or_sample, split_list
+from ._common import block_size, load_trace_or_sample, split_list
 
 
 def _float_or_none(text):
@@ -102,6 +102,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
     from ..protocol import Accept, Policy
     from ..simulate import Network, Replayer, baselines, fit_summary, fit_warning, profiles, summarise
     from ..simulate import simulate as run_sim
+    from ..simulate.profiles import base_cost
     from ..simulate.results import coverage_note
     from ..units import parse_duration, parse_rate, parse_size
 

@@ -26,8 +26,11 @@ def trace():
 @click.option("--mean-length", default=24.0, show_default=True, help="Mean caption length in tokens.")
 @click.option("--max-new-tokens", default=64, show_default=True, help="Longest caption explored.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--policy", "policies", multiple=True,
+              help="Also explore this policy (as labelled in results, e.g. 'k=4 gate=margin:0.2 accept=rank:5 "
+                   "token-only'); repeatable. Fills the coverage misses that simulate and sweep report.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_new_tokens, seed, force):
+def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_new_tokens, seed, policies, force):
     """Write a synthetic trace to OUT from a stated statistical model.
 
     At every decoding state the verifier keeps the drafter's token with probability
@@ -41,11 +44,13 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
     Examples:
       sectrace trace synth my-trace --utterances 40 --seed 0
       sectrace trace synth hard-trace --alpha 0.5 --coupling 0.9 --force
+      sectrace trace synth wide-trace --policy 'k=4 gate=entropy:2.5 accept=rank:20 features'
     """
     from tqdm import tqdm
 
     from ..explore import default_exploration
     from ..explore.synth import AlphaModel, synth_trace
+    from ..gates import parse_policy
     from ..trace import write_trace
 
     if utterances < 1:
@@ -53,7 +58,8 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
     if out.exists() and not force:
         raise UserError(f"{out} already exists; choose another path or pass --force to replace it")
     model = AlphaModel(alpha=alpha, alpha_blind=alpha_blind, coupling=coupling, mean_length=mean_length, seed=seed)
-    policies = default_exploration(max_new_tokens)
+    extra = [parse_policy(p, max_new_tokens) for p in policies]
+    policies = default_exploration(max_new_tokens) + extra
     with tqdm(total=utterances, desc="exploring", unit="utt", disable=None) as bar:
         manifest, utts, nodes, timings, vocab = synth_trace(model, utterances, policies, progress=bar.update)
     write_trace(out, manifest, utts, nodes, timings, vocab, overwrite=force)

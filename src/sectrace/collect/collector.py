@@ -39,13 +39,13 @@ from pathlib import Path
 
 import polars as pl
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UserError
 from ..explore.recorder import BudgetRecorder, explore, seed_recorder
+from ..fsio import atomic_path, fsync_dir
 from ..models.dataset import Utterance, read_manifest, shard_of
 from ..trace import load_trace, write_trace
 from ..trace import schema as S
-from ..fsio import atomic_path, fsync_dir
 from ..trace.io import publish_trace, stage_trace, staging_dirs
 
 

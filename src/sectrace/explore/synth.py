@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import polars as pl
 
-from .. import __version__
+from ..version import __version__
 from ..protocol import DraftToken, Judgement, Policy, run
 from ..trace import schema as S
 from ..trace.trie import TrieRecorder

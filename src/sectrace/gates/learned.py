@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UserError
 from ..protocol import Block
 from .features import BASE_FEATURES, available_features, block_matrix, emotion_ids, node_table

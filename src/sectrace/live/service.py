@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UserError
 from ..protocol import Accept, PolicyError, committed_tokens
 from . import wire

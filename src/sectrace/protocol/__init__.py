@@ -5,12 +5,40 @@ the live edge client) drives :func:`run`.
 """
 
 from .engine import (
-    CloudStart, CloudStep, CloudUnavailable, Commit, CoverageMiss, Draft, DraftToken, Fallback, GateCall, Judgement,
-    Prefill, Run, Session, Verify, accepted_prefix, bonus_earned, committed_tokens, run,
+    CloudStart,
+    CloudStep,
+    CloudUnavailable,
+    Commit,
+    CoverageMiss,
+    Draft,
+    DraftToken,
+    Fallback,
+    GateCall,
+    Judgement,
+    Prefill,
+    Run,
+    Session,
+    Verify,
+    accepted_prefix,
+    bonus_earned,
+    committed_tokens,
+    run,
 )
 from .policy import (
-    CLOUD_CACHES, PRIVACY_MODES, VERIFIER_MODE_FOR_PRIVACY, Accept, Always, Block, Gate, Never, Policy, PolicyError,
-    SessionGate, cloud_only, drafter_only, lossless,
+    CLOUD_CACHES,
+    PRIVACY_MODES,
+    VERIFIER_MODE_FOR_PRIVACY,
+    Accept,
+    Always,
+    Block,
+    Gate,
+    Never,
+    Policy,
+    PolicyError,
+    SessionGate,
+    cloud_only,
+    drafter_only,
+    lossless,
 )
 
 __all__ = [

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .. import __version__
+from ..version import __version__
 from . import figures
 from .inputs import check_results, normalise_configs
 from .pareto import pareto_table

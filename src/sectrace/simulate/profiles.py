@@ -139,3 +139,18 @@ def network_preset(name: str) -> Network:
         return NETWORK_PRESETS[name.lower()].network
     except KeyError:
         raise UserError(f"unknown network {name!r}; use one of {', '.join(NETWORK_PRESETS)}") from None
+
+
+def base_cost(trace, mode: str = "fit", edge: str | None = None, cloud: str | None = None) -> CostModel:
+    """The cost model to price with: fitted to the trace's timings (``fit``) or the study's devices (``study``),
+    then the named edge and cloud device presets applied on top (the CLI's --costs/--edge-device/--cloud-device)."""
+    from .costs import fit_costs
+
+    if mode not in ("fit", "study"):
+        raise UserError(f"unknown cost mode {mode!r}; use fit (the trace's timings) or study (the study's devices)")
+    cost = fit_costs(trace.timings) if mode == "fit" else CostModel()
+    if edge:
+        cost = edge_device(edge).apply(cost)
+    if cloud:
+        cost = cloud_device(cloud).apply(cost)
+    return cost

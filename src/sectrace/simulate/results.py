@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from .. import __version__
+from ..version import __version__
 from ..network import Network
 from ..protocol import Policy, cloud_only, drafter_only
 from ..trace import Trace

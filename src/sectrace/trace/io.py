@@ -19,8 +19,8 @@ from pathlib import Path
 
 import polars as pl
 
-from ..fsio import fsync, fsync_dir
 from ..errors import UserError
+from ..fsio import fsync, fsync_dir
 from . import schema as S
 
 
