@@ -4,6 +4,3 @@
 class UserError(Exception):
     """Bad input or a request that cannot be met; the message says what and how to fix it."""
 
-
-class CoverageError(UserError):
-    """A replay needed trie states the trace does not hold."""

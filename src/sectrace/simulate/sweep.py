@@ -70,9 +70,6 @@ def product_axes(nets: Sequence[Network], edge_speedups: Sequence[float], cloud_
                 extra_s=np.array([nets[i].expected_extra_s for i in ni]), labels=labels)
 
 
-def _nanpct(x: np.ndarray, q: float) -> np.ndarray:
-    return np.percentile(x, q, axis=0) if not np.isnan(x).any() else np.nanpercentile(x, q, axis=0)
-
 
 def sweep_policy(rp: Replayer, pol: Policy, cost: CostModel, ax: Axes, breakdown: bool = True) -> dict:
     """Summary columns (one value per configuration) for one policy."""
