@@ -99,7 +99,7 @@ def hand_trace(path: Path, policies) -> object:
         run(rec, pol)
     manifest, utts, _, timings, vocab = synth_trace(AlphaModel(seed=1), 1, [drafter_only(4)])
     manifest["dataset"] = {"name": "hand", "description": "tests/hand_world.py", "n_utterances": 1}
-    manifest["synthetic_model"] = None
+    manifest.pop("synthetic_model")  # written by hand: no generating model to extend from
     row = utts.row(0, named=True) | UTT
     utts = pl.DataFrame([row], schema=utts.schema)
     write_trace(path, manifest, utts, rec.frames("hand"), timings, vocab)

@@ -185,7 +185,7 @@ def gates_frontier(trace_path, families, k, accept, privacy, adaptive, extend, o
         check_output(out, force)
     tr = load_trace_or_sample(trace_path)
     if extend is None:
-        extend = tr.synthetic and "synthetic_model" in tr.manifest
+        extend = tr.synthetic and bool(tr.manifest.get("synthetic_model"))
     specs = []
     for fam in families:
         fam = fam.strip()

@@ -161,7 +161,7 @@ class LiveSession:
                                                   **block})
         else:
             out = self._stateful(prefix, block, mode)
-            self.held = prefix + committed_tokens(tokens, out["accepted"], out["top1"], bonus)
+            self.held = prefix + committed_tokens(tokens, out["accepted"], out["top1"].__getitem__, bonus)
         return [Judgement(r, math.nan if pr is None else pr, t, tp, e, math.nan) for r, pr, t, tp, e in
                 zip(out["rank"], out["prob"], out["top1"], out["top1_prob"], out["top1_eos"])]
 

@@ -499,7 +499,7 @@ def create_app(cloud: CloudModel, keys: dict[str, str] | None, limits: Limits | 
 
     def commit_after(seq: list[int], body, out: dict) -> list[int]:
         """What the edge commits after this reply (it runs the same protocol): kept tentatively."""
-        return seq + committed_tokens(body.draft, out["accepted"], out["top1"], body.bonus)
+        return seq + committed_tokens(body.draft, out["accepted"], out["top1"].__getitem__, body.bonus)
 
     @app.get("/v1/health", summary="Liveness (no key needed)")
     async def health():

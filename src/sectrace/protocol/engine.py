@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 from .policy import Accept, Block, Policy, SessionGate
 
@@ -182,16 +182,18 @@ def bonus_earned(policy: Policy, last_is_eos: bool, committed: int, n: int) -> b
     return bool(policy.bonus and not last_is_eos and committed + n < policy.max_new_tokens)
 
 
-def committed_tokens(block: Sequence[int], accepted: int, top1: Sequence[int], bonus: bool) -> list[int]:
+def committed_tokens(block: Sequence[int], accepted: int, top1: Callable[[int], int], bonus: bool) -> list[int]:
     """What both sides commit after a verified block: the accepted prefix, then the correction (the verifier's
     top-1 at the first rejected position) or, for a fully accepted block, the bonus token if earned.
 
-    The one statement of the rule: the engine, the live service (its KV cache) and the live client
-    (what it believes the cloud holds) all call it, so they cannot drift apart."""
+    ``top1(i)`` is the verifier's top-1 at block position ``i``; only the one position the rule needs is
+    asked for (a replayed trie records judgements up to the first rejection, not beyond). The one
+    statement of the rule: the engine, the live service (its KV cache) and the live client (what it
+    believes the cloud holds) all call it, so they cannot drift apart."""
     n = len(block)
     if accepted < n:
-        return list(block[:accepted]) + [top1[accepted]]
-    return list(block) + ([top1[n]] if bonus else [])
+        return list(block[:accepted]) + [top1(accepted)]
+    return list(block) + ([top1(n)] if bonus else [])
 
 
 def run(session: Session, policy: Policy, observe=None) -> Run:
@@ -257,7 +259,7 @@ def run(session: Session, policy: Policy, observe=None) -> Run:
             j = accepted_prefix(judgements, n, accept)
             bonus = int(j == n and bonus_earned(policy, drafts[-1].eos, len(tokens), n))
             corrected = int(j < n)
-            new = committed_tokens(block_toks, j, [g.top1 for g in judgements], bool(bonus))
+            new = committed_tokens(block_toks, j, lambda i: judgements[i].top1, bool(bonus))
             ended = judgements[j].top1_eos if (corrected or bonus) else drafts[-1].eos
             emit(Verify(n, len(tokens), unsent, pending + unsent, first, j, corrected, bonus))
             first = False
