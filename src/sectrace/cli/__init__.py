@@ -12,8 +12,8 @@ import importlib
 
 import click
 
-from ..version import __version__
 from ..errors import UserError
+from ..version import __version__
 from ._common import missing_extra_message
 
 #: name → (module, attribute), in the order `sectrace --help` lists them.

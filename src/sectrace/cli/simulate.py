@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from ..version import __version__
 from ..errors import UserError
 from ..fsio import check_output, write_table
+from ..version import __version__
 from ._common import block_size, load_trace_or_sample, split_list
 
 

@@ -39,7 +39,6 @@ from pathlib import Path
 
 import polars as pl
 
-from ..version import __version__
 from ..errors import UserError
 from ..explore.recorder import BudgetRecorder, explore, seed_recorder
 from ..fsio import atomic_path, fsync_dir
@@ -47,6 +46,7 @@ from ..models.dataset import Utterance, read_manifest, shard_of
 from ..trace import load_trace, write_trace
 from ..trace import schema as S
 from ..trace.io import publish_trace, stage_trace, staging_dirs
+from ..version import __version__
 
 
 @dataclass

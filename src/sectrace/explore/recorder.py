@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..protocol import Policy, Run, run
-from ..trace import TrieRecorder
+from ..trace import TrieRecorder, TrieSession
 
 
 class NodeBudget(Exception):
@@ -71,8 +71,6 @@ def seed_recorder(rec: TrieRecorder, nodes, modes) -> int:
     policies live asks the models only for the states the trace lacks. Recorded values are
     the trace's (float32), so gates decide exactly as a replay of the trace would.
     """
-    from ..trace import TrieSession
-
     modes = [m for m in modes if f"v_{m}_top1" in nodes.columns]
     sess = TrieSession(nodes, modes)
     ids = nodes["node_id"].to_list()

@@ -21,10 +21,10 @@ from datetime import datetime, timezone
 
 import polars as pl
 
-from ..version import __version__
 from ..protocol import DraftToken, Judgement, Policy, run
 from ..trace import schema as S
 from ..trace.trie import TrieRecorder
+from ..version import __version__
 
 WORDS = (
     "she he they the speaker sounds seems speaks voice tone is was with a an and but of in slightly very quite "

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..version import __version__
 from ..errors import UserError
 from ..protocol import Block
+from ..version import __version__
 from .features import BASE_FEATURES, available_features, block_matrix, emotion_ids, node_table
 
 FORMAT = "sectrace-learned-gate"

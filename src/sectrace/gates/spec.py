@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from ..errors import UserError
+from ..protocol import Accept, Policy
 from .builtin import Always, AudioShift, Margin, MaxEntropy, MeanEntropy, MinLogProb, Never, RandomGate, Stability
 from .combine import AllGate, AnyGate
 from .oracle import Oracle
@@ -165,8 +166,6 @@ def _parse(spec: str, trace, gate_files):
 
 def parse_policy(text: str, max_new_tokens: int):
     """A policy from words like ``k=5 gate=entropy:2.5 accept=rank:20 token-only`` (Policy.label's form)."""
-    from ..protocol import Accept, Policy
-
     kw = {"k": 5, "gate_spec": "always", "accept": Accept("rank", 20), "privacy": "features"}
     for word in text.replace(",", " ").split():
         key, eq, value = word.partition("=")

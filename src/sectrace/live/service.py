@@ -36,9 +36,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from ..version import __version__
 from ..errors import UserError
 from ..protocol import Accept, PolicyError, committed_tokens
+from ..version import __version__
 from . import wire
 from .verifier import CloudModel
 from .wire import WireError

@@ -26,6 +26,9 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from ..errors import UserError
+from ..gates import parse_gate
+from ..network import parse_jitter
+from ..protocol import Accept
 from ..protocol.policy import CLOUD_CACHES, PRIVACY_MODES
 from ..units import parse_duration, parse_rate, parse_size
 
@@ -119,16 +122,12 @@ def _choice(options):
 
 
 def _gate(v, trace=None):
-    from ..gates import parse_gate
-
     s = _string(v)
     parse_gate(s, trace)  # raises a UserError naming the problem
     return s
 
 
 def _accept(v, _trace=None):
-    from ..protocol import Accept
-
     return Accept.parse(_string(v))
 
 
@@ -179,8 +178,6 @@ def _size(v, _trace=None):
 
 
 def _jitter(v, _trace=None):
-    from ..network import parse_jitter
-
     if not isinstance(v, str):
         raise _Bad(f'is {_kind(v)}; write "none" or a scipy.stats distribution in seconds as a string')
     s = v.strip()

@@ -7,10 +7,10 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from ..version import __version__
 from ..network import Network
 from ..protocol import Policy, cloud_only, drafter_only
 from ..trace import Trace
+from ..version import __version__
 from .costs import CostModel
 from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
 from .replay import FI, Replay, Replayer, similarity
