@@ -42,7 +42,13 @@ class _Main(click.Group):
         if name not in COMMANDS:
             return None
         module, attr = COMMANDS[name]
-        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+        try:
+            return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+        except ModuleNotFoundError as exc:  # a command module that imports an extra at its top: still one sentence
+            msg = missing_extra_message(exc.name, name)
+            if msg is None:
+                raise
+            raise UserError(msg) from None
 
     def invoke(self, ctx):
         try:
