@@ -18,342 +18,33 @@ work run in threads, so the event loop (and ``/v1/health``) stays responsive und
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
-import gc
 import hmac
 import logging
-import os
-import secrets
 import threading
 import time
 import weakref
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from ..version import __version__
 from ..errors import UserError
 from ..protocol import Accept, PolicyError, committed_tokens
+from ..version import __version__
 from . import wire
+from .config import Limits, parse_keys
+from .memory import KvBudget, MemoryReleaser, MiB, default_kv_budget
+from .sessions import Session, Sessions
 from .verifier import CloudModel
 from .wire import WireError
 
+__all__ = ["BackgroundServer", "Limits", "create_app", "guarded_protocol", "parse_keys", "server_config"]
+
 log = logging.getLogger("sectrace.serve")
-MiB = 2**20
-
-
-@dataclass
-class Limits:
-    """What one request and one client may ask for (each breach is a clear 4xx or 503)."""
-
-    max_draft: int = 32
-    max_prompt: int = 4096
-    max_context: int = 8192  # prompt + committed + draft tokens in one session
-    max_new_tokens: int = 512  # cloud-only decoding
-    max_body_bytes: int = 8 * 2**20
-    max_feature_elements: int = 2 * 2**20
-    sessions_per_client: int = 16
-    max_sessions: int = 256
-    idle_s: float = 120.0
-    #: KV-cache bytes all sessions and calls may hold together; None: a quarter of this machine's memory
-    #: (half the device's free memory on CUDA), resolved by create_app.
-    max_kv_bytes: int | None = None
-    header_timeout_s: float = 10.0  # a request's headers must arrive within this of its first byte
-    body_timeout_s: float = 60.0  # and its body within this of its headers
-
-    def check(self) -> None:
-        """Each limit must allow something: one sentence per mistake (the command line's options)."""
-        for name, flag, lo in (("max_draft", "--max-draft", 1), ("max_prompt", "max_prompt", 1),
-                               ("max_context", "--max-context", 2), ("max_new_tokens", "max_new_tokens", 1),
-                               ("max_body_bytes", "--max-body", 1), ("max_feature_elements", "max_feature_elements", 1),
-                               ("sessions_per_client", "--sessions-per-client", 1),
-                               ("max_sessions", "--max-sessions", 1)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < lo:
-                raise UserError(f"{flag} must be a whole number of at least {lo}, not {v}")
-        for name, flag in (("idle_s", "--idle"), ("header_timeout_s", "--header-timeout"),
-                           ("body_timeout_s", "--body-timeout")):
-            v = getattr(self, name)
-            if not v > 0 or v == float("inf"):
-                raise UserError(f"{flag} must be a positive duration, not {v} s")
-        if self.max_kv_bytes is not None and self.max_kv_bytes < 1:
-            raise UserError(f"--max-kv-memory must be positive, not {self.max_kv_bytes} bytes")
-
-
-def default_kv_budget(device: str) -> int:
-    """A quarter of the machine's memory (CPU), half of the device's free memory after loading (CUDA)."""
-    if device.startswith("cuda"):
-        import torch
-
-        return int(torch.cuda.mem_get_info(torch.device(device))[0] // 2)
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):
-        return 4 * 2**30
-
-
-class KvBudget:
-    """KV-cache bytes booked against one total: sessions (for as long as they live) and one-off calls.
-
-    Why bookings and not measurements: memory must be refused before a forward pass allocates it. A
-    cache of n positions costs ``per_cache + n × per_token`` (per_token from the model's config, see
-    verifier.kv_bytes_per_token). A session's booking only grows, to the most positions it ever held:
-    a cropped DynamicCache keeps its storage until the next step replaces it."""
-
-    def __init__(self, total: int, per_token: int, per_cache: int, on_free=None):
-        self.total, self.per_token, self.per_cache = total, per_token, per_cache
-        self.in_use = 0
-        self.peak = 0
-        self.refused = 0
-        self._lock = threading.Lock()
-        self._on_free = on_free
-
-    def cost(self, tokens: int) -> int:
-        return self.per_cache + tokens * self.per_token
-
-    def book(self, tokens: int) -> Booking:
-        b = Booking(self)
-        b.grow(tokens, first=True)
-        return b
-
-    def _take(self, nbytes: int):
-        with self._lock:
-            if self.in_use + nbytes > self.total:
-                self.refused += 1
-                raise WireError(503, f"the service's KV-cache memory is fully booked ({self.in_use // MiB} of "
-                                     f"{self.total // MiB} MiB); retry shortly or close finished sessions")
-            self.in_use += nbytes
-            self.peak = max(self.peak, self.in_use)
-
-    def _give(self, nbytes: int):
-        with self._lock:
-            self.in_use -= nbytes
-        if self._on_free is not None:
-            self._on_free(nbytes)
-
-
-class Booking:
-    """One cache's share of a :class:`KvBudget`; ``free()`` is idempotent."""
-
-    def __init__(self, budget: KvBudget):
-        self.budget = budget
-        self.tokens = 0
-        self.nbytes = 0
-        self.freed = False
-
-    def grow(self, tokens: int, first: bool = False) -> None:
-        if self.freed or (tokens <= self.tokens and not first):
-            return
-        need = self.budget.cost(max(tokens, self.tokens))
-        self.budget._take(need - self.nbytes)
-        self.tokens, self.nbytes = max(tokens, self.tokens), need
-
-    def free(self) -> None:
-        if not self.freed:
-            self.freed = True
-            self.budget._give(self.nbytes)
-
-
-def release_memory(device: str = "cpu") -> None:
-    """Hand freed memory back: young garbage, CUDA's cached blocks, glibc's free heap pages.
-
-    A full gc.collect() would hold the GIL for most of a second with a model loaded, and sessions
-    are freed by reference counting (no cycles), so only the young generations are collected."""
-    gc.collect(1)
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def _malloc_trim():
-    """glibc's malloc_trim, or None (musl, macOS: their allocators return memory by themselves or not at all)."""
-    global _TRIM
-    if _TRIM is False:
-        try:
-            _TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
-        except OSError:
-            _TRIM = None
-    return _TRIM
-
-
-_TRIM = False
-
-
-class MemoryReleaser:
-    """Calls :func:`release_memory` after caches are freed, once the service has been quiet for a moment.
-
-    Why: glibc keeps freed heap pages in its arenas (one per thread that allocated), so RSS stayed
-    at its peak after sessions closed; malloc_trim(0) returns them. It locks the arenas while it runs
-    (tens of ms), so it waits until no request has been in flight for ``quiet_s`` rather than stall a
-    call (a stall in a validation run would look like simulator error), and only once
-    ``threshold`` bytes were freed (a small stateless call is not worth it)."""
-
-    def __init__(self, device: str = "cpu", quiet_s: float = 0.2, threshold: int = 4 * MiB):
-        self.device, self.quiet_s, self.threshold = device, quiet_s, threshold
-        self.pending = 0
-        self.inflight = 0
-        self.last_activity = time.monotonic()
-        self.releases = 0
-        self._cv = threading.Condition()
-        self._thread = None
-        self._stop = False
-
-    def enter(self):
-        with self._cv:
-            self.inflight += 1
-            self.last_activity = time.monotonic()
-
-    def leave(self):
-        with self._cv:
-            self.inflight -= 1
-            self.last_activity = time.monotonic()
-            self._cv.notify()
-
-    def freed(self, nbytes: int):
-        with self._cv:
-            self.pending += nbytes
-            if self.pending >= self.threshold and self._thread is None and not self._stop:
-                self._thread = threading.Thread(target=self._run, name="sectrace-memory", daemon=True)
-                self._thread.start()
-            self._cv.notify()
-
-    def _run(self):
-        with self._cv:
-            while not self._stop:
-                if self.pending < self.threshold:
-                    self._cv.wait()
-                    continue
-                quiet = time.monotonic() - self.last_activity
-                if self.inflight or quiet < self.quiet_s:
-                    self._cv.wait(self.quiet_s if self.inflight else self.quiet_s - quiet)
-                    continue
-                self.pending = 0
-                self._cv.release()
-                try:
-                    release_memory(self.device)
-                except Exception:  # noqa: BLE001  (best effort: memory stays with the allocator)
-                    log.warning("could not release freed memory", exc_info=True)
-                finally:
-                    self._cv.acquire()
-                self.releases += 1
-
-    def close(self):
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
-@dataclass
-class _Session:
-    id: str
-    owner: str
-    mode: str
-    prompt: list[int]
-    lm: object
-    booking: Booking
-    seq: list[int] = field(default_factory=list)  # committed caption tokens the cloud holds (tentatively extended)
-    last_used: float = field(default_factory=time.monotonic)
-    busy: threading.Lock = field(default_factory=threading.Lock)
-
-
-class Sessions:
-    """Stateful sessions by id, owned by a client; bounded in number and memory, evicted when idle."""
-
-    def __init__(self, limits: Limits, budget: KvBudget):
-        self.limits = limits
-        self.budget = budget
-        self._by_id: dict[str, _Session] = {}
-        self._lock = threading.Lock()
-        self.evicted = 0
-
-    def __len__(self):
-        return len(self._by_id)
-
-    def evict_idle(self, now: float | None = None) -> int:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            old = [s for s in self._by_id.values() if now - s.last_used > self.limits.idle_s and not s.busy.locked()]
-            for s in old:
-                del self._by_id[s.id]
-            self.evicted += len(old)
-        for s in old:
-            self._drop(s)
-        return len(old)
-
-    def add(self, owner: str, mode: str, prompt: list[int], tokens: int, make_lm) -> _Session:
-        """A new session whose first pass holds ``tokens`` positions (booked before anything is allocated)."""
-        self.evict_idle()
-        with self._lock:
-            mine = sum(1 for s in self._by_id.values() if s.owner == owner)
-            if mine >= self.limits.sessions_per_client:
-                raise WireError(429, f"this client already holds {mine} sessions (limit "
-                                     f"{self.limits.sessions_per_client}); close finished ones with DELETE "
-                                     "/v1/sessions/{id} or wait for idle ones to expire")
-            if len(self._by_id) >= self.limits.max_sessions:
-                raise WireError(503, "the service holds its maximum number of sessions; retry shortly")
-            booking = self.budget.book(tokens)
-            s = _Session(secrets.token_urlsafe(18), owner, mode, prompt, make_lm(), booking)
-            self._by_id[s.id] = s
-            return s
-
-    def get(self, owner: str, sid: str) -> _Session:
-        with self._lock:
-            s = self._by_id.get(sid)
-        # bytes: compare_digest raises TypeError on str with non-ASCII characters (a client named "zoë")
-        if s is None or not hmac.compare_digest(s.owner.encode(), owner.encode()):
-            raise WireError(404, "no such session (it was closed, expired after being idle, or is not yours); "
-                                 "open a new one with POST /v1/sessions")
-        return s
-
-    def remove(self, owner: str, sid: str) -> None:
-        s = self.get(owner, sid)
-        with self._lock:
-            gone = self._by_id.pop(s.id, None)
-        if gone is not None:
-            self._drop(gone)
-
-    @staticmethod
-    def _drop(s: _Session) -> None:
-        """Free a session's cache: drop the only reference to it, then its booking (which may release memory)."""
-        s.lm = None
-        s.booking.free()
-
-    def owned_by(self, owner: str) -> int:
-        with self._lock:
-            return sum(1 for s in self._by_id.values() if s.owner == owner)
-
-
-def parse_keys(text: str) -> dict[str, str]:
-    """Key file lines: ``NAME KEY`` or just ``KEY`` (named client1, client2, …); ``#`` starts a comment."""
-    keys: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) > 2:
-            raise UserError(f"key file line {n}: write NAME KEY or KEY")
-        name, key = (parts if len(parts) == 2 else (f"client{len(keys) + 1}", parts[0]))
-        if len(key) < 16:
-            raise UserError(f"key file line {n}: a key must be at least 16 characters (use e.g. "
-                            "python -c 'import secrets; print(secrets.token_urlsafe(24))')")
-        if name in keys:
-            raise UserError(f"key file line {n}: client name {name!r} appears twice")
-        keys[name] = key
-    if not keys:
-        raise UserError("the key file holds no keys; write one KEY (or NAME KEY) per line")
-    return keys
 
 
 def create_app(cloud: CloudModel, keys: dict[str, str] | None, limits: Limits | None = None) -> FastAPI:
@@ -552,7 +243,7 @@ def create_app(cloud: CloudModel, keys: dict[str, str] | None, limits: Limits | 
         stats["verify_calls"] += 1
         return r
 
-    def verify_work(raw, ct, s: _Session, binary):
+    def verify_work(raw, ct, s: Session, binary):
         body = decode(raw, ct, wire.VerifyRequest)
         accept = accept_of(body.accept)
         if not s.busy.acquire(blocking=False):
