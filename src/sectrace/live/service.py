@@ -141,11 +141,6 @@ class _Activity:
             self.releaser.leave()
 
 
-_TIMEOUT_BODY = b'{"error":"the request headers did not arrive in time; connection closed"}'
-_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                    b"content-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
-
-
 def guarded_protocol(header_timeout_s: float, body_timeout_s: float):
     """uvicorn's h11 protocol with deadlines on receiving a request: its headers within ``header_timeout_s``
     of its first byte (or of the connection, for a fresh one), its body within ``body_timeout_s`` after.
@@ -154,75 +149,10 @@ def guarded_protocol(header_timeout_s: float, body_timeout_s: float):
     between requests and is reset by every byte), and ASGI middleware runs only once the headers are
     in, so a client trickling a header a byte at a time held its connection forever (slowloris). The
     deadline is absolute, not per byte. A connection past it is closed; one still in its headers is
-    told 408 first. The h11 protocol is used even where httptools is installed."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    told 408 first. The h11 protocol is used even where httptools is installed (see live/deadlines.py)."""
+    from .deadlines import with_deadlines
 
-    class GuardedH11Protocol(H11Protocol):
-        _timer = None
-        _phase = None
-
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            self._arm("headers")
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self._follow()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._follow()
-
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _follow(self) -> None:
-            if self.transport.is_closing():
-                return self._disarm()
-            state = self.conn.their_state
-            if state is h11.IDLE:
-                # Part of a request's head is buffered, or nothing is and no keep-alive timer watches the
-                # connection (uvicorn cancels it on every byte, e.g. of a body it discards after an early reply).
-                if self.conn.trailing_data[0] or self.timeout_keep_alive_task is None:
-                    self._arm("headers")
-                else:
-                    self._disarm()
-            elif state is h11.SEND_BODY:
-                self._arm("body")
-            else:
-                self._disarm()
-
-        def _arm(self, phase: str) -> None:
-            if self._phase == phase:
-                return  # absolute deadline: not moved by further bytes
-            self._disarm()
-            self._phase = phase
-            delay = header_timeout_s if phase == "headers" else body_timeout_s
-            self._timer = self.loop.call_later(delay, self._expired, phase)
-
-        def _disarm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer, self._phase = None, None
-
-        def _expired(self, phase: str) -> None:
-            self._timer, self._phase = None, None
-            if self.transport.is_closing():
-                return
-            peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
-            cycle = self.cycle
-            if phase == "headers":
-                log.info("%s did not send its request headers within %g s; connection closed", peer, header_timeout_s)
-                self.transport.write(_REQUEST_TIMEOUT)
-            elif cycle is not None and not cycle.response_complete:
-                cycle.scope["sectrace.timed_out"] = True  # the handler waiting for the body logs it
-            else:
-                log.info("%s did not send its request body within %g s; connection closed", peer, body_timeout_s)
-            self.transport.close()
-
-    return GuardedH11Protocol
+    return with_deadlines(header_timeout_s, body_timeout_s)
 
 
 def server_config(app, host: str, port: int, timeout_keep_alive: int = 300, log_level: str = "warning"):
