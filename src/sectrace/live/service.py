@@ -13,6 +13,11 @@ are evicted and freed memory goes back to the OS. Requests must arrive in time (
 headers and on the body, enforced in uvicorn's protocol: slow connections cannot pile up), bodies
 over the limit are refused from their Content-Length before they are read, and decoding and model
 work run in threads, so the event loop (and ``/v1/health``) stays responsive under load.
+
+Layout (FastAPI's "bigger applications"): this module assembles the app and runs it; ``config`` holds
+the limits and keys, ``state`` the ServiceState on ``app.state.service`` and the dependencies (auth,
+session lookup), ``routes`` one router per concern, ``bodies`` receiving and replying, ``checks`` the
+per-request limits, ``sessions`` and ``memory`` the bookkeeping, ``deadlines`` the read deadlines.
 """
 
 from __future__ import annotations
