@@ -82,15 +82,10 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
       sectrace validate TRACE --drafter D --verifier V ...   # starts its own service
     """
     require_extra("serve", "live", "collect")
-    import logging
-
-    import uvicorn
-
     from ..fsio import write_json
     from ..live.process import parse_cpus, pin
-    from ..live.service import Limits, create_app, server_config
+    from ..live.service import create_app
     from ..live.verifier import check_device, load_cloud_model
-    from ..units import parse_duration, parse_size
 
     # Every option is checked before the model loads (minutes for a real one): one sentence, exit 2.
     if not 0 <= port <= 65535:
@@ -100,6 +95,32 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
     check_device(device)
     cores = parse_cpus(cpus)
     keys, generated = _keys(api_key_file, no_auth, host)
+    limits = _limits(max_draft, max_context, max_body, sessions_per_client, max_sessions, idle, max_kv_memory,
+                     header_timeout, body_timeout)
+    if cores:
+        pin(cores)
+    cloud = load_cloud_model(verifier, backend, device, dtype, threads)
+    app = create_app(cloud, keys, limits)
+
+    def announce(bound: int) -> None:
+        """What a person (and a parent process, through --ready-file) learns once the port is open."""
+        auth = "no auth" if keys is None else f"{len(keys)} key(s)"
+        where = f", cores {','.join(map(str, cores))}" if cores else ""
+        click.echo(f"serving {verifier} on http://{host}:{bound} ({auth}{where})", err=True)
+        if generated:
+            click.echo(f"API key (generated; pass it as `Authorization: Bearer KEY`): {generated}", err=True)
+        if ready_file:
+            write_json({"port": bound, "pid": os.getpid()}, ready_file)
+
+    _run_server(app, host, port, announce)
+
+
+def _limits(max_draft, max_context, max_body, sessions_per_client, max_sessions, idle, max_kv_memory, header_timeout,
+            body_timeout):
+    """The service's limits from `serve`'s options, checked: one sentence per mistake, before the model loads."""
+    from ..live.service import Limits
+    from ..units import parse_duration, parse_size
+
     kv = None if max_kv_memory.strip().lower() == "auto" else parse_size(max_kv_memory, "--max-kv-memory")
     limits = Limits(max_draft=max_draft, max_context=max_context, max_body_bytes=parse_size(max_body, "--max-body"),
                     sessions_per_client=sessions_per_client, max_sessions=max_sessions,
@@ -107,24 +128,22 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
                     header_timeout_s=parse_duration(header_timeout, "--header-timeout", require_unit=True),
                     body_timeout_s=parse_duration(body_timeout, "--body-timeout", require_unit=True))
     limits.check()
-    if cores:
-        pin(cores)
-    cloud = load_cloud_model(verifier, backend, device, dtype, threads)
-    app = create_app(cloud, keys, limits)
+    return limits
+
+
+def _run_server(app, host: str, port: int, on_listening) -> None:
+    """Serve ``app`` under uvicorn until stopped, calling ``on_listening(port)`` once it listens (port 0 resolved)."""
+    import logging
+
+    import uvicorn
+
+    from ..live.service import server_config
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):
             await super().startup(sockets)
-            if not self.started:
-                return
-            bound = self.servers[0].sockets[0].getsockname()[1]
-            auth = "no auth" if keys is None else f"{len(keys)} key(s)"
-            where = f", cores {','.join(map(str, cores))}" if cores else ""
-            click.echo(f"serving {verifier} on http://{host}:{bound} ({auth}{where})", err=True)
-            if generated:
-                click.echo(f"API key (generated; pass it as `Authorization: Bearer KEY`): {generated}", err=True)
-            if ready_file:
-                write_json({"port": bound, "pid": os.getpid()}, ready_file)
+            if self.started:
+                on_listening(self.servers[0].sockets[0].getsockname()[1])
 
     logging.basicConfig(level=logging.WARNING)
     server = Server(server_config(app, host, port, timeout_keep_alive=300))

@@ -13,663 +13,121 @@ are evicted and freed memory goes back to the OS. Requests must arrive in time (
 headers and on the body, enforced in uvicorn's protocol: slow connections cannot pile up), bodies
 over the limit are refused from their Content-Length before they are read, and decoding and model
 work run in threads, so the event loop (and ``/v1/health``) stays responsive under load.
+
+Layout (FastAPI's "bigger applications"): this module assembles the app and runs it; ``config`` holds
+the limits and keys, ``state`` the ServiceState on ``app.state.service`` and the dependencies (auth,
+session lookup), ``routes`` one router per concern, ``bodies`` receiving and replying, ``checks`` the
+per-request limits, ``sessions`` and ``memory`` the bookkeeping, ``deadlines`` the read deadlines.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import dataclasses
-import gc
-import hmac
 import logging
-import os
-import secrets
 import threading
 import time
-import weakref
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from ..errors import UserError
-from ..protocol import Accept, PolicyError, committed_tokens
 from ..version import __version__
-from . import wire
+from . import routes, wire
+from .config import Limits, parse_keys
+from .memory import MemoryReleaser
+from .state import ServiceState
 from .verifier import CloudModel
 from .wire import WireError
 
+__all__ = ["BackgroundServer", "Limits", "ServiceState", "create_app", "guarded_protocol", "parse_keys",
+           "server_config"]
+
 log = logging.getLogger("sectrace.serve")
-MiB = 2**20
 
-
-@dataclass
-class Limits:
-    """What one request and one client may ask for (each breach is a clear 4xx or 503)."""
-
-    max_draft: int = 32
-    max_prompt: int = 4096
-    max_context: int = 8192  # prompt + committed + draft tokens in one session
-    max_new_tokens: int = 512  # cloud-only decoding
-    max_body_bytes: int = 8 * 2**20
-    max_feature_elements: int = 2 * 2**20
-    sessions_per_client: int = 16
-    max_sessions: int = 256
-    idle_s: float = 120.0
-    #: KV-cache bytes all sessions and calls may hold together; None: a quarter of this machine's memory
-    #: (half the device's free memory on CUDA), resolved by create_app.
-    max_kv_bytes: int | None = None
-    header_timeout_s: float = 10.0  # a request's headers must arrive within this of its first byte
-    body_timeout_s: float = 60.0  # and its body within this of its headers
-
-    def check(self) -> None:
-        """Each limit must allow something: one sentence per mistake (the command line's options)."""
-        for name, flag, lo in (("max_draft", "--max-draft", 1), ("max_prompt", "max_prompt", 1),
-                               ("max_context", "--max-context", 2), ("max_new_tokens", "max_new_tokens", 1),
-                               ("max_body_bytes", "--max-body", 1), ("max_feature_elements", "max_feature_elements", 1),
-                               ("sessions_per_client", "--sessions-per-client", 1),
-                               ("max_sessions", "--max-sessions", 1)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < lo:
-                raise UserError(f"{flag} must be a whole number of at least {lo}, not {v}")
-        for name, flag in (("idle_s", "--idle"), ("header_timeout_s", "--header-timeout"),
-                           ("body_timeout_s", "--body-timeout")):
-            v = getattr(self, name)
-            if not v > 0 or v == float("inf"):
-                raise UserError(f"{flag} must be a positive duration, not {v} s")
-        if self.max_kv_bytes is not None and self.max_kv_bytes < 1:
-            raise UserError(f"--max-kv-memory must be positive, not {self.max_kv_bytes} bytes")
-
-
-def default_kv_budget(device: str) -> int:
-    """A quarter of the machine's memory (CPU), half of the device's free memory after loading (CUDA)."""
-    if device.startswith("cuda"):
-        import torch
-
-        return int(torch.cuda.mem_get_info(torch.device(device))[0] // 2)
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):
-        return 4 * 2**30
-
-
-class KvBudget:
-    """KV-cache bytes booked against one total: sessions (for as long as they live) and one-off calls.
-
-    Why bookings and not measurements: memory must be refused before a forward pass allocates it. A
-    cache of n positions costs ``per_cache + n × per_token`` (per_token from the model's config, see
-    verifier.kv_bytes_per_token). A session's booking only grows, to the most positions it ever held:
-    a cropped DynamicCache keeps its storage until the next step replaces it."""
-
-    def __init__(self, total: int, per_token: int, per_cache: int, on_free=None):
-        self.total, self.per_token, self.per_cache = total, per_token, per_cache
-        self.in_use = 0
-        self.peak = 0
-        self.refused = 0
-        self._lock = threading.Lock()
-        self._on_free = on_free
-
-    def cost(self, tokens: int) -> int:
-        return self.per_cache + tokens * self.per_token
-
-    def book(self, tokens: int) -> Booking:
-        b = Booking(self)
-        b.grow(tokens, first=True)
-        return b
-
-    def _take(self, nbytes: int):
-        with self._lock:
-            if self.in_use + nbytes > self.total:
-                self.refused += 1
-                raise WireError(503, f"the service's KV-cache memory is fully booked ({self.in_use // MiB} of "
-                                     f"{self.total // MiB} MiB); retry shortly or close finished sessions")
-            self.in_use += nbytes
-            self.peak = max(self.peak, self.in_use)
-
-    def _give(self, nbytes: int):
-        with self._lock:
-            self.in_use -= nbytes
-        if self._on_free is not None:
-            self._on_free(nbytes)
-
-
-class Booking:
-    """One cache's share of a :class:`KvBudget`; ``free()`` is idempotent."""
-
-    def __init__(self, budget: KvBudget):
-        self.budget = budget
-        self.tokens = 0
-        self.nbytes = 0
-        self.freed = False
-
-    def grow(self, tokens: int, first: bool = False) -> None:
-        if self.freed or (tokens <= self.tokens and not first):
-            return
-        need = self.budget.cost(max(tokens, self.tokens))
-        self.budget._take(need - self.nbytes)
-        self.tokens, self.nbytes = max(tokens, self.tokens), need
-
-    def free(self) -> None:
-        if not self.freed:
-            self.freed = True
-            self.budget._give(self.nbytes)
-
-
-def release_memory(device: str = "cpu") -> None:
-    """Hand freed memory back: young garbage, CUDA's cached blocks, glibc's free heap pages.
-
-    A full gc.collect() would hold the GIL for most of a second with a model loaded, and sessions
-    are freed by reference counting (no cycles), so only the young generations are collected."""
-    gc.collect(1)
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def _malloc_trim():
-    """glibc's malloc_trim, or None (musl, macOS: their allocators return memory by themselves or not at all)."""
-    global _TRIM
-    if _TRIM is False:
-        try:
-            _TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
-        except OSError:
-            _TRIM = None
-    return _TRIM
-
-
-_TRIM = False
-
-
-class MemoryReleaser:
-    """Calls :func:`release_memory` after caches are freed, once the service has been quiet for a moment.
-
-    Why: glibc keeps freed heap pages in its arenas (one per thread that allocated), so RSS stayed
-    at its peak after sessions closed; malloc_trim(0) returns them. It locks the arenas while it runs
-    (tens of ms), so it waits until no request has been in flight for ``quiet_s`` rather than stall a
-    call (a stall in a validation run would look like simulator error), and only once
-    ``threshold`` bytes were freed (a small stateless call is not worth it)."""
-
-    def __init__(self, device: str = "cpu", quiet_s: float = 0.2, threshold: int = 4 * MiB):
-        self.device, self.quiet_s, self.threshold = device, quiet_s, threshold
-        self.pending = 0
-        self.inflight = 0
-        self.last_activity = time.monotonic()
-        self.releases = 0
-        self._cv = threading.Condition()
-        self._thread = None
-        self._stop = False
-
-    def enter(self):
-        with self._cv:
-            self.inflight += 1
-            self.last_activity = time.monotonic()
-
-    def leave(self):
-        with self._cv:
-            self.inflight -= 1
-            self.last_activity = time.monotonic()
-            self._cv.notify()
-
-    def freed(self, nbytes: int):
-        with self._cv:
-            self.pending += nbytes
-            if self.pending >= self.threshold and self._thread is None and not self._stop:
-                self._thread = threading.Thread(target=self._run, name="sectrace-memory", daemon=True)
-                self._thread.start()
-            self._cv.notify()
-
-    def _run(self):
-        with self._cv:
-            while not self._stop:
-                if self.pending < self.threshold:
-                    self._cv.wait()
-                    continue
-                quiet = time.monotonic() - self.last_activity
-                if self.inflight or quiet < self.quiet_s:
-                    self._cv.wait(self.quiet_s if self.inflight else self.quiet_s - quiet)
-                    continue
-                self.pending = 0
-                self._cv.release()
-                try:
-                    release_memory(self.device)
-                except Exception:  # noqa: BLE001  (best effort: memory stays with the allocator)
-                    log.warning("could not release freed memory", exc_info=True)
-                finally:
-                    self._cv.acquire()
-                self.releases += 1
-
-    def close(self):
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
-@dataclass
-class _Session:
-    id: str
-    owner: str
-    mode: str
-    prompt: list[int]
-    lm: object
-    booking: Booking
-    seq: list[int] = field(default_factory=list)  # committed caption tokens the cloud holds (tentatively extended)
-    last_used: float = field(default_factory=time.monotonic)
-    busy: threading.Lock = field(default_factory=threading.Lock)
-
-
-class Sessions:
-    """Stateful sessions by id, owned by a client; bounded in number and memory, evicted when idle."""
-
-    def __init__(self, limits: Limits, budget: KvBudget):
-        self.limits = limits
-        self.budget = budget
-        self._by_id: dict[str, _Session] = {}
-        self._lock = threading.Lock()
-        self.evicted = 0
-
-    def __len__(self):
-        return len(self._by_id)
-
-    def evict_idle(self, now: float | None = None) -> int:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            old = [s for s in self._by_id.values() if now - s.last_used > self.limits.idle_s and not s.busy.locked()]
-            for s in old:
-                del self._by_id[s.id]
-            self.evicted += len(old)
-        for s in old:
-            self._drop(s)
-        return len(old)
-
-    def add(self, owner: str, mode: str, prompt: list[int], tokens: int, make_lm) -> _Session:
-        """A new session whose first pass holds ``tokens`` positions (booked before anything is allocated)."""
-        self.evict_idle()
-        with self._lock:
-            mine = sum(1 for s in self._by_id.values() if s.owner == owner)
-            if mine >= self.limits.sessions_per_client:
-                raise WireError(429, f"this client already holds {mine} sessions (limit "
-                                     f"{self.limits.sessions_per_client}); close finished ones with DELETE "
-                                     "/v1/sessions/{id} or wait for idle ones to expire")
-            if len(self._by_id) >= self.limits.max_sessions:
-                raise WireError(503, "the service holds its maximum number of sessions; retry shortly")
-            booking = self.budget.book(tokens)
-            s = _Session(secrets.token_urlsafe(18), owner, mode, prompt, make_lm(), booking)
-            self._by_id[s.id] = s
-            return s
-
-    def get(self, owner: str, sid: str) -> _Session:
-        with self._lock:
-            s = self._by_id.get(sid)
-        # bytes: compare_digest raises TypeError on str with non-ASCII characters (a client named "zoë")
-        if s is None or not hmac.compare_digest(s.owner.encode(), owner.encode()):
-            raise WireError(404, "no such session (it was closed, expired after being idle, or is not yours); "
-                                 "open a new one with POST /v1/sessions")
-        return s
-
-    def remove(self, owner: str, sid: str) -> None:
-        s = self.get(owner, sid)
-        with self._lock:
-            gone = self._by_id.pop(s.id, None)
-        if gone is not None:
-            self._drop(gone)
-
-    @staticmethod
-    def _drop(s: _Session) -> None:
-        """Free a session's cache: drop the only reference to it, then its booking (which may release memory)."""
-        s.lm = None
-        s.booking.free()
-
-    def owned_by(self, owner: str) -> int:
-        with self._lock:
-            return sum(1 for s in self._by_id.values() if s.owner == owner)
-
-
-def parse_keys(text: str) -> dict[str, str]:
-    """Key file lines: ``NAME KEY`` or just ``KEY`` (named client1, client2, …); ``#`` starts a comment."""
-    keys: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) > 2:
-            raise UserError(f"key file line {n}: write NAME KEY or KEY")
-        name, key = (parts if len(parts) == 2 else (f"client{len(keys) + 1}", parts[0]))
-        if len(key) < 16:
-            raise UserError(f"key file line {n}: a key must be at least 16 characters (use e.g. "
-                            "python -c 'import secrets; print(secrets.token_urlsafe(24))')")
-        if name in keys:
-            raise UserError(f"key file line {n}: client name {name!r} appears twice")
-        keys[name] = key
-    if not keys:
-        raise UserError("the key file holds no keys; write one KEY (or NAME KEY) per line")
-    return keys
+_DESCRIPTION = ("The cloud side of edge–cloud speculative decoding: verifies drafted token blocks. "
+                "Bodies are MessagePack (application/msgpack; token ids may be packed int32 bytes) "
+                "or JSON. Every endpoint except /v1/health needs `Authorization: Bearer KEY`.")
 
 
 def create_app(cloud: CloudModel, keys: dict[str, str] | None, limits: Limits | None = None) -> FastAPI:
     """The service. ``keys`` maps client names to bearer keys; ``None`` turns authentication off."""
-    limits = limits or Limits()
-    limits.check()
-    if limits.max_kv_bytes is None:
-        limits = dataclasses.replace(limits, max_kv_bytes=default_kv_budget(cloud.device))
-    releaser = MemoryReleaser(cloud.device)
-    budget = KvBudget(limits.max_kv_bytes, cloud.kv_bytes_per_token, cloud.cache_overhead_bytes, releaser.freed)
-    if budget.cost(limits.max_context) > budget.total:
-        raise UserError(f"a session of --max-context {limits.max_context} tokens needs "
-                        f"{budget.cost(limits.max_context) / MiB:.0f} MiB of KV cache for this model, over the "
-                        f"{budget.total / MiB:.0f} MiB allowed; raise --max-kv-memory or lower --max-context")
-    sessions = Sessions(limits, budget)
-    stats = {"verify_calls": 0, "generate_calls": 0, "rejected": 0}
-    # Bodies being received or decoded, in bytes: 64 clients sending 8 MB each would otherwise buffer 512 MB.
-    receiving = {"bytes": 0, "limit": max(64 * MiB, 8 * limits.max_body_bytes)}
-    decoding = threading.BoundedSemaphore(2)  # a decoded JSON body can be several times its size
-
-    async def evictor():
-        while True:
-            await asyncio.sleep(max(1.0, limits.idle_s / 4))
-            await run_in_threadpool(sessions.evict_idle)
-
-    @asynccontextmanager
-    async def lifespan(app):
-        task = asyncio.create_task(evictor())
-        yield
-        task.cancel()
-        releaser.close()
-
-    # No /docs, /redoc or open /openapi.json: the schema is served below, behind the key.
-    app = FastAPI(title="sectrace verifier", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None,
-                  description="The cloud side of edge–cloud speculative decoding: verifies drafted token blocks. "
-                              "Bodies are MessagePack (application/msgpack; token ids may be packed int32 bytes) "
-                              "or JSON. Every endpoint except /v1/health needs `Authorization: Bearer KEY`.")
-    app.state.sessions = sessions
-    app.state.stats = stats
-    app.state.limits = limits
-    app.state.budget = budget
-    app.state.releaser = releaser
-    app.state.receiving = receiving
-    app.add_middleware(_Activity, releaser=releaser)
-
-    @app.exception_handler(WireError)
-    async def _wire_error(request, exc: WireError):
-        stats["rejected"] += 1
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
-
-    @app.exception_handler(ClientDisconnect)
-    async def _gone(request: Request, exc: ClientDisconnect):
-        """A client that hangs up mid-upload is routine on the internet: one line, no traceback."""
-        peer = request.client
-        who = f"{peer.host}:{peer.port}" if peer else "a client"
-        why = (f"did not send its body within {limits.body_timeout_s:g} s (connection closed)"
-               if request.scope.get("sectrace.timed_out") else "disconnected while sending its request")
-        log.info("%s %s (%s %s); nothing was done", who, why, request.method, request.url.path)
-        return Response(status_code=400)  # never delivered: the connection is gone
-
-    @app.exception_handler(Exception)
-    async def _crash(request, exc: Exception):  # never a traceback to the client; logged here
-        log.exception("unexpected error")
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the service logged it"},
-                            status_code=500)
-
-    def client_of(request: Request) -> str:
-        if keys is None:
-            return "anonymous"
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise WireError(401, "send your API key as `Authorization: Bearer KEY`")
-        found = None
-        for name, key in keys.items():  # compare against every key: the time taken does not say which matched
-            if hmac.compare_digest(key.encode(), token.strip().encode()):
-                found = name
-        if found is None:
-            raise WireError(401, "unknown API key")
-        return found
-
-    def too_big() -> WireError:
-        return WireError(413, f"the body is over this service's limit of {limits.max_body_bytes} bytes")
-
-    async def call_with_body(request: Request, work, *args):
-        """Receive the body (refused from Content-Length before reading; cut at the limit without one), then
-        run ``work(body_bytes, content_type, *args)`` in a thread: decoding, checks and the model."""
-        n = request.headers.get("content-length")
-        if n is not None and (not n.isdigit() or int(n) > limits.max_body_bytes):
-            raise too_big()
-        held = 0
-        try:
-            chunks = []
-            async for chunk in request.stream():
-                if held + len(chunk) > limits.max_body_bytes:
-                    raise too_big()
-                if receiving["bytes"] + len(chunk) > receiving["limit"]:
-                    raise WireError(503, "the service is receiving too many large bodies at once; retry shortly")
-                receiving["bytes"] += len(chunk)
-                held += len(chunk)
-                chunks.append(chunk)
-            raw = b"".join(chunks)
-            del chunks
-            return await run_in_threadpool(work, raw, request.headers.get("content-type"), *args)
-        finally:
-            receiving["bytes"] -= held
-
-    def decode(raw: bytes, ct: str | None, model):
-        with decoding:
-            return wire.parse(model, wire.decode_body(raw, ct, max_items=limits.max_context))
-
-    def reply(obj: dict, binary: bool, status: int = 200) -> Response:
-        data, media = wire.encode_body(obj, binary)
-        return Response(data, media_type=media, status_code=status)
-
-    def accept_of(text: str) -> Accept:
-        try:
-            return Accept.parse(text)
-        except PolicyError as exc:
-            raise WireError(422, f"accept: {exc}") from None
-        except (ValueError, OverflowError):  # rank:inf / rank:nan pass Accept.parse and fail in int()
-            raise WireError(422, f"accept: cannot read acceptance rule {text[:40]!r}; write top1, rank:20 or "
-                                 "prob:0.1") from None
-
-    def check_session(body) -> tuple[list[int], dict]:
-        if len(body.prompt) > limits.max_prompt:
-            raise WireError(413, f"prompt: {len(body.prompt)} tokens is over the limit of {limits.max_prompt}")
-        cloud.check_ids(body.prompt, "prompt")
-        feats = None
-        if body.features:
-            feats = {k: wire.tensor_from_wire(v, limits.max_feature_elements) for k, v in body.features.items()}
-        return list(body.prompt), cloud.kwargs_for(body.mode, feats, body.audio)
-
-    def check_block(draft, context: int):
-        if len(draft) > limits.max_draft:
-            raise WireError(413, f"draft: {len(draft)} tokens is over the limit of {limits.max_draft} per block")
-        cloud.check_ids(draft, "draft")
-        if context + len(draft) > limits.max_context:
-            raise WireError(413, f"the session would hold {context + len(draft)} tokens, over the limit of "
-                                 f"{limits.max_context}; start a new session")
-
-    def commit_after(seq: list[int], body, out: dict) -> list[int]:
-        """What the edge commits after this reply (it runs the same protocol): kept tentatively."""
-        return seq + committed_tokens(body.draft, out["accepted"], out["top1"].__getitem__, body.bonus)
-
-    @app.get("/v1/health", summary="Liveness (no key needed)")
-    async def health():
-        return {"status": "ok"}
-
-    @app.get("/v1/info", summary="The model, its vocabulary, the limits and this client's sessions")
-    async def info(request: Request):
-        who = client_of(request)
-        return {"model": cloud.name, "backend": cloud.backend, "vocab": cloud.vocab, "eos": sorted(cloud.eos),
-                "device": cloud.device, "threads": cloud.threads, "limits": asdict(limits),
-                "memory": {"kv_bytes_per_token": budget.per_token, "cache_overhead_bytes": budget.per_cache,
-                           "session_max_bytes": budget.cost(limits.max_context), "kv_budget_bytes": budget.total,
-                           "kv_booked_bytes": budget.in_use},
-                "client": who, "sessions": sessions.owned_by(who), "version": __version__}
-
-    @app.get("/openapi.json", include_in_schema=False)
-    async def schema(request: Request):
-        client_of(request)
-        return JSONResponse(app.openapi())
-
-    _bodies = {"application/msgpack": {}, "application/json": {}}
-
-    def body_doc(model):
-        schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-        return {"requestBody": {"required": True, "content": {m: {"schema": schema} for m in _bodies}}}
-
-    def open_work(raw, ct, who, binary):
-        body = decode(raw, ct, wire.OpenRequest)
-        accept = accept_of(body.accept)
-        prompt, kwargs = check_session(body)
-        cloud.check_ids(body.committed, "committed")
-        check_block(body.draft, len(prompt) + len(body.committed))
-        s = sessions.add(who, body.mode, prompt, len(prompt) + len(body.committed) + len(body.draft),
-                         lambda: cloud.new_cache(kwargs))
-        with s.busy:
-            try:
-                out = cloud.verify(s.lm, prompt + list(body.committed), list(body.draft), accept)
-            except BaseException:
-                sessions.remove(who, s.id)
-                raise
-            s.seq = commit_after(list(body.committed), body, out)
-            s.last_used = time.monotonic()
-        return reply({"session": s.id, **out}, binary, 201)
-
-    @app.post("/v1/sessions", summary="Open a stateful session and verify its first block",
-              openapi_extra=body_doc(wire.OpenRequest), status_code=201)
-    async def open_session(request: Request):
-        who = client_of(request)
-        r = await call_with_body(request, open_work, who, _binary(request))
-        stats["verify_calls"] += 1
-        return r
-
-    def verify_work(raw, ct, s: _Session, binary):
-        body = decode(raw, ct, wire.VerifyRequest)
-        accept = accept_of(body.accept)
-        if not s.busy.acquire(blocking=False):
-            raise WireError(409, "this session is already verifying a block; send one block at a time")
-        try:
-            lm = s.lm
-            if lm is None:
-                raise WireError(404, "no such session (it was closed while this call waited); open a new one "
-                                     "with POST /v1/sessions")
-            if body.base > len(s.seq):
-                raise WireError(409, f"base {body.base} is past the {len(s.seq)} tokens this session holds; "
-                                     "send base <= the tokens the cloud confirmed")
-            cloud.check_ids(body.new, "new")
-            seq = s.seq[: body.base] + list(body.new)
-            check_block(body.draft, len(s.prompt) + len(seq))
-            s.booking.grow(len(s.prompt) + len(seq) + len(body.draft))
-            out = cloud.verify(lm, s.prompt + seq, list(body.draft), accept)
-            s.seq = commit_after(seq, body, out)
-            s.last_used = time.monotonic()
-        finally:
-            s.busy.release()
-        return reply(out, binary)
-
-    @app.post("/v1/sessions/{sid}/verify", summary="Verify the next block of a session",
-              openapi_extra=body_doc(wire.VerifyRequest))
-    async def verify(sid: str, request: Request):
-        who = client_of(request)
-        s = sessions.get(who, sid)
-        r = await call_with_body(request, verify_work, s, _binary(request))
-        stats["verify_calls"] += 1
-        return r
-
-    @app.delete("/v1/sessions/{sid}", summary="Close a session (frees its cache)", status_code=204)
-    async def close(sid: str, request: Request):
-        who = client_of(request)
-        sessions.remove(who, sid)
-        return Response(status_code=204)
-
-    def stateless_work(raw, ct, binary):
-        body = decode(raw, ct, wire.StatelessRequest)
-        accept = accept_of(body.accept)
-        prompt, kwargs = check_session(body)
-        cloud.check_ids(body.committed, "committed")
-        check_block(body.draft, len(prompt) + len(body.committed))
-        booking = budget.book(len(prompt) + len(body.committed) + len(body.draft))
-        try:
-            out = cloud.verify(cloud.new_cache(kwargs), prompt + list(body.committed), list(body.draft), accept)
-        finally:
-            booking.free()
-        return reply(out, binary)
-
-    @app.post("/v1/verify", summary="Verify a block without a session (stateless: everything sent, nothing kept)",
-              openapi_extra=body_doc(wire.StatelessRequest))
-    async def verify_stateless(request: Request):
-        client_of(request)
-        r = await call_with_body(request, stateless_work, _binary(request))
-        stats["verify_calls"] += 1
-        return r
-
-    def generate_work(raw, ct):
-        body = decode(raw, ct, wire.GenerateRequest)
-        if body.max_new_tokens > limits.max_new_tokens:
-            raise WireError(413, f"max_new_tokens {body.max_new_tokens} is over the limit of {limits.max_new_tokens}")
-        prompt, kwargs = check_session(body)
-        if len(prompt) + body.max_new_tokens > limits.max_context:
-            raise WireError(413, f"prompt plus max_new_tokens is over the context limit of {limits.max_context}")
-        booking = budget.book(len(prompt) + body.max_new_tokens)
-        lm = cloud.new_cache(kwargs)
-        gone = threading.Event()
-
-        def records():
-            try:
-                for tok, prob, eos in cloud.generate(lm, prompt, body.max_new_tokens, gone.is_set):
-                    yield wire.TOKEN_RECORD.pack(tok, prob, eos)
-            finally:
-                gone.set()
-                booking.free()
-
-        it = records()
-        weakref.finalize(it, booking.free)  # a stream never started (client gone first) frees its booking too
-        return it
-
-    @app.post("/v1/generate", summary="Cloud-only decoding, streamed: 9-byte records (int32 id, float32 prob, "
-                                      "bool end) as application/x-sectrace-tokens",
-              openapi_extra=body_doc(wire.GenerateRequest))
-    async def generate(request: Request):
-        client_of(request)
-        records = await call_with_body(request, generate_work)
-        stats["generate_calls"] += 1
-        return StreamingResponse(records, media_type=wire.TOKEN_STREAM)
-
-    # The schema names every body model even though the handlers read raw bodies (to take MessagePack).
-    def openapi():
-        if app.openapi_schema:
-            return app.openapi_schema
-        from fastapi.openapi.utils import get_openapi
-
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        for m in (wire.OpenRequest, wire.VerifyRequest, wire.StatelessRequest, wire.GenerateRequest):
-            s = m.model_json_schema(ref_template="#/components/schemas/{model}")
-            comps.update(s.pop("$defs", {}))
-            comps[m.__name__] = s
-        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        schema["security"] = [{"bearer": []}]
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi
+    st = ServiceState.build(cloud, keys, limits or Limits())
+    # No /docs, /redoc or open /openapi.json: the schema is served by routes.schema, behind the key.
+    app = FastAPI(title="sectrace verifier", version=__version__, lifespan=_lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None, description=_DESCRIPTION)
+    app.state.service = st
+    # The parts tests, server_config and operators read directly (the same objects as on the state).
+    for name in ("sessions", "stats", "limits", "budget", "releaser", "receiving"):
+        setattr(app.state, name, getattr(st, name))
+    app.add_middleware(_Activity, releaser=st.releaser)
+    app.add_exception_handler(WireError, _wire_error)
+    app.add_exception_handler(ClientDisconnect, _gone)
+    app.add_exception_handler(Exception, _crash)
+    for router in routes.ROUTERS:
+        app.include_router(router)
+    app.openapi = lambda: _openapi(app)
     return app
 
 
-def _binary(request: Request) -> bool:
-    """Answer in MessagePack when the request came in it or asks for it."""
-    ct = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    return ct in (wire.MSGPACK, "application/x-msgpack", "application/vnd.msgpack") or \
-        wire.MSGPACK in request.headers.get("accept", "")
+async def _evict_idle(st: ServiceState):
+    """Close idle sessions every quarter of the idle time (at most once a second), off the event loop."""
+    while True:
+        await asyncio.sleep(max(1.0, st.limits.idle_s / 4))
+        await run_in_threadpool(st.sessions.evict_idle)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    """The evictor runs while the service does; the memory releaser's thread ends with it."""
+    st: ServiceState = app.state.service
+    task = asyncio.create_task(_evict_idle(st))
+    yield
+    task.cancel()
+    st.releaser.close()
+
+
+async def _wire_error(request: Request, exc: WireError):
+    """A refusal: its status and one sentence under ``error`` (401 names the scheme to use)."""
+    request.app.state.service.stats["rejected"] += 1
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+
+async def _gone(request: Request, exc: ClientDisconnect):
+    """A client that hangs up mid-upload is routine on the internet: one line, no traceback."""
+    peer = request.client
+    who = f"{peer.host}:{peer.port}" if peer else "a client"
+    why = (f"did not send its body within {request.app.state.service.limits.body_timeout_s:g} s (connection closed)"
+           if request.scope.get("sectrace.timed_out") else "disconnected while sending its request")
+    log.info("%s %s (%s %s); nothing was done", who, why, request.method, request.url.path)
+    return Response(status_code=400)  # never delivered: the connection is gone
+
+
+async def _crash(request: Request, exc: Exception):
+    """Never a traceback to the client; logged here."""
+    log.exception("unexpected error")
+    return JSONResponse({"error": f"internal error ({type(exc).__name__}); the service logged it"},
+                        status_code=500)
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The schema names every body model even though the handlers read raw bodies (to take MessagePack)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    for m in (wire.OpenRequest, wire.VerifyRequest, wire.StatelessRequest, wire.GenerateRequest):
+        s = m.model_json_schema(ref_template="#/components/schemas/{model}")
+        comps.update(s.pop("$defs", {}))
+        comps[m.__name__] = s
+    schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    schema["security"] = [{"bearer": []}]
+    app.openapi_schema = schema
+    return schema
 
 
 class _Activity:
@@ -688,11 +146,6 @@ class _Activity:
             self.releaser.leave()
 
 
-_TIMEOUT_BODY = b'{"error":"the request headers did not arrive in time; connection closed"}'
-_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                    b"content-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
-
-
 def guarded_protocol(header_timeout_s: float, body_timeout_s: float):
     """uvicorn's h11 protocol with deadlines on receiving a request: its headers within ``header_timeout_s``
     of its first byte (or of the connection, for a fresh one), its body within ``body_timeout_s`` after.
@@ -701,75 +154,10 @@ def guarded_protocol(header_timeout_s: float, body_timeout_s: float):
     between requests and is reset by every byte), and ASGI middleware runs only once the headers are
     in, so a client trickling a header a byte at a time held its connection forever (slowloris). The
     deadline is absolute, not per byte. A connection past it is closed; one still in its headers is
-    told 408 first. The h11 protocol is used even where httptools is installed."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    told 408 first. The h11 protocol is used even where httptools is installed (see live/deadlines.py)."""
+    from .deadlines import with_deadlines
 
-    class GuardedH11Protocol(H11Protocol):
-        _timer = None
-        _phase = None
-
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            self._arm("headers")
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self._follow()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._follow()
-
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _follow(self) -> None:
-            if self.transport.is_closing():
-                return self._disarm()
-            state = self.conn.their_state
-            if state is h11.IDLE:
-                # Part of a request's head is buffered, or nothing is and no keep-alive timer watches the
-                # connection (uvicorn cancels it on every byte, e.g. of a body it discards after an early reply).
-                if self.conn.trailing_data[0] or self.timeout_keep_alive_task is None:
-                    self._arm("headers")
-                else:
-                    self._disarm()
-            elif state is h11.SEND_BODY:
-                self._arm("body")
-            else:
-                self._disarm()
-
-        def _arm(self, phase: str) -> None:
-            if self._phase == phase:
-                return  # absolute deadline: not moved by further bytes
-            self._disarm()
-            self._phase = phase
-            delay = header_timeout_s if phase == "headers" else body_timeout_s
-            self._timer = self.loop.call_later(delay, self._expired, phase)
-
-        def _disarm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer, self._phase = None, None
-
-        def _expired(self, phase: str) -> None:
-            self._timer, self._phase = None, None
-            if self.transport.is_closing():
-                return
-            peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
-            cycle = self.cycle
-            if phase == "headers":
-                log.info("%s did not send its request headers within %g s; connection closed", peer, header_timeout_s)
-                self.transport.write(_REQUEST_TIMEOUT)
-            elif cycle is not None and not cycle.response_complete:
-                cycle.scope["sectrace.timed_out"] = True  # the handler waiting for the body logs it
-            else:
-                log.info("%s did not send its request body within %g s; connection closed", peer, body_timeout_s)
-            self.transport.close()
-
-    return GuardedH11Protocol
+    return with_deadlines(header_timeout_s, body_timeout_s)
 
 
 def server_config(app, host: str, port: int, timeout_keep_alive: int = 300, log_level: str = "warning"):
