@@ -107,7 +107,7 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     from ..models.backends import DEFAULT_TEXT_PROMPT, CausalLMBackend
     from ..models.pair import load_pair, tokenizer_fingerprint
     from ..trace.schema import TIMINGS
-    from .probes import GpuSampler, hardware, peaks, probe
+    from .probes import GpuSampler, hardware, peaks, probe, verify_sizes
 
     if not cfg.policies:
         raise UserError("no exploration policies to run; give at least one --policy")
@@ -177,7 +177,7 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
         cmode = "audio" if "audio" in cfg.modes else cfg.modes[0]
         rows += probe(pair.verifier, pair.shared_vocab, prepared_first.cloud_prompts[cmode], "cloud",
                       cfg.cloud_device, None, cfg.timing_repeats, prepared_first.cloud_kwargs.get(cmode),
-                      verify=True)
+                      verify=True, ns=verify_sizes(p.k for p in cfg.policies))
         _atomic_parquet(pl.DataFrame(rows, schema=TIMINGS, orient="row"), tpath)
     if not hw_path.exists():
         _atomic_write_bytes(hw_path, json.dumps({"edge": hardware(cfg.edge_device, cfg.edge_threads),
