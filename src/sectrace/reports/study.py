@@ -288,13 +288,17 @@ def at_point(grid: pl.DataFrame, point: StudyPoint = StudyPoint()) -> dict:
     """The grid's row at the study's conditions."""
     sel = _where(grid, point)
     if sel.is_empty():
-        raise UserError("the grid has no row at the study's conditions; include them in the axes")
+        raise UserError(f"the trace covers no run at the study's conditions ({point.policy().label}); build the "
+                        "study trace with `sectrace study --out DIR` (no TRACE)")
     return sel.row(0, named=True)
 
 
 def puzzle_answer(grid: pl.DataFrame, point: StudyPoint = StudyPoint()) -> dict:
     """What the grid says about the puzzle, as numbers: where the hybrid is slower than edge-only, and by how much."""
     out = {"study_ratio": STUDY_RATIO, "study_ratio_per_token": _study_ratio_per_token(), "point": at_point(grid, point)}
+    # the same conditions with a stateful cloud that returns the bonus token: what the study's setup gave up
+    contrast = _where(grid, StudyPoint(**{**point.__dict__, "cloud_cache": "stateful", "bonus": True}))
+    out["contrast"] = contrast.row(0, named=True) if contrast.height else None
     # conditions where the hybrid calls the cloud at all (a gate that never fires is edge-only by another name)
     by = grid.filter(pl.col("cloud_calls") > 0).group_by("bonus", "cloud_cache", "privacy").agg(
         pl.col("slower").mean().alias("share_slower"), pl.col("ratio").min().alias("ratio_min"),
@@ -378,7 +382,7 @@ def figure_png(grid: pl.DataFrame, point: StudyPoint = StudyPoint()) -> bytes:
 
     fig = figure(grid, point)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})  # tight_layout already: one draw
     plt.close(fig)
     return buf.getvalue()
 
@@ -429,6 +433,11 @@ def summary_lines(res: StudyResult) -> list[str]:
              f"each of its {here['cloud_calls']:.1f} cloud calls spends {here['call_s']:.2f} s on the network and in "
              f"the cloud and changes the edge's own time by {-here['edge_saved_per_call_s']:+.2f} s: "
              f"{here['extra_per_call_s']:+.2f} s per call in all"]
+    c = a.get("contrast")
+    if c is not None:
+        lines.append(f"the same with a stateful cloud that returns the bonus token: {c['call_s']:.2f} s per call on the "
+                     f"network and in the cloud, {c['edge_saved_per_call_s']:.2f} s of edge time saved per call, "
+                     f"{c['ratio']:.2f}x edge-only")
     if a["never_faster_without_bonus"]:
         lines.append("without the bonus token the hybrid is never faster than edge-only on this trace: the edge "
                      "drafts every token either way, so a cloud call can only add time")
@@ -447,8 +456,14 @@ def numbers_markdown(res: StudyResult) -> str:
     def f(v, d=2):
         return "–" if v is None else f"{v:.{d}f}"
 
-    out = ["| system | source | tokens N | TTFT (s) | OET (s) | OTPS (tok/s) | N / total (tok/s) | total (s) | "
-           "vs edge-only | cloud calls |", "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| study row | TTFT (s) | OET (s) | total (s) | N = OTPS × OET | TTFT + OET (s) | total − OET (s) | "
+           "decode tok/s = (N − 1)/(OET − TTFT) |", "|---|---|---|---|---|---|---|---|"]
+    for r in res.definitions.iter_rows(named=True):
+        out.append(f"| {r['system']} | {f(r['TTFT (s)'])} | {f(r['OET (s)'])} | {f(r['total (s)'])} | "
+                   f"{f(r['tokens N = OTPS×OET'], 1)} | {f(r['TTFT + OET (s)'])} | {f(r['total − OET (s)'])} | "
+                   f"{f(r['decode tok/s = (N−1)/(OET−TTFT)'])} |")
+    out += ["", "| system | source | tokens N | TTFT (s) | OET (s) | OTPS (tok/s) | N / total (tok/s) | total (s) | "
+            "vs edge-only | cloud calls |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res.table.iter_rows(named=True):
         out.append(f"| {r['system']} | {r['source']} | {f(r['tokens'], 1)} | {f(r['TTFT (s)'])} | {f(r['OET (s)'])} | "
                    f"{f(r['OTPS (tok/s)'])} | {f(r['N / total (tok/s)'])} | {f(r['total (s)'])} | "
