@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from sectrace.cli import main
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
-from sectrace.protocol import Accept, Commit, Draft, GateCall, Policy, Prefill, Verify
+from sectrace.protocol import Accept, Draft, GateCall, Policy, Prefill, Verify
 from sectrace.simulate import CostModel, Network, Replayer, cost_vector, fit_costs, latency, profiles
 from sectrace.simulate.costs import CV_FOLDS, TABLE_NOTE, VERIFY_TABLE_MAX, fit_summary
 from sectrace.simulate.replay import DOWN_PAYLOAD_BYTES, FI, TOKEN_BYTES, VERIFY_SIZE_FEATURES
@@ -54,7 +54,7 @@ def test_a_nonlinear_table_is_chosen_and_recovered():
     ch = cost.fit_choice["cloud_verify"]
     assert ch["model"] == "table" and cost.verify_table is not None
     assert ch["cv_table"] + ch["se_table"] < ch["cv_linear"]  # the rule that chose it
-    assert ch["cv_table"] < 0.05 < 0.1 < ch["cv_linear"]  # 2 % noise vs. a line through a zig-zag
+    assert ch["cv_table"] < 0.05 and ch["cv_linear"] > 0.1  # 2 % noise vs. a line through a zig-zag
     # recovered: each entry within a few per cent of the truth (at context 0), and the context slope
     assert np.allclose(cost.verify_table, CPU_TABLE, rtol=0.06, atol=0.02)
     assert cost.verify_c == pytest.approx(0.0004, rel=0.3)

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from sectrace.cli import main
 from sectrace.network import Network
-from sectrace.protocol import cloud_only, drafter_only
+from sectrace.protocol import drafter_only
 from sectrace.reports import study
 from sectrace.reports.tables import STUDY
 from sectrace.simulate import Replayer, cost_vector, latency
@@ -171,7 +171,7 @@ def test_a_grid_entry_is_the_closed_form(work, rp):
 def test_figure_and_report_section(work, monkeypatch):
     import base64
 
-    res, d = work
+    res = work[0]
     seen = {}
 
     def fake_run(trace_path, work_dir, utterances):  # the hook's wiring; the work itself is the fixture's

@@ -287,8 +287,7 @@ def _fit_phase(rows: pl.DataFrame, xcols: list[str], table_by: str, priced: bool
         if not verify:
             return xs, vals, c, None
         b = _linear({k: v[mask] for k, v in cols.items()}, y[mask])[1]["new_tokens"]
-        table, b = _verify_table(xs, vals, b)
-        return xs, vals, c, b
+        return xs, vals, c, _verify_table(xs, vals, b)[1]
 
     def table_predict(fit, sel):
         xs, vals, c, b = fit
