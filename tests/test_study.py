@@ -218,3 +218,12 @@ def test_docs_quote_what_the_command_computes(work):
     m = re.search(r"<!-- study-numbers -->\n(.*?)<!-- /study-numbers -->", text, re.S)
     assert m, "docs/study.md has no study-numbers block"
     assert m.group(1) == study.numbers_markdown(res), "docs/study.md drifted: rerun `sectrace study --out study/`"
+
+
+def test_a_study_trace_is_reused_only_when_it_fits(tmp_path):
+    study.make_study_trace(tmp_path / "study-trace", utterances=2, ks=(5,), gates=("always",))
+    assert study._study_trace_matches(tmp_path / "study-trace", 2, (5,), ("always",))
+    assert not study._study_trace_matches(tmp_path / "study-trace", 3, (5,), ("always",))
+    assert not study._study_trace_matches(tmp_path / "study-trace", 2, (3, 5), ("always",))
+    res = study.run(None, tmp_path, utterances=3, ks=(5,), gates=("always",), rtts=(0.01,), uplinks=(20e6 / 8,))
+    assert load_trace(res.trace_path).utterances.height == 3  # rebuilt for the new settings

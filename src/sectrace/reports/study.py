@@ -152,7 +152,7 @@ def study_policies(max_new: int = STUDY_MAX_NEW, ks: Sequence[int] = KS, gates: 
 
 
 def make_study_trace(path: Path, utterances: int = 12, seed: int = 0, ks: Sequence[int] = KS,
-                     gates: Sequence[str] = GATES, progress=None) -> Path:
+                     gates: Sequence[str] = GATES, progress=None, overwrite: bool = False) -> Path:
     """A synthetic trace with the study's caption length, explored with every policy of the puzzle grid (the
     cloud cache only changes timing, so stateful runs cover stateless ones) and the two baselines.
 
@@ -164,8 +164,22 @@ def make_study_trace(path: Path, utterances: int = 12, seed: int = 0, ks: Sequen
     pols = [drafter_only(STUDY_MAX_NEW), cloud_only(STUDY_MAX_NEW)]
     pols += study_policies(STUDY_MAX_NEW, ks, gates, PRIVACIES, ("stateful",))
     model = AlphaModel(mean_length=STUDY_MEAN_LENGTH, seed=seed)
-    write_trace(path, *synth_trace(model, utterances, pols, progress=progress))
+    write_trace(path, *synth_trace(model, utterances, pols, progress=progress), overwrite=overwrite)
     return path
+
+
+def _study_trace_matches(path: Path, utterances: int, ks, gates) -> bool:
+    """Whether a study trace already in ``path`` was built for these settings (then it is reused)."""
+    import json
+
+    try:
+        m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    want = {p.label for p in study_policies(STUDY_MAX_NEW, ks, gates, PRIVACIES, ("stateful",))}
+    return (m.get("dataset", {}).get("n_utterances") == utterances
+            and m.get("synthetic_model", {}).get("mean_length") == STUDY_MEAN_LENGTH
+            and want <= set(m.get("exploration", {}).get("policies", [])))
 
 
 # --- Table 2, side by side -----------------------------------------------------------------------------------
@@ -404,7 +418,7 @@ def run(trace_path: Path | None = None, work_dir: Path | None = None, utterances
         point: StudyPoint = StudyPoint(), ks: Sequence[int] = KS, gates: Sequence[str] = GATES,
         rtts: Sequence[float] = RTTS, uplinks: Sequence[float] = UPLINKS, progress=None) -> StudyResult:
     """Everything the section and the command show. Without a trace, the study trace is built in ``work_dir``
-    (and reused from there when it exists)."""
+    (and reused from there when one built for the same settings is there)."""
     from ..trace import load_trace
 
     if point.k not in ks or point.gate not in gates or not any(abs(r - point.rtt_s) < 1e-12 for r in rtts) \
@@ -415,8 +429,9 @@ def run(trace_path: Path | None = None, work_dir: Path | None = None, utterances
         if work_dir is None:
             raise UserError("give a trace or a directory to build the study trace in")
         trace_path = Path(work_dir) / "study-trace"
-        if not (trace_path / "manifest.json").exists():
-            make_study_trace(trace_path, utterances=utterances, ks=ks, gates=gates, progress=progress)
+        if not _study_trace_matches(trace_path, utterances, ks, gates):
+            make_study_trace(trace_path, utterances=utterances, ks=ks, gates=gates, progress=progress,
+                             overwrite=True)
     rp = Replayer(load_trace(trace_path))
     grid = puzzle_grid(rp, ks=ks, gates=gates, rtts=rtts, uplinks=uplinks)
     return StudyResult(table2_comparison(rp, point), definitions(), grid, puzzle_answer(grid, point), point,
