@@ -27,6 +27,7 @@ COMMANDS = {
     "gates": ("gates", "gates"),
     "report": ("report", "report"),
     "timeline": ("report", "timeline"),
+    "study": ("report", "study"),
     "serve": ("live", "serve"),
     "validate": ("live", "validate"),
     "data": ("demo", "data"),

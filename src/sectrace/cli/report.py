@@ -168,3 +168,59 @@ def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_pat
                                            ReportGates(tr, gate_files))
     write_chrome_trace(out_path, chrome_trace(spans, instants, meta, process=f"{policy} · {utt}"))
     click.echo(f"wrote {out_path}: {len(spans)} spans, {meta['latency_s']:.3f} s; open it in ui.perfetto.dev")
+
+
+@click.command("study")
+@click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Directory for table2.csv, definitions.csv, grid.parquet, answer.json, numbers.md and figures/study.png "
+                   "(and the study trace, when no TRACE is given).")
+@click.option("--utterances", "-n", default=12, show_default=True,
+              help="Utterances of the study trace built when no TRACE is given.")
+@click.option("--force", is_flag=True, help="Write into --out even if it exists.")
+def study(trace_path, out_dir, utterances, force):
+    """The study's Table 2 beside sectrace's prediction, and when the hybrid is slower than edge-only.
+
+    Prices the study's devices (both readings of its Table 2: the presets, and decode rates that make its rows
+    add up) on a trace with the study's caption length (~73-80 tokens), then maps hybrid / edge-only latency over
+    stateful vs stateless cloud, audio features vs token ids, RTT, gate threshold, k, uplink and the bonus token.
+    Without TRACE it builds a synthetic study trace in OUT/study-trace (AlphaModel, mean length 72 tokens, every
+    policy of the map explored). docs/study.md explains the numbers.
+
+    \b
+    Examples:
+      sectrace study --out study/
+      sectrace study --out study/ --utterances 24 --force
+      sectrace study my-study-trace --out study/    # a trace that explores the map's policies
+    """
+    from ..fsio import write_json, write_table, write_text
+    from ..reports import figures
+    from ..reports.study import figure, numbers_markdown, run, summary_lines
+
+    check_output(out_dir, force=force, suffixes=None, directory=True)
+    if utterances < 1:
+        raise UserError("--utterances must be at least 1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+
+    with tqdm(total=utterances, desc="building the study trace", unit="utt", disable=None, leave=False) as bar:
+        res = run(trace_path, out_dir, utterances=utterances, progress=bar.update)
+    write_table(res.table, out_dir / "table2.csv")
+    write_table(res.definitions, out_dir / "definitions.csv")
+    write_table(res.grid, out_dir / "grid.parquet")
+    write_json({**res.answer, "trace": res.trace_path, "point": res.answer["point"],
+                "study_point": res.point.__dict__}, out_dir / "answer.json")
+    write_text(numbers_markdown(res), out_dir / "numbers.md")
+    figures.save(figure(res.grid, res.point), out_dir / "figures", "study")
+    click.echo(f"trace: {res.trace_path}")
+    click.echo("the study's Table 2 and sectrace's prediction (total = caption latency; OET = total - TTFT; "
+               "OTPS = tokens / OET):")
+    cols = ["system", "source", "tokens", "TTFT (s)", "total (s)", "vs edge-only", "cloud calls"]
+    for r in res.table.select(cols).iter_rows(named=True):
+        calls = "" if r["cloud calls"] is None else f"  calls {r['cloud calls']:.1f}"
+        click.echo(f"  {r['system'][:58]:<58} {r['source'][:30]:<30} N {r['tokens']:5.1f}  TTFT {r['TTFT (s)']:6.2f} s"
+                   f"  total {r['total (s)']:6.2f} s  x{r['vs edge-only']:.2f}{calls}")
+    for line in summary_lines(res):
+        click.echo(f"- {line}")
+    click.echo(f"wrote {out_dir}/table2.csv, definitions.csv, grid.parquet ({res.grid.height} rows), answer.json, "
+               "numbers.md, figures/study.png")

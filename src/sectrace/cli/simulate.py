@@ -144,8 +144,9 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
         over.update(cloud_step_a=1.0 / cloud_tps, cloud_step_c=0.0)
     if cloud_prefill:
         over.update(cloud_prefill_a=seconds(cloud_prefill, "--cloud-prefill"), cloud_prefill_b=0.0)
-    if cloud_verify:
-        over.update(verify_a=seconds(cloud_verify, "--cloud-verify"), verify_b=0.0, verify_c=0.0)
+    if cloud_verify:  # one time per call, whatever its size: any measured verify table goes
+        cost = cost.with_linear_verify(seconds(cloud_verify, "--cloud-verify"), 0.0, 0.0)
+        over["source"] = cost.source
     over["gate_s"] = seconds(gate_cost, "--gate-cost")
     if any(k != "gate_s" for k in over):
         over["source"] = cost.source + " with overrides from flags"

@@ -370,7 +370,7 @@ def _finish_cleanup(out: Path, parts: Path, coll_id: str, echo):
 def _run(cfg, pair, backend, prepared_first, utts, parts, out, mine, ident, tok_fp, base, legacy_ok,
          progress_factory) -> dict:
     from ..trace.schema import TIMINGS
-    from .probes import GpuSampler, hardware, peaks, probe
+    from .probes import GpuSampler, hardware, peaks, probe, verify_sizes
 
     hw_path = parts / "hardware.json"
     tpath = parts / "timings.parquet"
@@ -382,7 +382,7 @@ def _run(cfg, pair, backend, prepared_first, utts, parts, out, mine, ident, tok_
         cmode = "audio" if "audio" in cfg.modes else cfg.modes[0]
         rows += probe(pair.verifier, pair.shared_vocab, prepared_first.cloud_prompts[cmode], "cloud",
                       cfg.cloud_device, None, cfg.timing_repeats, prepared_first.cloud_kwargs.get(cmode),
-                      verify=True)
+                      verify=True, ns=verify_sizes(p.k for p in cfg.policies))
         _atomic_parquet(pl.DataFrame(rows, schema=TIMINGS, orient="row"), tpath)
     if not hw_path.exists():
         _atomic_write_bytes(hw_path, json.dumps({"edge": hardware(cfg.edge_device, cfg.edge_threads),

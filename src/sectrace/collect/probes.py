@@ -14,9 +14,20 @@ import resource
 import time
 
 from ..models.lm import CachedLM
+from ..simulate.costs import VERIFY_TABLE_MAX
 
-VERIFY_NS = tuple(range(1, 17))
+VERIFY_NS = tuple(range(1, VERIFY_TABLE_MAX + 1))
 CAPTION_CTX = (0, 32, 64)
+
+
+def verify_sizes(ks=()) -> tuple[int, ...]:
+    """Every block size a verify call of these policies can carry, to be timed: 1 … k+1 for each block size k
+    (a block cut short by EOS or by a correction in the drafter's own run is shorter than k; a stateful call
+    also re-runs the last correction or bonus token, one more), and never fewer than 1 … 16, the sizes the
+    cost model's verify table prices one by one. Verify time is not linear in the block size on real
+    hardware, so timing only k would leave the others to a guess."""
+    top = max([VERIFY_TABLE_MAX, *(int(k) + 1 for k in ks if k and k > 0)])
+    return tuple(range(1, top + 1))
 
 
 def _filler(prompt: list[int], n: int) -> list[int]:

@@ -19,8 +19,9 @@ def cost_and_net(tr, row: dict, overhead_bytes: int):
     from ..simulate import CostModel, Network, fit_costs
 
     src = row.get("cost_source")
-    if src == FIT_SOURCE:
-        cost = fit_costs(tr.timings)
+    fitted = fit_costs(tr.timings) if str(src).startswith(FIT_SOURCE) else None
+    if fitted is not None and src == fitted.source:  # the fit's source names the model chosen (a verify table)
+        cost = fitted
     elif src == DEFAULT_SOURCE:
         cost = CostModel()
     else:

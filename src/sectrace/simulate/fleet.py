@@ -22,15 +22,14 @@ from ..network import Network
 from .costs import CostModel
 from .replay import FEATURES, FI, Replay, Replayer
 from .spans import event_features
-from .timing import cost_vector
+from .timing import PARTS, cost_vector
 
 _UP = np.zeros(len(FEATURES), bool)
 _UP[[FI["up_msgs"], FI["up_bytes"]]] = True
 _DOWN = np.zeros(len(FEATURES), bool)
 _DOWN[[FI["down_msgs"], FI["down_bytes"]]] = True
 _CLOUD = np.zeros(len(FEATURES), bool)
-_CLOUD[[FI[n] for n in ("cloud_prefills", "cloud_prefill_tokens", "verify_calls", "verify_tokens", "verify_ctx",
-                        "cloud_steps", "cloud_ctx")]] = True
+_CLOUD[[FI[n] for part in ("cloud_prefill", "cloud_verify", "cloud_decode") for n in PARTS[part]]] = True
 _EDGE = ~(_UP | _DOWN | _CLOUD)
 _PHASES = (("edge", _EDGE), ("up", _UP), ("cloud", _CLOUD), ("down", _DOWN))
 

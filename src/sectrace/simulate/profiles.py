@@ -43,8 +43,8 @@ class CloudDevice:
 
     def apply(self, cost: CostModel) -> CostModel:
         step = 1.0 / self.tps
+        cost = cost.with_linear_verify(step, self.verify_per_token_s, 0.0)  # a measured verify table goes too
         return replace(cost, cloud_step_a=step, cloud_step_c=0.0, cloud_prefill_a=self.ttft_s, cloud_prefill_b=0.0,
-                       verify_a=step, verify_b=self.verify_per_token_s, verify_c=0.0,
                        source=_join(cost.source, f"cloud={self.name}"))
 
 

@@ -13,16 +13,21 @@ import polars as pl
 
 from ..protocol import CloudStart, CloudStep, Commit, CoverageMiss, Draft, GateCall, Policy, Prefill, Run, Verify, run
 from ..trace import Trace, TrieSession
+from .costs import VERIFY_TABLE_MAX
 
 TOKEN_BYTES = 4  # a token id on the wire (int32)
 DOWN_PAYLOAD_BYTES = 8  # accepted count + correction/bonus token id
+
+#: Verify calls of one block size each (1 … 16; the last counts calls of 16 tokens or more): a measured verify
+#: table prices each call at its own size's time and stays linear (see costs.CostModel, timing.cost_theta).
+VERIFY_SIZE_FEATURES = tuple(f"verify_calls_n{j}" for j in range(1, VERIFY_TABLE_MAX + 1))
 
 #: Linear schedule features. Latency = features · cost vector (see timing.py); names are stable API.
 FEATURES = (
     "edge_prefills", "edge_prefill_tokens", "draft_steps", "draft_ctx", "gate_calls",
     "up_msgs", "up_bytes", "down_msgs", "down_bytes",
     "cloud_prefills", "cloud_prefill_tokens", "verify_calls", "verify_tokens", "verify_ctx",
-    "cloud_steps", "cloud_ctx",
+    "cloud_steps", "cloud_ctx", *VERIFY_SIZE_FEATURES,
 )
 FI = {name: i for i, name in enumerate(FEATURES)}
 
@@ -82,7 +87,8 @@ def schedule_features(run_: Run, policy: Policy, utt: dict,
     yields the first token's logits, so the first draft step (edge) and the first cloud decoding step
     cost nothing of their own, and a verify call that prefills (the first stateful call, every
     stateless call) runs prompt and block in one pass: prefill plus per-token verify cost, no second
-    call overhead."""
+    call overhead. A call of its own runs ``pending + n`` tokens (the resync and the block): it is counted
+    under that block size too, so a per-block-size verify table prices it."""
     f = np.zeros(len(FEATURES))
     first = None
     audio_up = 0
@@ -113,6 +119,7 @@ def schedule_features(run_: Run, policy: Policy, utt: dict,
             f[FI["up_bytes"]] += up
             if not (stateless or ev.first):  # a call that prefills runs prompt and block in that one pass
                 f[FI["verify_calls"]] += 1
+                f[FI[VERIFY_SIZE_FEATURES[min(ev.pending + ev.n, VERIFY_TABLE_MAX) - 1]]] += 1
             f[FI["down_msgs"]] += 1
             f[FI["down_bytes"]] += down
         elif kind is Commit:

@@ -1,7 +1,8 @@
 """Closed-form timing for one device: latency = schedule features · cost vector.
 
 Events on one device with no queueing run back to back, so each utterance's latency is a
-sum of per-event costs, and every cost is linear in a schedule feature. Stacking cost
+sum of per-event costs, and every cost is linear in a schedule feature (a measured verify
+table too: calls are counted per block size). Stacking cost
 vectors for many (device, network) configurations turns a sweep into one matrix product.
 """
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from ..network import Network
 from .costs import CostModel
-from .replay import FEATURES, FI
+from .replay import FEATURES, FI, VERIFY_SIZE_FEATURES
 
 
 def cost_theta(cost: CostModel, rtt_s, up_Bps, down_Bps, overhead_bytes, extra_s=0.0, edge_scale=1.0,
@@ -43,6 +44,12 @@ def cost_theta(cost: CostModel, rtt_s, up_Bps, down_Bps, overhead_bytes, extra_s
     th[FI["verify_ctx"]] = cost.verify_c * c
     th[FI["cloud_steps"]] = cost.cloud_step_a * c
     th[FI["cloud_ctx"]] = cost.cloud_step_c * c
+    if cost.verify_table is not None:
+        # a call of j tokens already pays verify_a + verify_b·j through verify_calls and verify_tokens: its size's
+        # count adds the rest of its table entry (negative where the table is below that line; the call's sum is
+        # its table entry, ≥ 0). Calls longer than the table pay the last entry plus verify_b per extra token.
+        for j, name in enumerate(VERIFY_SIZE_FEATURES, 1):
+            th[FI[name]] = (cost.verify_table[j - 1] - cost.verify_a - cost.verify_b * j) * c
     return th
 
 
@@ -68,7 +75,7 @@ PARTS = {
     "gate": ("gate_calls",),
     "uplink": ("up_msgs", "up_bytes"),
     "cloud_prefill": ("cloud_prefills", "cloud_prefill_tokens"),
-    "cloud_verify": ("verify_calls", "verify_tokens", "verify_ctx"),
+    "cloud_verify": ("verify_calls", "verify_tokens", "verify_ctx", *VERIFY_SIZE_FEATURES),
     "cloud_decode": ("cloud_steps", "cloud_ctx"),
     "downlink": ("down_msgs", "down_bytes"),
 }

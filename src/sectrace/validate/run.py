@@ -121,7 +121,7 @@ def validate(cfg: ValidateConfig, echo=print, progress_factory=None) -> tuple[pl
 def _validate(cfg: ValidateConfig, echo, progress_factory):
     import torch
 
-    from ..collect.probes import hardware
+    from ..collect.probes import hardware, verify_sizes
     from ..live.client import CloudClient, LiveSession, decode_live
     from ..live.process import ServeProcess
     from ..live.proxy import ShapingProxy
@@ -177,6 +177,7 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
     reps = {p.label: rp.replay(p) for p in cfg.policies}
     used = sorted({p.verifier_mode for p in cfg.policies}) or sorted(modes)
     cal_preps = [preps[u.utt_id] for u in utts[:3]]
+    sizes = verify_sizes(p.k for p in cfg.policies)  # every block size the policies can send, not only k
     rounds = max(cfg.repeats, 1)
     # Calibration rounds sit before, between and after the live runs, and each caption runs every RTT
     # back to back (the order rotating), so slow drift of a shared machine falls alike on the costs
@@ -215,7 +216,7 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
                 bar.set_description(what)
             else:
                 echo(f"{what}: timing the edge's draft steps and the service's calls (same cores, same code)…")
-            rows = calibrate_round(drafter, vocab, eos, cal_preps, direct, r, used, cfg.edge_threads)
+            rows = calibrate_round(drafter, vocab, eos, cal_preps, direct, r, used, cfg.edge_threads, sizes)
             if keep:
                 cal_rows.extend((*row, r) for row in rows)
             if live_bar:
@@ -296,15 +297,17 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
 
 
 def calibrate_round(drafter, vocab: int, eos: frozenset, preps: list, client, salt: int, modes: list[str],
-                    edge_threads: int) -> list[tuple]:
+                    edge_threads: int, sizes=tuple(range(1, 17))) -> list[tuple]:
     """One round of timing rows (the trace's timings schema) measured through the code paths a live run takes.
 
     Edge: the drafter's prefill (the first draft of a caption) for a few utterances' prompts (their
     lengths differ, so the per-token prefill cost is identified) and single draft steps at growing
     context, each including the signal read-out a gate needs. Cloud: round trips on the unshaped
     loopback path to the service, so serving costs (HTTP, encoding, judgements) are in them: session
-    opens (prefill + a 1-token block) for each prompt and verifier view, verify calls of 1..16 fresh
-    tokens at three contexts, and the gaps between streamed tokens (cloud decoding) for each prompt.
+    opens (prefill + a 1-token block) for each prompt and verifier view, verify calls of every block size in
+    ``sizes`` (1 … 16 and up to k+1 for the largest k: what the policies can send, blocks cut short included)
+    with fresh tokens at three contexts, and the gaps between streamed tokens (cloud decoding) for each prompt.
+    The cost fit then chooses between a linear verify cost and the per-size table by cross-validation.
     Every verified block differs from the one before at its first token, so no logits are reused:
     each call runs all its tokens, as in a live run.
     """
@@ -350,7 +353,7 @@ def calibrate_round(drafter, vocab: int, eos: frozenset, preps: list, client, sa
                     client.post(f"/v1/sessions/{sid}/verify", {"base": 0, "new": pack_ids(ctx),
                                                                "draft": pack_ids(fresh(1, 99)), "accept": "top1",
                                                                "bonus": False})
-                    for n in range(1, 17):
+                    for n in sizes:
                         s += 1
                         t0 = time.perf_counter()
                         client.post(f"/v1/sessions/{sid}/verify", {"base": c, "new": pack_ids([]),
