@@ -30,8 +30,10 @@ def test_sweep_writes_parquet(tmp_path):
     assert r.exit_code == 0, r.output
     df = pl.read_parquet(out)
     assert df.height == 3 * 4  # (edge-only, cloud-only, one hybrid) × 4 configurations
-    for col in ("draft_tokens", "accepted_tokens", "acceptance_rate", "mean_accepted_length", "system_efficiency",
-                "latency_p50_s", "latency_p95_s", "cloud_calls", "bytes_up", "t_resync_s", "latency_overlap_s"):
+    for col in ("num_drafts", "num_draft_tokens", "num_accepted_tokens", "draft_acceptance_rate",
+                "mean_acceptance_length", "system_efficiency", "acceptance_rate_per_pos", "cloud_written_share",
+                "latency_p50_s", "latency_p95_s", "cloud_calls", "bytes_up", "t_resync_s", "latency_overlap_s",
+                "latency_s_lo", "latency_s_hi", "speedup_vs_edge_lo", "cost_verify_a", "trace_sha256", "command"):
         assert col in df.columns
     grid.write_text("[policy]\nk = [-1]\n")
     assert _run("sweep", str(grid), "--out", str(out)).exit_code == 2
