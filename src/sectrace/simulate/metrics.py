@@ -126,6 +126,12 @@ TIMED = ("ttft_s", "latency_s", "latency_overlap_s", "overlap_hidden_s", *PART_C
 #: What a sweep gives intervals: every metric that does not depend on the configuration, and SWEEP_TIMED_CI.
 SWEEP_CI = tuple(m.name for m in METRICS if not set(m.num + m.den) & set(TIMED)) + SWEEP_TIMED_CI
 
+#: How the intervals are computed, for --json readers.
+BOOTSTRAP = {"confidence": CONFIDENCE, "resamples": N_RESAMPLES, "sweep_resamples": SWEEP_RESAMPLES, "seed": SEED,
+             "method": "percentile bootstrap over utterances (scipy.stats.bootstrap); rates are ratios of totals "
+                       "recomputed per resample; speedups are paired: a resample draws the same utterances for a "
+                       "policy and its baselines", "bounds": "<metric>_lo, <metric>_hi"}
+
 DEFINITIONS = {m.name: m.doc for m in (*METRICS, *SPEEDUPS)}
 DEFINITIONS.update({
     "acceptance_rate_per_pos": "per draft position i: Σ verify calls that accepted position i / Σ drafts "
