@@ -30,8 +30,11 @@ from ._common import (
 @click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
               help="Base costs when the grid names no device: fitted to the trace, or the study's devices.")
 @click.option("--jobs", default=1, show_default=True, help="Parallel worker processes (joblib), split by policy.")
+@click.option("--ci/--no-ci", default=True, show_default=True,
+              help="Bootstrap 95 % intervals of the means (about 0.5 ms per row); --no-ci for very large grids.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON instead.")
 @FORCE_BIG_OPTION
-def sweep(grid, out, trace_path, cost_mode, jobs, force):
+def sweep(grid, out, trace_path, cost_mode, jobs, ci, as_json, force):
     """Price the cartesian product of GRID (policies × networks × devices) in one pass per policy.
 
     \b
@@ -52,6 +55,7 @@ def sweep(grid, out, trace_path, cost_mode, jobs, force):
     from ..simulate import Replayer
     from ..simulate.budget import cap_jobs
     from ..simulate.grid import grid_trace
+    from ..simulate.provenance import provenance_columns
     from ..simulate.results import coverage_note
     from ..simulate.sweep import load_grid, run_sweep, run_sweep_parallel
     from ..trace import load_trace, sample_trace_path
@@ -65,16 +69,26 @@ def sweep(grid, out, trace_path, cost_mode, jobs, force):
     cost = cost or base_cost(tr, cost_mode)
     t0 = time.perf_counter()
     n_utt = tr.utterances.height
+    prov = provenance_columns(tr, command_line())
     with tqdm(total=len(policies), desc="sweeping", unit="policy", disable=None, leave=False) as bar:
         if jobs == 1:
-            df = run_sweep(Replayer(tr), policies, cost, ax, progress=bar.update)
+            df = run_sweep(Replayer(tr), policies, cost, ax, progress=bar.update, ci=ci, provenance=prov)
         else:
-            df = run_sweep_parallel(trace_path, policies, cost, ax, jobs, progress=bar.update)
+            df = run_sweep_parallel(trace_path, policies, cost, ax, jobs, progress=bar.update, ci=ci,
+                                    provenance=prov)
     dt = time.perf_counter() - t0
     write_table(df, out)
+    note = coverage_note(df, trace_path, tr.synthetic)
+    if as_json:
+        from ..simulate.metrics import BOOTSTRAP, DEFINITIONS
+
+        click.echo(to_json({"out": str(out), "rows": df.height, "policies": len(policies), "configurations": len(ax),
+                            "utterances": n_utt, "seconds": dt, "coverage": note, "provenance": prov,
+                            "bootstrap": BOOTSTRAP if ci else None, "definitions": DEFINITIONS,
+                            "columns": df.columns}))
+        return
     click.echo(f"{len(policies)} policies × {len(ax)} configurations = {df.height} rows → {out} "
                f"({len(policies) * len(ax) * n_utt / dt:,.0f} utterance-replays/s, {dt:.2f} s)")
-    note = coverage_note(df, trace_path, tr.synthetic)
     if note:
         click.echo(note)
 
@@ -88,9 +102,10 @@ def sweep(grid, out, trace_path, cost_mode, jobs, force):
               help="Round-trip times to map.")
 @click.option("--network", "network_name", default=None, help="Network preset for bandwidths, jitter, loss.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the map as a table (.parquet or .csv).")
+@click.option("--json", "as_json", is_flag=True, help="Print the map as JSON instead.")
 @FORCE_BIG_OPTION
 def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, tps,
-              rtts, network_name, out, force):
+              rtts, network_name, out, as_json, force):
     """Where, in the edge tok/s × RTT plane, the hybrid beats edge-only and cloud-only (mean latency).
 
     In the printed map: H = hybrid fastest, E = edge-only fastest, C = cloud-only fastest;
@@ -119,6 +134,14 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
     m = run_map(Replayer(tr), pol, cost, net, tps_list, rtt_list, force=force)
     if out:
         write_table(m, out)
+    if as_json:
+        from ..simulate.provenance import provenance_columns
+
+        click.echo(to_json({"provenance": provenance_columns(tr, command_line()), "policy": pol.label,
+                            "costs": cost.__dict__, "network": net.__dict__,
+                            "mean": "latency means over the covered utterances (no intervals: one map cell per "
+                                    "edge speed × RTT)", "map": m.to_dicts(), "out": str(out) if out else None}))
+        return
     click.echo(f"policy: {pol.label}   costs: {cost.source}")
     click.echo("edge tok/s \\ RTT " + " ".join(f"{r * 1000:>6.0f}ms" for r in rtt_list))
     for t in tps_list:

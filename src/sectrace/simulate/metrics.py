@@ -217,33 +217,21 @@ def bootstrap_sums(X: np.ndarray, stat, **kw):
     return bootstrap_weights(X.shape[0], lambda w: stat(w @ X), **kw)
 
 
-def _ratio_stat(metrics, layout, n_cfg):
-    """The statistic for ``metrics``: sums (..., V) → (..., M·C), C values (configurations) per metric."""
-    def stat(s):
-        outs = []
-        for m in metrics:
-            num = sum(_take(s, layout[c], n_cfg) for c in m.num)
-            den = sum(_take(s, layout[c], n_cfg) for c in m.den) if m.den else _take(s, layout["_one"], n_cfg)
-            outs.append(num / den + m.offset)
-        return np.concatenate(outs, axis=-1)
-    return stat
+def _ratio_columns(metrics, counts, timed, lo_c, hi_c, n):
+    """Per utterance, each metric's numerator and denominator (its columns added up), one column per
+    configuration in ``lo_c:hi_c`` (counts repeat across them): X = [numerators | denominators], so that
+    a resample's statistic is two sums and a division."""
+    cw = hi_c - lo_c
 
+    def col(c):
+        a = timed[c][:, lo_c:hi_c] if c in timed else counts[c][:, None]
+        return np.broadcast_to(np.asarray(a, float), (n, cw))
 
-def _take(s, sl, n_cfg):
-    part = s[..., sl]
-    return np.broadcast_to(part, part.shape[:-1] + (n_cfg,)) if part.shape[-1] == 1 else part
-
-
-def _columns(counts: dict, timed: dict, names) -> tuple[np.ndarray, dict]:
-    """Stack the named per-utterance columns into X (counts: one column; timed: C) and where each sits."""
-    blocks, layout, at = [], {}, 0
-    for c in names:
-        a = timed[c] if c in timed else counts[c][:, None]
-        a = np.asarray(a, float)
-        layout[c] = slice(at, at + a.shape[1])
-        at += a.shape[1]
-        blocks.append(a)
-    return np.concatenate(blocks, axis=1), layout
+    nums, dens = [], []
+    for m in metrics:
+        nums.append(sum(col(c) for c in m.num))
+        dens.append(sum(col(c) for c in m.den) if m.den else np.ones((n, cw)))
+    return np.concatenate(nums + dens, axis=1), np.repeat([m.offset for m in metrics], cw)
 
 
 def _summarise_group(metrics, counts, timed, n_cfg, ci, out, n_resamples):
@@ -251,8 +239,7 @@ def _summarise_group(metrics, counts, timed, n_cfg, ci, out, n_resamples):
     chunked by configuration so the bootstrap distributions held at once stay bounded."""
     timed_names = [m for m in metrics if any(c in timed for c in (*m.num, *m.den))]
     plain = [m for m in metrics if m not in timed_names]
-    n = len(next(iter(counts.values())))
-    counts = {**counts, "_one": np.ones(n)}
+    n = len(next(iter(counts.values()))) if counts else len(next(iter(timed.values())))
     for group, width in ((plain, 1), (timed_names, n_cfg)):
         for with_ci in (True, False):
             part = [m for m in group if (m.name in ci) == with_ci]
@@ -261,16 +248,18 @@ def _summarise_group(metrics, counts, timed, n_cfg, ci, out, n_resamples):
             step = max(1, _MAX_CELLS // (n_resamples * len(part))) if width > 1 and with_ci else width
             for lo_c in range(0, width, step):
                 hi_c = min(width, lo_c + step)
-                tsl = {c: a[:, lo_c:hi_c] for c, a in timed.items()}
-                cols = sorted({c for m in part for c in (*m.num, *m.den)} | {"_one"})
-                X, layout = _columns(counts, tsl, cols)
-                cw = hi_c - lo_c if width > 1 else 1
-                stat = _ratio_stat(part, layout, cw)
+                cw = hi_c - lo_c
+                X, offset = _ratio_columns(part, counts, timed, lo_c, hi_c, n)
+                k = X.shape[1] // 2
+
+                def stat(s, k=k, offset=offset):
+                    return s[..., :k] / s[..., k:] + offset
+
                 if with_ci:
                     point, low, high = bootstrap_sums(X, stat, n_resamples=n_resamples)
                 else:
                     with np.errstate(invalid="ignore", divide="ignore"):
-                        point = np.asarray(stat(X.sum(axis=0)), float)
+                        point = stat(X.sum(axis=0))
                 for j, m in enumerate(part):
                     sl = slice(j * cw, (j + 1) * cw)
                     vals = [(m.name, point)] + ([(f"{m.name}_lo", low), (f"{m.name}_hi", high)] if with_ci else [])
@@ -319,5 +308,5 @@ def summary_columns(counts: dict[str, np.ndarray], timed: dict[str, np.ndarray],
         if both.any():
             pair = {"edge_latency_s": baselines["edge_latency_s"][both],
                     "cloud_latency_s": baselines["cloud_latency_s"][both], "paired_latency_s": lat[both]}
-            _summarise_group(list(SPEEDUPS), {"_n": np.ones(int(both.sum()))}, pair, n_cfg, ci, out, n_resamples)
+            _summarise_group(list(SPEEDUPS), {}, pair, n_cfg, ci, out, n_resamples)
     return out
