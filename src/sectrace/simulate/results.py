@@ -186,7 +186,7 @@ class RowSetup:
 
 
 _OLD_RESULTS = ("they were written by an older sectrace that did not record it; re-simulate them with "
-                "`sectrace simulate ... --out` to get it")
+                "`sectrace simulate --out FILE` to get it")
 
 
 def _need(row: dict, cols) -> None:
