@@ -93,8 +93,8 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, validation
             inp.break_even = be
             bar(1, "figures")
         else:
-            inp.notes.append("no --trace: reference metrics, exact cloud exposure and the break-even maps are left "
-                             "out")
+            inp.notes.append("no trace: reference metrics, exact cloud exposure and the break-even maps are left "
+                             "out; pass --trace")
         path = build_report(inp, out_dir, progress=bar)
     click.echo(f"wrote {path} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
 
