@@ -89,7 +89,8 @@ def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int
     meta = {"trace": row.get("trace"), "trace_path": str(tr.path), "policy": policy, "utt_id": utt, "config": config,
             "rtt_s": row["rtt_s"], "up_Bps": row["up_Bps"], "down_Bps": row["down_Bps"],
             "overhead_bytes": net.overhead_bytes, "jitter": net.jitter, "loss": net.loss, "rto_s": net.rto_s,
-            "cost_source": row["cost_source"], "trace_sha256": row.get("trace_sha256"), "command": row.get("command"), "latency_s": row["latency_s"], "ttft_s": row["ttft_s"],
+            "cost_source": row["cost_source"], "trace_sha256": row.get("trace_sha256"), "command": row.get("command"),
+            "latency_s": row["latency_s"], "ttft_s": row["ttft_s"],
             "tokens": len(r.tokens), "caption": row.get("caption"), "tool_version": row.get("tool_version"),
             "synthetic": row.get("synthetic"), "engine": "closed-form (events back to back, no queueing)"}
     return spans, instants, meta
