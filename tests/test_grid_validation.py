@@ -245,7 +245,7 @@ def test_coverage_sentence_on_the_real_trace():
     none = [lab for lab, c in covered.items() if c.sum() == 0]
     rows, n = len(short) * len(ax), len(pols) * len(ax)
     assert 0.6 < rows / n < 0.8 and none
-    df = run_sweep(rp, pols, cost, ax, breakdown=False)
+    df = run_sweep(rp, pols, cost, ax, breakdown=False, ci=False)
     note = coverage_note(df, tr.path, tr.synthetic)
     assert note is not None and note.count(". ") == 0 and note.endswith(".")
     assert f"{rows:,} of {n:,} rows ({100 * rows / n:.0f} %, {len(short)} of {len(pols)} policies)" in note

@@ -1,6 +1,7 @@
 """The simulator's commands end to end (sample trace)."""
 
 import polars as pl
+import pytest
 from click.testing import CliRunner
 
 from sectrace.cli import main
@@ -30,8 +31,10 @@ def test_sweep_writes_parquet(tmp_path):
     assert r.exit_code == 0, r.output
     df = pl.read_parquet(out)
     assert df.height == 3 * 4  # (edge-only, cloud-only, one hybrid) × 4 configurations
-    for col in ("draft_tokens", "accepted_tokens", "acceptance_rate", "mean_accepted_length", "system_efficiency",
-                "latency_p50_s", "latency_p95_s", "cloud_calls", "bytes_up", "t_resync_s", "latency_overlap_s"):
+    for col in ("num_drafts", "num_draft_tokens", "num_accepted_tokens", "draft_acceptance_rate",
+                "mean_acceptance_length", "system_efficiency", "acceptance_rate_per_pos", "cloud_written_share",
+                "latency_p50_s", "latency_p95_s", "cloud_calls", "bytes_up", "t_resync_s", "latency_overlap_s",
+                "latency_s_lo", "latency_s_hi", "speedup_vs_edge_lo", "cost_verify_a", "trace_sha256", "command"):
         assert col in df.columns
     grid.write_text("[policy]\nk = [-1]\n")
     assert _run("sweep", str(grid), "--out", str(out)).exit_code == 2
@@ -47,3 +50,31 @@ def test_breakeven_and_fleet(tmp_path):
     assert r.exit_code == 0, r.output
     assert "escalations" in r.output and "queue" in r.output
     assert _run("fleet", "--devices", "0").exit_code == 2
+
+
+def test_fleet_throughput_latency_table_json_and_rows(tmp_path):
+    import json
+
+    from sectrace.simulate.results import from_row
+
+    out = tmp_path / "f.parquet"
+    r = _run("fleet", "--devices", "8", "--arrival-rate", "0.02,0.5", "--utterances-per-device", "6", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[1].split()[:3] == ["rate/dev", "offered", "captions/s"]
+    low, high = lines[2].split(), lines[3].split()
+    assert (low[0], high[0]) == ("0.02", "0.5")
+    # light load: throughput close to what is offered; heavy load: the fleet saturates and responses grow
+    assert float(low[2]) == pytest.approx(0.02 * 8, rel=0.5) and float(high[2]) < 0.5 * 8
+    assert float(high[4]) > float(low[4])  # response p50, seconds
+    df = pl.read_parquet(out)
+    assert df.height == 2 * 8 * 6 and sorted(df["arrival_rate"].unique().to_list()) == [0.02, 0.5]
+    assert {"seed", "devices", "servers", "cost_verify_a", "rto_s", "trace_sha256", "command", "k", "gate",
+            "cloud_tokens"} <= set(df.columns)
+    setup = from_row(df.row(0, named=True))
+    assert setup.policy.label == df["policy"][0] and setup.network.rtt_s == df["rtt_s"][0]
+    j = json.loads(_run("fleet", "--devices", "4", "--utterances-per-device", "3", "--json").stdout)
+    run = j["runs"][0]
+    assert run["latency_p50_s"] <= run["latency_p95_s"] <= run["latency_p99_s"]
+    assert set(run) - {"arrival_rate"} <= set(j["definitions"])
+    assert _run("fleet", "--arrival-rate", "0.1,-1").exit_code == 2

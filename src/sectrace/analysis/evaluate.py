@@ -23,9 +23,44 @@ SIGNALS = {
 }
 
 
-def signal_table(trace, mode: str = "audio", rank: int = 1, learned=()) -> pl.DataFrame:
-    """ROC-AUC / PR-AUC per signal for ``reject`` and ``impact`` labels; ``learned``: (name, LearnedGate) pairs."""
+def _grouped(score: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int):
+    """Positive and negative token counts per (resampling unit, distinct score), scores ascending:
+    sparse (units × distinct scores) matrices, so a resample's weighted counts are one product."""
+    from scipy.sparse import csr_matrix
+
+    uniq, inv = np.unique(score, return_inverse=True)
+    shape = (n_groups, len(uniq))
+    pos = csr_matrix((y.astype(float), (group, inv)), shape=shape)
+    neg = csr_matrix((1.0 - y, (group, inv)), shape=shape)
+    return pos, neg
+
+
+def weighted_aucs(pos, neg, w: np.ndarray) -> np.ndarray:
+    """ROC-AUC and average precision (scikit-learn's definitions, ties included) for each row of unit weights
+    ``w`` (R, units): each token counts as often as its unit is drawn. Returns (R, 2)."""
+    P = np.asarray((pos.T @ w.T).T)  # (R, distinct scores), ascending
+    N = np.asarray((neg.T @ w.T).T)
+    tp, tn = P.sum(axis=1), N.sum(axis=1)
+    below = np.cumsum(N, axis=1) - N  # negatives scored strictly lower
+    roc = (P * (below + 0.5 * N)).sum(axis=1) / (tp * tn)
+    # average precision: thresholds from the highest score down; precision at each, weighted by recall gained
+    tp_c = np.cumsum(P[:, ::-1], axis=1)
+    all_c = tp_c + np.cumsum(N[:, ::-1], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec = np.where(all_c > 0, tp_c / all_c, 0.0)
+    ap = (P[:, ::-1] * prec).sum(axis=1) / tp
+    return np.stack([roc, ap], axis=1)
+
+
+def signal_table(trace, mode: str = "audio", rank: int = 1, learned=(), ci: bool = True) -> pl.DataFrame:
+    """ROC-AUC / PR-AUC per signal for ``reject`` and ``impact`` labels; ``learned``: (name, LearnedGate) pairs.
+
+    With ``ci``, each comes with a bootstrap 95 % interval (``roc_auc_lo`` … ``pr_auc_hi``) that resamples
+    *utterances* (clips), not tokens: tokens of one caption are not independent draws, so resampling them
+    would give intervals too narrow. Point values are scikit-learn's."""
     from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from ..simulate.metrics import bootstrap_weights
 
     feats = available_features(trace)
     tab = node_table(trace, feats, mode, rank)
@@ -37,14 +72,20 @@ def signal_table(trace, mode: str = "audio", rank: int = 1, learned=()) -> pl.Da
         for name, gate in learned:
             X = node_table(trace, gate.features, mode, rank).select(gate.features).to_numpy().astype(float)
             scores[name] = calibrated(gate.doc, X)
+    utt, group = np.unique(tab["utt_id"].to_numpy(), return_inverse=True)
     for label in ("reject", "impact"):
         y = tab[label].to_numpy().astype(int)
         if y.min() == y.max():
             continue
         for name, s in scores.items():
-            rows.append({"signal": name, "label": label, "roc_auc": float(roc_auc_score(y, s)),
-                         "pr_auc": float(average_precision_score(y, s)), "base_rate": float(y.mean()),
-                         "tokens": int(len(y))})
+            row = {"signal": name, "label": label, "roc_auc": float(roc_auc_score(y, s)),
+                   "pr_auc": float(average_precision_score(y, s))}
+            if ci:
+                pos, neg = _grouped(np.asarray(s, float), y, group, len(utt))
+                _, lo, hi = bootstrap_weights(len(utt), lambda w, pos=pos, neg=neg: weighted_aucs(pos, neg, w))
+                row.update(roc_auc_lo=float(lo[0]), roc_auc_hi=float(hi[0]), pr_auc_lo=float(lo[1]),
+                           pr_auc_hi=float(hi[1]))
+            rows.append({**row, "base_rate": float(y.mean()), "tokens": int(len(y)), "utterances": len(utt)})
     return pl.DataFrame(rows)
 
 

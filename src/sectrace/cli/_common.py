@@ -47,6 +47,58 @@ def require_extra(command: str, *extras: str) -> None:
                             f"{_install_hint(extra)}")
 
 
+def command_line(ctx: click.Context | None = None) -> str:
+    """The running command as one could type it again: ``sectrace`` and the subcommand, then every
+    argument and option given on the command line (defaults left out, so a reader sees what was chosen).
+
+    Rebuilt from click's parsed parameters rather than ``sys.argv``, which is the test runner's under
+    CliRunner and holds nothing useful when sectrace is called as a library."""
+    import shlex
+
+    from click.core import ParameterSource
+
+    ctx = ctx or click.get_current_context()
+    words = ["sectrace", *ctx.command_path.split()[1:]]
+    for p in ctx.command.params:
+        src = ctx.get_parameter_source(p.name)
+        if src not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        value = ctx.params.get(p.name)
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if isinstance(p, click.Argument):
+            words += [str(v) for v in values if v is not None]
+            continue
+        if getattr(p, "is_flag", False) or getattr(p, "is_bool_flag", False):
+            if p.secondary_opts:
+                words.append(p.opts[0] if value else p.secondary_opts[0])
+            elif value:
+                words.append(p.opts[0])
+            continue
+        for v in values:
+            words += [p.opts[0], str(v)]
+    return shlex.join(words)
+
+
+def to_json(obj) -> str:
+    """JSON for ``--json``: NaN and infinities (undefined metrics, intervals that cannot be computed) become
+    null, which every JSON reader accepts (``NaN`` is not JSON); other odd values become their text."""
+    import json
+    import math
+
+    def clean(x):
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:  # numpy scalars
+            return clean(x.item())
+        return x
+
+    return json.dumps(clean(obj), indent=2, default=str, allow_nan=False)
+
+
 def load_trace_or_sample(path):
     """The trace at ``path``, or the bundled sample trace when none is given."""
     from ..trace import load_trace, sample_trace_path

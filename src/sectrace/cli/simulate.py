@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,8 +9,7 @@ import click
 
 from ..errors import UserError
 from ..fsio import check_output, write_table
-from ..version import __version__
-from ._common import block_size, load_trace_or_sample, split_list
+from ._common import block_size, command_line, load_trace_or_sample, split_list, to_json
 
 
 def _float_or_none(text):
@@ -73,14 +71,17 @@ def _adaptive(text):
 @click.option("--edge-speedup", default=1.0, show_default=True, help="Scale the edge: 4 = four times faster.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Write per-utterance results (.parquet, or .csv without the token lists' structure).")
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--summary-out", type=click.Path(path_type=Path),
+              help="Write the summary (one row per policy and network, every metric with its 95 % interval) "
+                   "as a table (.parquet or .csv).")
+@click.option("--force", is_flag=True, help="Replace --out and --summary-out if they exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--breakdown", is_flag=True, help="Also print where the time goes (mean seconds per part) and the "
                                                 "round-trip time an overlapping edge would hide.")
 def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptives, max_new_tokens, network_name, rtts,
              uplink, downlink, overhead, jitter, loss, rto, edge_device, cloud_device, cost_mode, edge_tps,
              edge_prefill, cloud_tps, cloud_prefill, cloud_verify, gate_cost,
-             edge_speedup, out, force, as_json, breakdown):
+             edge_speedup, out, summary_out, force, as_json, breakdown):
     """Replay TRACE under edge-only, cloud-only and hybrid policies and compare them.
 
     Without TRACE the bundled sample trace is used. Each hybrid policy is every
@@ -103,11 +104,14 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
     from ..simulate import Network, Replayer, baselines, fit_summary, fit_warning, profiles, summarise
     from ..simulate import simulate as run_sim
     from ..simulate.profiles import base_cost
+    from ..simulate.metrics import BOOTSTRAP, DEFINITIONS
     from ..simulate.results import coverage_note
     from ..units import parse_duration, parse_rate, parse_size
 
     if out:
         check_output(out, force)
+    if summary_out:
+        check_output(summary_out, force, flag="--summary-out")
     tr = load_trace_or_sample(trace_path)
     max_new = max_new_tokens or int(tr.manifest["decoding"].get("max_new_tokens", 64))
     acc = Accept.parse(accept)
@@ -174,19 +178,22 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
     configs = [(cost, replace(base, rtt_s=r)) for r in rtt_list]
     rp = Replayer(tr)
     with tqdm(total=len(policies), desc="replaying", unit="policy", disable=None, leave=False) as bar:
-        results = run_sim(tr, policies, configs, replayer=rp, progress=bar.update)
+        results = run_sim(tr, policies, configs, replayer=rp, progress=bar.update, command=command_line())
     summary = summarise(results)
     if out:
         write_table(results, out)
+    if summary_out:
+        prov = results.select(PROVENANCE).head(1)
+        write_table(prov.join(summary, how="cross").select(*summary.columns, *PROVENANCE), summary_out)
     warn = fit_warning(cost, overridden)
     note = coverage_note(summary, tr.path, tr.synthetic)
     if warn:
         click.echo(f"warning: {warn}", err=True)
     if as_json:
-        click.echo(json.dumps({
-            "trace": str(tr.path), "synthetic": tr.synthetic, "tool_version": __version__,
-            "costs": {k: v for k, v in cost.__dict__.items()}, "cost_warning": warn, "coverage": note,
-            "summary": summary.to_dicts()}, indent=2, default=str))
+        click.echo(to_json({
+            "provenance": results.select(PROVENANCE).row(0, named=True),
+            "costs": dict(cost.__dict__), "cost_warning": warn, "coverage": note,
+            "bootstrap": BOOTSTRAP, "definitions": DEFINITIONS, "summary": summary.to_dicts()}))
         return
     _print_table(tr, summary, cost, configs, fit_summary(cost, overridden))
     if note:
@@ -195,6 +202,10 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
         _print_breakdown(results)
     if out:
         click.echo(f"\nper-utterance results: {out} ({results.height} rows; columns in docs/results-format.md)")
+
+
+#: Provenance columns copied into the JSON and the --summary-out table.
+PROVENANCE = ("trace", "trace_path", "trace_sha256", "synthetic", "tool_version", "git_commit", "packages", "command")
 
 
 def _print_breakdown(results):
@@ -215,6 +226,18 @@ def _print_breakdown(results):
             click.echo(f"{r['policy'][:43]:<44}" + "".join(f"{r[c]:>10.3f}" for c in parts)
                        + f"{r['latency_s']:>10.3f}{-r['overlap_hidden_s'] or 0.0:>10.3f}")
     click.echo("overlap: time hidden if the edge drafts ahead during verification (needs --no-bonus to pay off)")
+
+
+def _pm(x, lo, hi):
+    """A mean and the half-width of its 95 % interval in the mean's unit: ``6.34 s ±0.83``, ``473 ms ±40``."""
+    from ..units import fmt_seconds
+
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return fmt_seconds(x)
+    half = (hi - lo) / 2
+    return f"{fmt_seconds(x)} ±" + (f"{half:.2f}" if x >= 1.0 else f"{half * 1000:.0f}")
 
 
 def _fmt(x, kind):
@@ -259,8 +282,9 @@ def _print_table(tr, summary, cost, configs, fit_line=None):
             table.append([r["policy"], f"{r['covered']}/{r['utterances']}" + ("*" if miss else ""),
                           *[_fmt(r[key], kind) for key, kind in (
                               ("exact_match_cloud", "%"), ("similarity_cloud", "%"), ("cloud_calls", "f1"),
-                              ("cloud_tokens", "f1"), ("bytes_up", "B"), ("audio_bytes_up", "B"), ("ttft_s", "s"),
-                              ("latency_s", "s"), ("latency_p90_s", "s"), ("tokens_per_s", ""))]])
+                              ("cloud_tokens", "f1"), ("bytes_up", "B"), ("audio_bytes_up", "B"), ("ttft_s", "s"))],
+                          _pm(r.get("latency_s"), r.get("latency_s_lo"), r.get("latency_s_hi")),
+                          *[_fmt(r.get(key), kind) for key, kind in (("latency_p90_s", "s"), ("tokens_per_s", ""))]])
         widths = [max(len(c[0]), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
         echo(f"\nRTT {rtt * 1000:g} ms")
         echo("  ".join(c[0].ljust(w) if i == 0 else c[0].rjust(w) for i, (c, w) in enumerate(zip(cols, widths))))
@@ -268,6 +292,8 @@ def _print_table(tr, summary, cost, configs, fit_line=None):
             echo("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(t, widths))))
     echo("\n= cloud: captions identical to cloud-only; similar: 1 − token edit distance to cloud-only; "
          "calls/cloud tok/up: per caption")
+    echo("latency: mean ± half the 95 % bootstrap interval over utterances (2,000 resamples; --json gives both "
+         "ends and every metric's)")
     if any_miss:
         echo("* some utterances left the explored trie (coverage misses): they are excluded from that row's "
              "means, never guessed.")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from ._common import load_trace_or_sample
+from ._common import load_trace_or_sample, to_json
 
 
 @click.group()
@@ -69,17 +69,29 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
 
 @trace.command("info")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
-def trace_info(path):
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON instead.")
+def trace_info(path, as_json):
     """Validate a trace and describe it (the bundled sample if PATH is omitted).
 
     \b
     Examples:
       sectrace trace info                # the bundled sample trace
-      sectrace trace info my-trace
+      sectrace trace info my-trace --json
     """
     tr = load_trace_or_sample(path)
     m = tr.manifest
     per_utt = tr.nodes.group_by("utt_id").len()["len"]
+    if as_json:
+        from ..simulate.provenance import trace_sha256
+
+        click.echo(to_json({"trace": str(tr.path), "name": tr.name, "sha256": trace_sha256(tr),
+                            "synthetic": tr.synthetic, "schema_version": m["schema_version"],
+                            "tool_version": m["tool_version"], "created": m["created"], "drafter": m["drafter"],
+                            "verifier": m["verifier"], "verifier_modes": list(tr.modes),
+                            "dataset": m["dataset"], "utterances": tr.utterances.height, "nodes": tr.nodes.height,
+                            "nodes_per_utterance": {"min": int(per_utt.min()), "max": int(per_utt.max())},
+                            "timings": tr.timings.height, "valid": True}))
+        return
     click.echo(f"trace       {tr.path}")
     click.echo(f"synthetic   {'YES: numbers illustrate the method, not real models' if tr.synthetic else 'no'}")
     click.echo(f"schema      v{m['schema_version']}, written by sectrace {m['tool_version']} on {m['created']}")

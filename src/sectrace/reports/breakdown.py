@@ -1,8 +1,8 @@
-"""Breakdowns and break-even maps that need the simulator's cost model, checked against the results.
+"""The overhead breakdown and break-even maps of a results file.
 
-What needs the cost model (the overhead breakdown per part, the break-even map) is computed from
-simulate's public API, and checked against the latencies in the results so a report never shows a
-breakdown of a different run.
+The breakdown is read from the per-utterance part times the results hold; the break-even map
+prices the results' policies again over RTT × edge speed-up, with the cost model and network each
+row records (``simulate.results.from_row``), so results made with any flags can be mapped.
 """
 
 from __future__ import annotations
@@ -10,25 +10,18 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-FIT_SOURCE = "fitted to the trace's timings"
-DEFAULT_SOURCE = "defaults (the study's devices)"
 
+def cost_and_net(tr, row: dict):
+    """The cost model and network a results row was priced with, read from the row (``simulate.results.from_row``:
+    every cost coefficient and network field is a column), or (None, None, why) for results that lack them."""
+    from ..errors import UserError
+    from ..simulate.results import from_row
 
-def cost_and_net(tr, row: dict, overhead_bytes: int):
-    """The cost model and network a results row was priced with, when the results say enough to rebuild them."""
-    from ..simulate import CostModel, Network, fit_costs
-
-    src = row.get("cost_source")
-    fitted = fit_costs(tr.timings) if str(src).startswith(FIT_SOURCE) else None
-    if fitted is not None and src == fitted.source:  # the fit's source names the model chosen (a verify table)
-        cost = fitted
-    elif src == DEFAULT_SOURCE:
-        cost = CostModel()
-    else:
-        return None, None, (f"the results were priced with a cost model the results file does not record ({src}); "
-                            "re-run simulate without cost overrides to get the breakdown and timelines")
-    return cost, Network(rtt_s=row["rtt_s"], up_Bps=row["up_Bps"], down_Bps=row["down_Bps"],
-                         overhead_bytes=overhead_bytes), ""
+    try:
+        setup = from_row(row, with_policy=False)
+    except UserError as exc:
+        return None, None, str(exc)
+    return setup.cost, setup.network, ""
 
 
 def result_policies(results: pl.DataFrame, gates=None) -> dict:
@@ -39,38 +32,36 @@ def result_policies(results: pl.DataFrame, gates=None) -> dict:
     return pols
 
 
-def overhead_breakdown(tr, results: pl.DataFrame, config: int, overhead_bytes: int = 100, gates=None):
-    """Mean seconds per part per policy at one configuration, or (None, why)."""
-    from ..simulate import Replayer, breakdown, cost_vector
+def overhead_breakdown(results: pl.DataFrame, config: int):
+    """Mean seconds per part per policy at one configuration, or (None, why).
 
-    sub = results.filter(pl.col("config") == config)
-    cost, net, why = cost_and_net(tr, sub.row(0, named=True), overhead_bytes)
-    if cost is None:
-        return None, why
-    theta = cost_vector(cost, net)
-    rp = Replayer(tr)
-    rows = []
-    for name, pol in result_policies(sub, gates).items():
-        rep = rp.replay(pol)
-        ok = rep.covered
-        parts = breakdown(rep.total[ok], theta)
-        got = sub.filter(pl.col("policy") == name).select("utt_id", "latency_s")
-        want = dict(zip(got["utt_id"].to_list(), got["latency_s"].to_list()))
-        total = sum(parts.values())
-        ids = [u for u, c in zip(rep.utt_ids, ok) if c]
-        if any(abs(t - want[u]) > 1e-6 * max(1.0, want[u]) for u, t in zip(ids, total) if want.get(u) is not None):
-            return None, ("the breakdown recomputed from the trace does not add up to the results' latencies (the "
-                          "results were simulated with other costs, e.g. --gate-cost, --overhead or --edge-speedup); "
-                          "it is left out rather than shown wrong")
-        rows.append({"policy": name, **{p: float(np.mean(v)) if len(v) else float("nan") for p, v in parts.items()}})
+    The parts are the ``t_<part>_s`` columns simulate wrote for every utterance (they add up to its
+    latency), averaged over each policy's covered utterances: read from the results, not recomputed,
+    so the breakdown is of the very run the results hold, whatever flags priced it."""
+    from ..simulate.metrics import PART_COLUMNS
+
+    sub = results.filter((pl.col("config") == config) & pl.col("covered"))
+    parts = [c for c in PART_COLUMNS if c in results.columns]
+    if not parts:
+        return None, ("the results lack the per-part times (t_<part>_s columns): they were written by an older "
+                      "sectrace; re-simulate them with `sectrace simulate --out` to get the breakdown")
+    if sub.height == 0:
+        return None, f"no covered utterance at configuration {config}: nothing to break down"
+    total = sub.select(pl.sum_horizontal(parts).alias("sum"), "latency_s")
+    bad = total.filter((pl.col("sum") - pl.col("latency_s")).abs() > 1e-6 * pl.max_horizontal(1.0, "latency_s"))
+    if bad.height:
+        return None, ("the results' per-part times do not add up to their latencies (the file was edited or "
+                      "mixes runs); the breakdown is left out rather than shown wrong")
+    table = (sub.group_by("policy", maintain_order=True).agg(pl.col(c).mean() for c in parts)
+             .rename({c: c[2:-2] for c in parts}))
     r = sub.row(0, named=True)
-    note = (f"Configuration {config}: RTT {1000 * r['rtt_s']:g} ms; costs {r['cost_source']}. Parts add up to each "
-            "utterance's simulated latency (checked).")
-    return pl.DataFrame(rows), note
+    note = (f"Configuration {config}: RTT {1000 * r['rtt_s']:g} ms; costs {r.get('cost_source')}. Mean seconds per "
+            "caption in each part, from the results' per-utterance times (they add up to each utterance's simulated "
+            "latency).")
+    return table, note
 
 
-def break_even(tr, results: pl.DataFrame, policies: list[str], overhead_bytes: int = 100, n: int = 41,
-               rtts=None, speeds=None, gates=None):
+def break_even(tr, results: pl.DataFrame, policies: list[str], n: int = 41, rtts=None, speeds=None, gates=None):
     """Latency of each hybrid policy relative to edge-only over a grid of RTT × edge speed-up, or (None, why).
 
     Latency is linear in the schedule features, so the grid is one matrix product per policy:
@@ -78,11 +69,11 @@ def break_even(tr, results: pl.DataFrame, policies: list[str], overhead_bytes: i
     """
     from dataclasses import replace
 
-    from ..simulate import Network, Replayer, cost_vector
+    from ..simulate import Replayer, cost_vector
 
     sub = results.filter(pl.col("config") == 0)
     row = sub.row(0, named=True)
-    cost, net, why = cost_and_net(tr, row, overhead_bytes)
+    cost, net, why = cost_and_net(tr, row)
     if cost is None:
         return None, why
     pols = result_policies(results, gates)
@@ -91,8 +82,7 @@ def break_even(tr, results: pl.DataFrame, policies: list[str], overhead_bytes: i
     rtts = np.logspace(-3, 0, n) if rtts is None else np.asarray(rtts, dtype=float)
     speeds = np.logspace(np.log10(0.25), np.log10(16), n) if speeds is None else np.asarray(speeds, dtype=float)
     thetas = np.stack([np.stack([cost_vector(replace(cost.scaled(edge_speedup=s), source=cost.source),
-                                             Network(rtt_s=r, up_Bps=net.up_Bps, down_Bps=net.down_Bps,
-                                                     overhead_bytes=overhead_bytes))
+                                             replace(net, rtt_s=float(r)))
                                  for r in rtts]) for s in speeds])  # (speeds, rtts, features)
     rp = Replayer(tr)
     edge = rp.replay(pols["edge-only"])

@@ -49,9 +49,9 @@ def write_chrome_trace(path: Path, trace: dict) -> Path:
     return write_json(trace, path)
 
 
-def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int, overhead_bytes: int = 100,
-                   gates=None):
-    """Per-event spans of one utterance's run under one policy and configuration."""
+def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int, gates=None):
+    """Per-event spans of one utterance's run under one policy and configuration, priced with the cost
+    model and network the results row records (``simulate.results.from_row``)."""
     from ..protocol import run
     from ..simulate import cost_vector
     from ..simulate.spans import run_timeline
@@ -65,7 +65,7 @@ def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int
     row = sub.row(0, named=True)
     if not row["covered"]:
         raise UserError(f"utterance {utt!r} left the explored trie under {policy!r} (a coverage miss): no run to show")
-    cost, net, why = cost_and_net(tr, row, overhead_bytes)
+    cost, net, why = cost_and_net(tr, row)
     if cost is None:
         raise UserError(why)
     theta = cost_vector(cost, net)
@@ -84,11 +84,13 @@ def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int
     instants = [Span(x.lane, x.name, x.start_s, x.dur_s, x.args) for x in marks]
     t = sum(x.dur_s for x in timed)
     if abs(t - row["latency_s"]) > 1e-6 * max(1.0, row["latency_s"]):
-        raise UserError("the timeline recomputed from the trace does not add up to the results' latency (the results "
-                        "were simulated with other costs, e.g. --gate-cost or --overhead); re-simulate with defaults")
+        raise UserError("the timeline recomputed from the trace does not add up to the results' latency (the trace "
+                        "differs from the one the results were simulated from); give that trace with --trace")
     meta = {"trace": row.get("trace"), "trace_path": str(tr.path), "policy": policy, "utt_id": utt, "config": config,
             "rtt_s": row["rtt_s"], "up_Bps": row["up_Bps"], "down_Bps": row["down_Bps"],
-            "cost_source": row["cost_source"], "latency_s": row["latency_s"], "ttft_s": row["ttft_s"],
+            "overhead_bytes": net.overhead_bytes, "jitter": net.jitter, "loss": net.loss, "rto_s": net.rto_s,
+            "cost_source": row["cost_source"], "trace_sha256": row.get("trace_sha256"), "command": row.get("command"),
+            "latency_s": row["latency_s"], "ttft_s": row["ttft_s"],
             "tokens": len(r.tokens), "caption": row.get("caption"), "tool_version": row.get("tool_version"),
             "synthetic": row.get("synthetic"), "engine": "closed-form (events back to back, no queueing)"}
     return spans, instants, meta

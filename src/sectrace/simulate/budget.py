@@ -25,8 +25,9 @@ MAX_FLEET_RUNS = 1_000_000
 MAX_MEMORY_BYTES = 4e9
 
 #: Bytes per output row of a sweep: measured with polars' estimated_size on the sample trace,
-#: 44 columns with the time breakdown (371 B/row; 283 B/row without it), rounded up.
-ROW_BYTES = 400
+#: 123 columns with the time breakdown, bootstrap intervals, network, cost and provenance columns
+#: (1,205 B/row; 869 B/row without intervals), rounded up.
+ROW_BYTES = 1300
 #: Bytes per (utterance × configuration) while one policy is priced: the latency matrix and its
 #: breakdown parts are float64 arrays of that shape; measured with tracemalloc at ~130 B (16 arrays).
 CELL_BYTES = 128

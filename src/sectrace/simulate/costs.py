@@ -434,3 +434,7 @@ def fit_warning(cost: CostModel, overridden=(), bound: float = FIT_ERROR_WARN) -
     return (f"the fitted {names} cost{'s are' if many else ' is'} off by {errs} on average on the trace's own "
             f"timings (more than {100 * bound:.0f}%), so latencies that depend on {'them' if many else 'it'} "
             f"are rough; collect more timing probes or {fix}")
+
+def verify_table_text(table, scale: float = 1.0) -> str | None:
+    """A verify table (seconds per block size) as one text column, so results stay flat (CSV, DuckDB)."""
+    return None if table is None else " ".join(repr(float(v) * scale) for v in table)

@@ -276,13 +276,67 @@ def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Netwo
                            (pl.col("finish_s") - pl.col("arrival_s")).alias("response_s"))
 
 
+#: What a fleet summary reports, defined next to its name. Percentiles are over the played utterances
+#: (linear interpolation); the run's span runs from time 0 to the last caption's finish.
+FLEET_DEFINITIONS = {
+    "utterances": "captions played (devices × utterances per device, coverage misses excluded)",
+    "escalations": "cloud requests, all captions together",
+    "latency_mean_s": "mean seconds from a caption's start on its device to its last token",
+    "latency_p50_s": "median of that latency", "latency_p95_s": "95th percentile of that latency",
+    "latency_p99_s": "99th percentile of that latency",
+    "response_p50_s": "median seconds from a caption's arrival to its last token (latency plus waiting for its "
+                      "device to finish the previous caption)",
+    "response_p95_s": "95th percentile of that response time", "response_p99_s": "99th percentile of that response "
+                                                                                 "time",
+    "queue_mean_s": "mean seconds per caption its cloud requests waited for a server",
+    "queue_p95_s": "95th percentile of those seconds",
+    "makespan_s": "seconds from time 0 to the last caption's finish",
+    "window_s": "the window throughput is measured over: with Poisson arrivals, time 0 to the earliest last "
+                "arrival of any device (every device still sending, so the load is the offered one); back to "
+                "back, the makespan",
+    "captions_per_s": "throughput: captions finished within the window / window_s",
+    "cloud_tokens_per_s": "cloud tokens (verified or decoded, prefill excluded) of the captions finished within "
+                          "the window / window_s",
+}
+
+
 def fleet_summary(df: pl.DataFrame) -> dict:
-    """Means, percentiles and totals of a fleet run."""
+    """Means, percentiles and throughputs of a fleet run (:data:`FLEET_DEFINITIONS` says what each is)."""
     lat = df["latency_s"].to_numpy()
     resp = df["response_s"].to_numpy()
+    queue = df["queue_s"].to_numpy()
     span = float(df["finish_s"].max())
-    return {"utterances": df.height, "escalations": int(df["cloud_calls"].sum()),
-            "latency_mean_s": float(lat.mean()), "latency_p50_s": float(np.percentile(lat, 50)),
-            "latency_p95_s": float(np.percentile(lat, 95)), "response_p95_s": float(np.percentile(resp, 95)),
-            "queue_mean_s": float(df["queue_s"].mean()), "makespan_s": span,
-            "throughput_utt_per_s": df.height / span if span > 0 else float("nan")}
+    window = span
+    if float(df["arrival_s"].max()) > 0:  # Poisson arrivals: measure while every device still sends
+        window = float(df.group_by("device").agg(pl.col("arrival_s").max())["arrival_s"].min())
+    done = df.filter(pl.col("finish_s") <= window)
+    rate = (lambda x: x / window if window > 0 else float("nan"))  # noqa: E731
+    out = {"utterances": df.height, "escalations": int(df["cloud_calls"].sum()),
+           "latency_mean_s": float(lat.mean()),
+           **{f"latency_p{q}_s": float(np.percentile(lat, q)) for q in (50, 95, 99)},
+           **{f"response_p{q}_s": float(np.percentile(resp, q)) for q in (50, 95, 99)},
+           "queue_mean_s": float(queue.mean()), "queue_p95_s": float(np.percentile(queue, 95)),
+           "makespan_s": span, "window_s": window, "captions_per_s": rate(done.height)}
+    if "cloud_tokens" in df.columns:
+        out["cloud_tokens_per_s"] = rate(float(done["cloud_tokens"].sum()))
+    return out
+
+
+def fleet_table(df: pl.DataFrame, rep: Replay, cost: CostModel, net: Network, fleet: Fleet,
+                provenance: dict) -> pl.DataFrame:
+    """A fleet run's rows as written by ``fleet --out``: each played caption with its cloud tokens, and the
+    policy, network, cost model, fleet (seed included) and provenance it was played with, as flat columns
+    (``simulate.results.from_row`` rebuilds policy, cost model and network from any row)."""
+    from .results import cost_columns, network_columns, policy_columns
+
+    tok = pl.DataFrame({"utt_id": rep.utt_ids,
+                        "cloud_tokens": rep.total[:, FI["verify_tokens"]] + rep.total[:, FI["cloud_steps"]]})
+    scalars = {**provenance, **policy_columns(rep.policy),
+               **{k: v[0] for k, v in network_columns([net]).items()},
+               **{k: v[0] for k, v in cost_columns([cost]).items()},
+               "devices": fleet.devices, "servers": fleet.servers, "max_batch": fleet.max_batch,
+               "batch_window_s": fleet.batch_window_s, "batch_slowdown": fleet.batch_slowdown,
+               "arrival_rate": fleet.arrival_rate, "utterances_per_device": fleet.utterances_per_device,
+               "seed": fleet.seed}
+    out = df.join(tok, on="utt_id", how="left", maintain_order="left")
+    return out.with_columns(pl.lit(v).alias(k) for k, v in scalars.items())

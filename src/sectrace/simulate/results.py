@@ -2,47 +2,82 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import polars as pl
 
+from ..errors import UserError
 from ..network import Network
-from ..protocol import Policy, cloud_only, drafter_only
+from ..protocol import Accept, Policy, cloud_only, drafter_only
 from ..trace import Trace
-from ..version import __version__
-from .costs import CostModel
+from .costs import COST_FIELDS, CostModel, verify_table_text
+from .metrics import COUNTS, PART_COLUMNS, summary_columns, utterance_counts
 from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
+from .provenance import provenance_columns
 from .replay import FI, Replay, Replayer, similarity
 from .timing import cost_matrix, latency
+
+#: Network columns every results row carries (the one ``Network`` a row was priced on, field for field).
+NETWORK_COLUMNS = ("network", "rtt_s", "up_Bps", "down_Bps", "overhead_bytes", "jitter", "loss", "rto_s")
+#: Cost-model columns: every coefficient of ``CostModel`` as ``cost_<field>``, and where they came from.
+COST_COLUMNS = tuple(f"cost_{f}" for f in COST_FIELDS) + ("cost_source",)
+#: Policy columns: the knobs that rebuild a policy (with its label in ``policy``).
+POLICY_COLUMNS = ("k", "gate", "accept", "bonus", "privacy", "cloud_cache", "adaptive", "max_new_tokens")
 
 
 def baselines(max_new_tokens: int) -> list[Policy]:
     return [drafter_only(max_new_tokens), cloud_only(max_new_tokens)]
 
 
+def network_columns(nets: Sequence[Network]) -> dict[str, list]:
+    """One list per network column, one entry per network."""
+    return {"network": [n.name or None for n in nets], "rtt_s": [float(n.rtt_s) for n in nets],
+            "up_Bps": [float(n.up_Bps) for n in nets], "down_Bps": [float(n.down_Bps) for n in nets],
+            "overhead_bytes": [int(n.overhead_bytes) for n in nets], "jitter": [n.jitter for n in nets],
+            "loss": [float(n.loss) for n in nets], "rto_s": [float(n.rto_s) for n in nets]}
+
+
+def cost_columns(costs: Sequence[CostModel]) -> dict[str, list]:
+    """One list per cost column, one entry per cost model."""
+    out = {f"cost_{f}": [float(getattr(c, f)) for c in costs] for f in COST_FIELDS}
+    out["cost_verify_table"] = [verify_table_text(c.verify_table) for c in costs]
+    out["cost_source"] = [c.source for c in costs]
+    return out
+
+
+
+def policy_columns(pol: Policy) -> dict:
+    return {"policy": pol.label, "k": pol.k, "gate": pol.gate_spec, "accept": str(pol.accept), "bonus": pol.bonus,
+            "privacy": pol.privacy, "cloud_cache": pol.cloud_cache, "adaptive": pol.adaptive,
+            "max_new_tokens": pol.max_new_tokens}
+
+
 def simulate(trace: Trace, policies: Sequence[Policy], configs: Sequence[tuple[CostModel, Network]],
-             replayer: Replayer | None = None, progress=None) -> pl.DataFrame:
-    """One row per (policy, configuration, utterance). Baselines are whatever policies you pass."""
+             replayer: Replayer | None = None, progress=None, command: str | None = None) -> pl.DataFrame:
+    """One row per (policy, configuration, utterance). Baselines are whatever policies you pass.
+
+    Each row records what rebuilds its run (policy knobs, the whole network, every cost coefficient:
+    :func:`from_row`) and where it came from (:mod:`.provenance`; ``command`` is the command line)."""
     rp = replayer or Replayer(trace)
     theta = cost_matrix(configs)
     max_new = max(p.max_new_tokens for p in policies)
     ref = rp.replay(cloud_only(max_new))
     ref_tokens = [r.tokens if r is not None else None for r in ref.runs]
-    decode = trace.decode
+    prov = provenance_columns(trace, command)
     frames = []
-    n_utt = len(rp.utt_ids)
-    n_cfg = len(configs)
     for pol in policies:
         rep = rp.replay(pol)
-        frames.append(_policy_frame(trace, rep, ref_tokens, theta, configs, decode, n_utt, n_cfg, rp))
+        frames.append(_policy_frame(trace, rep, ref_tokens, theta, configs, rp, prov))
         if progress is not None:
             progress(1)
     return pl.concat(frames, how="diagonal_relaxed")
 
 
-def _policy_frame(trace, rep: Replay, ref_tokens, theta, configs, decode, n_utt, n_cfg, rp) -> pl.DataFrame:
+def _policy_frame(trace, rep: Replay, ref_tokens, theta, configs, rp, prov) -> pl.DataFrame:
     pol = rep.policy
+    n_utt, n_cfg = len(rp.utt_ids), len(configs)
     lat = latency(rep.total, theta)  # (U, C)
     ttft = latency(rep.first, theta)
     ov = overhead(rp, rep)
@@ -51,77 +86,161 @@ def _policy_frame(trace, rep: Replay, ref_tokens, theta, configs, decode, n_utt,
     parts = breakdown_parts(rep, ov, theta, np.array([net.up_Bps for _, net in configs]))
     runs = rep.runs
     tokens = [r.tokens if r is not None else None for r in runs]
-    n_tok = np.array([len(t) if t is not None else np.nan for t in tokens])
     exact = np.array([np.nan if t is None or c is None else float(t == c) for t, c in zip(tokens, ref_tokens)])
     sim = np.array([np.nan if t is None or c is None else similarity(t, c) for t, c in zip(tokens, ref_tokens)])
-
-    def count(attr):
-        return np.array([getattr(r, attr) if r is not None else np.nan for r in runs], dtype=float)
-
+    counts = utterance_counts(runs, pol.k)
+    per_pos = counts.pop("accepted_per_pos")
     per_utt = {
         "utt_id": rep.utt_ids,
         "covered": rep.covered,
         "miss_depth": [m.depth if m is not None else None for m in rep.misses],
         "miss_reason": [m.what if m is not None else None for m in rep.misses],
-        "n_tokens": n_tok, "drafted": count("drafted"), "blocks": count("blocks"),
-        "escalations": count("escalations"), "verified": count("verified"), "accepted": count("accepted"),
-        "corrected": count("corrected"), "bonus_tokens": count("bonus"),
-        "wasted": np.array([r.wasted if r is not None else np.nan for r in runs], dtype=float),
+        **{c: counts[c] for c in ("n_tokens", "drafted", "blocks", "escalations", "verify_calls", "verified",
+                                  "accepted", "corrected", "bonus_tokens", "wasted")},
+        "accepted_per_pos": [None if r is None else [int(x) for x in row] for r, row in zip(runs, per_pos)],
         "cloud_tokens": rep.total[:, FI["verify_tokens"]] + rep.total[:, FI["cloud_steps"]],
         "bytes_up": np.where(rep.bytes_up < 0, np.nan, rep.bytes_up),
         "bytes_down": np.where(rep.bytes_down < 0, np.nan, rep.bytes_down),
         "audio_bytes_up": np.where(rep.audio_bytes_up < 0, np.nan, rep.audio_bytes_up),
         "exact_match_cloud": exact, "similarity_cloud": sim,
         "tokens": tokens,
-        "caption": [decode(t) if t is not None else None for t in tokens],
+        "caption": [trace.decode(t) if t is not None else None for t in tokens],
     }
     idx = np.tile(np.arange(n_utt), n_cfg)
     cfg = np.repeat(np.arange(n_cfg), n_utt)
     cols = {k: ([v[i] for i in idx] if isinstance(v, list) else np.asarray(v)[idx]) for k, v in per_utt.items()}
+    per_cfg = {**network_columns([n for _, n in configs]), **cost_columns([c for c, _ in configs])}
     lat_flat = lat.T.reshape(-1)
     df = pl.DataFrame({
-        "trace": trace.name, "trace_path": str(trace.path.resolve()) if trace.path else None,
-        "synthetic": trace.synthetic, "tool_version": __version__,
-        "policy": pol.label, "k": pol.k, "gate": pol.gate_spec, "accept": str(pol.accept), "bonus": pol.bonus,
-        "privacy": pol.privacy, "cloud_cache": pol.cloud_cache, "adaptive": pol.adaptive,
-        "max_new_tokens": pol.max_new_tokens,
-        "config": cfg, "rtt_s": np.array([configs[c][1].rtt_s for c in cfg]),
-        "up_Bps": np.array([configs[c][1].up_Bps for c in cfg]),
-        "down_Bps": np.array([configs[c][1].down_Bps for c in cfg]),
-        "cost_source": [configs[c][0].source for c in cfg],
+        **prov, **policy_columns(pol),
+        "config": cfg, **{k: [v[c] for c in cfg] for k, v in per_cfg.items()},
         **cols,
         "ttft_s": ttft.T.reshape(-1), "latency_s": lat_flat,
         "tokens_per_s": cols["n_tokens"] / lat_flat,
         "overlap_hidden_s": hidden.T.reshape(-1), "latency_overlap_s": lat_flat - hidden.T.reshape(-1),
         **{f"t_{name}_s": parts[name].T.reshape(-1) for name in BREAKDOWN_PARTS},
     }, strict=False)
-    return df
+    return df.with_columns(pl.col("accepted_per_pos").cast(pl.List(pl.Int64)))
 
 
-def summarise(results: pl.DataFrame) -> pl.DataFrame:
-    """Per (policy, configuration): coverage and means over the covered utterances."""
-    keys = ["policy", "config", "rtt_s", "k", "gate", "accept", "privacy", "cloud_cache"]
-    cov = pl.col("covered")
-    return (
-        results.group_by(keys, maintain_order=True)
-        .agg(
-            pl.len().alias("utterances"),
-            cov.sum().alias("covered"),
-            pl.col("exact_match_cloud").filter(cov).mean().alias("exact_match_cloud"),
-            pl.col("similarity_cloud").filter(cov).mean().alias("similarity_cloud"),
-            pl.col("escalations").filter(cov).mean().alias("cloud_calls"),
-            pl.col("cloud_tokens").filter(cov).mean().alias("cloud_tokens"),
-            pl.col("bytes_up").filter(cov).mean().alias("bytes_up"),
-            pl.col("audio_bytes_up").filter(cov).mean().alias("audio_bytes_up"),
-            pl.col("n_tokens").filter(cov).mean().alias("n_tokens"),
-            pl.col("ttft_s").filter(cov).mean().alias("ttft_s"),
-            pl.col("latency_s").filter(cov).mean().alias("latency_s"),
-            pl.col("latency_s").filter(cov).quantile(0.9).alias("latency_p90_s"),
-            pl.col("latency_overlap_s").filter(cov).mean().alias("latency_overlap_s"),
-            pl.col("overlap_hidden_s").filter(cov).mean().alias("overlap_hidden_s"),
-            (pl.col("n_tokens").filter(cov).sum() / pl.col("latency_s").filter(cov).sum()).alias("tokens_per_s"),
-        )
-    )
+#: Columns a summary carries over from the per-utterance rows (the same for every row of a group).
+_DESCRIBE = ("k", "gate", "accept", "bonus", "privacy", "cloud_cache", "adaptive", "max_new_tokens",
+             *NETWORK_COLUMNS, "cost_source")
+#: Per-utterance columns :func:`summarise` needs (written by this version's simulate).
+_NEEDED = ("covered", "verify_calls", "verified", "accepted", "corrected", "bonus_tokens", "drafted", "escalations",
+           "n_tokens", "latency_s", "ttft_s")
+
+
+def summarise(results: pl.DataFrame, ci: bool = True) -> pl.DataFrame:
+    """Per (policy, configuration): coverage and :data:`.metrics.METRICS` over the covered utterances,
+    each mean with its bootstrap 95 % interval (``_lo``/``_hi``) when ``ci``, and the paired speedups
+    over edge-only and cloud-only when the results hold them.
+
+    Every metric of a row averages the same utterances, its covered ones (``covered`` of ``utterances``);
+    the speedups average those the baselines cover too (``paired_covered``)."""
+    missing = [c for c in _NEEDED if c not in results.columns]
+    if missing:
+        raise UserError(f"these results lack the column {missing[0]!r} (they were written by an older sectrace); "
+                        "re-simulate them with `sectrace simulate --out`")
+    timed_cols = [c for c in ("ttft_s", "latency_s", "latency_overlap_s", "overlap_hidden_s", *PART_COLUMNS)
+                  if c in results.columns]
+    count_cols = [c for c in (*COUNTS, "corrected", "bonus_tokens") if c in results.columns and c not in
+                  ("emitted", "cloud_written")]
+    base = {}
+    for name, col in (("edge-only", "edge_latency_s"), ("cloud-only", "cloud_latency_s")):
+        b = results.filter((pl.col("policy") == name) & pl.col("covered")).select("config", "utt_id", "latency_s")
+        base[col] = b.rename({"latency_s": col}).unique(subset=["config", "utt_id"], keep="first")
+    rows = []
+    for (_, _), g in results.group_by(["policy", "config"], maintain_order=True):
+        first = g.row(0, named=True)
+        row = {"policy": first["policy"], "config": first["config"],
+               **{c: first[c] for c in _DESCRIBE if c in g.columns},
+               "utterances": g.height, "covered": int(g["covered"].sum())}
+        cov = g.filter(pl.col("covered"))
+        if cov.height:
+            for col, b in base.items():
+                cov = cov.join(b, on=["config", "utt_id"], how="left", maintain_order="left")
+            counts = {c: cov[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in count_cols}
+            if "accepted" in counts and "verify_calls" in counts:
+                counts["emitted"] = np.where(counts["verify_calls"] > 0, counts["accepted"] + counts["corrected"]
+                                             + counts["bonus_tokens"], 0.0)
+            timed = {c: cov[c].cast(pl.Float64).fill_null(np.nan).to_numpy()[:, None] for c in timed_cols}
+            per_pos = None
+            if "accepted_per_pos" in cov.columns and first["k"]:
+                per_pos = np.array(cov["accepted_per_pos"].to_list(), float).reshape(cov.height, -1)
+            has_base = all(b.height for b in base.values())
+            baselines_ = ({c: cov[c].cast(pl.Float64).fill_null(np.nan).to_numpy()[:, None] for c in base}
+                          if has_base else None)
+            cols = summary_columns(counts, timed, 1, accepted_per_pos=per_pos, baselines=baselines_, ci=ci)
+            row.update({k: v[0] for k, v in cols.items()})
+        rows.append(row)
+    return pl.DataFrame(rows, strict=False, infer_schema_length=None)
+
+
+# --- rebuilding what a row was priced with ------------------------------------------------------------------
+@dataclass(frozen=True)
+class RowSetup:
+    """What a results row was simulated with: its policy, cost model and network."""
+
+    policy: Policy | None
+    cost: CostModel
+    network: Network
+
+
+_OLD_RESULTS = ("they were written by an older sectrace that did not record it; re-simulate them with "
+                "`sectrace simulate --out FILE` to get it")
+
+
+def _need(row: dict, cols) -> None:
+    for c in cols:
+        if c not in row:
+            raise UserError(f"these results lack the column {c!r}: {_OLD_RESULTS}")
+
+
+def cost_from_row(row: dict) -> CostModel:
+    """The cost model a results row was priced with, from its ``cost_<field>`` columns."""
+    _need(row, COST_COLUMNS)
+    table = row.get("cost_verify_table")
+    return CostModel(**{f: float(row[f"cost_{f}"]) for f in COST_FIELDS}, source=row["cost_source"],
+                     verify_table=tuple(float(v) for v in table.split()) if table else None)
+
+
+def network_from_row(row: dict) -> Network:
+    """The network a results row was priced on, from its network columns."""
+    _need(row, NETWORK_COLUMNS[1:])
+    return Network(rtt_s=float(row["rtt_s"]), up_Bps=float(row["up_Bps"]), down_Bps=float(row["down_Bps"]),
+                   overhead_bytes=int(row["overhead_bytes"]), jitter=row["jitter"], loss=float(row["loss"]),
+                   rto_s=float(row["rto_s"]), name=row.get("network") or "")
+
+
+def policy_from_row(row: dict, gate=None) -> Policy:
+    """The policy of a results row. ``gate`` turns its gate spec into a gate; the default opens no file
+    (a learned gate named by a results row is refused: rows never choose files to open)."""
+    _need(row, ("policy", *POLICY_COLUMNS))
+    mx = int(row["max_new_tokens"])
+    if row["policy"] == "edge-only":
+        return drafter_only(mx)
+    if row["policy"] == "cloud-only":
+        return cloud_only(mx)
+    if gate is None:
+        from ..gates import parse_gate
+        from ..gates.learned import GateFiles
+
+        def gate(spec):
+            return parse_gate(spec, gate_files=GateFiles())
+    adaptive = row["adaptive"]
+    return Policy(k=int(row["k"]), gate=gate(row["gate"]), gate_spec=row["gate"], accept=Accept.parse(row["accept"]),
+                  bonus=bool(row["bonus"]), privacy=row["privacy"], cloud_cache=row["cloud_cache"], max_new_tokens=mx,
+                  adaptive=None if adaptive is None or (isinstance(adaptive, float) and np.isnan(adaptive))
+                  else float(adaptive))
+
+
+def from_row(row: dict, gate=None, with_policy: bool = True) -> RowSetup:
+    """Policy, cost model and network of a results row of `simulate`, `sweep` or `fleet`: what a report,
+    a breakdown or a timeline needs to price that run again, read from the row, never guessed.
+
+    One sentence (UserError) when the row lacks the columns, as results written before they were recorded do."""
+    return RowSetup(policy_from_row(row, gate) if with_policy else None, cost_from_row(row), network_from_row(row))
 
 
 def coverage_note(frame: pl.DataFrame, trace_path=None, synthetic: bool = False) -> str | None:

@@ -2,8 +2,9 @@
 
 Replay (walking the trie) happens once per policy; every (network, device) configuration is then a
 column of a cost matrix built with numpy broadcasting, and a policy's latencies for all of them are
-one matrix product (utterances × features) @ (features × configurations). Summaries per
-(policy, configuration) keep the speculative-decoding counters people know from vLLM.
+one matrix product (utterances × features) @ (features × configurations). The summary per
+(policy, configuration) is the one `simulate` prints (:mod:`.metrics`: vLLM's speculative-decoding
+metrics, cloud use, latency with bootstrap intervals, paired speedups over the baselines).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import polars as pl
 from ..errors import UserError
 from ..network import Network
 from ..protocol import Accept, Policy, cloud_only, drafter_only
-from .costs import CostModel
+from .costs import CostModel, verify_table_text
 from .grid import GridSpec
 from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
 from .profiles import cloud_device, edge_device, network_preset
+from .metrics import SWEEP_CI, SWEEP_RESAMPLES, summary_columns, utterance_counts
 from .replay import FI, Replayer
 from .timing import cost_theta, cost_vector
 
@@ -57,10 +59,12 @@ def theta_grid(cost: CostModel, ax: Axes) -> np.ndarray:
 
 def product_axes(nets: Sequence[Network], edge_speedups: Sequence[float], cloud_speedups: Sequence[float],
                  extra_labels: dict | None = None) -> Axes:
-    """The cartesian product networks × edge speedups × cloud speedups."""
+    """The cartesian product networks × edge speedups × cloud speedups; each configuration's whole
+    network (name, jitter, loss, retransmission timeout) rides along in ``labels``."""
     grid = list(itertools.product(range(len(nets)), edge_speedups, cloud_speedups))
     ni = np.array([g[0] for g in grid], int)
-    labels = {"network": [nets[i].name or f"net{i}" for i in ni]}
+    labels = {"network": [nets[i].name or f"net{i}" for i in ni], "jitter": [nets[i].jitter for i in ni],
+              "loss": [float(nets[i].loss) for i in ni], "rto_s": [float(nets[i].rto_s) for i in ni]}
     for k, v in (extra_labels or {}).items():
         labels[k] = [v[i] for i in ni]
     return Axes(edge_speedup=np.array([g[1] for g in grid], float), cloud_speedup=np.array([g[2] for g in grid], float),
@@ -70,9 +74,44 @@ def product_axes(nets: Sequence[Network], edge_speedups: Sequence[float], cloud_
                 extra_s=np.array([nets[i].expected_extra_s for i in ni]), labels=labels)
 
 
+_EDGE_FIELDS = ("edge_prefill_a", "edge_prefill_b", "edge_step_a", "edge_step_c")
 
-def sweep_policy(rp: Replayer, pol: Policy, cost: CostModel, ax: Axes, breakdown: bool = True) -> dict:
-    """Summary columns (one value per configuration) for one policy."""
+
+def config_columns(cost: CostModel, ax: Axes) -> dict:
+    """Per configuration: the network and the cost model it was priced with, coefficient by coefficient
+    (the base model scaled by the configuration's edge and cloud speed-ups, as :func:`theta_grid` prices it)."""
+    from .costs import COST_FIELDS
+
+    n = len(ax)
+    cols = {"config": np.arange(n), "edge_speedup": ax.edge_speedup, "cloud_speedup": ax.cloud_speedup,
+            "rtt_s": ax.rtt_s, "up_Bps": ax.up_Bps, "down_Bps": ax.down_Bps,
+            "overhead_bytes": ax.overhead_bytes.astype(np.int64)}
+    labels = dict(ax.labels)
+    for key, default in (("network", None), ("jitter", None), ("loss", 0.0), ("rto_s", Network().rto_s)):
+        cols[key] = labels.pop(key, [default] * n)
+    for f in COST_FIELDS:
+        scale = 1.0 if f == "gate_s" else 1.0 / (ax.edge_speedup if f in _EDGE_FIELDS else ax.cloud_speedup)
+        cols[f"cost_{f}"] = getattr(cost, f) * scale * np.ones(n)
+    cols["cost_verify_table"] = [verify_table_text(cost.verify_table, 1.0 / c) for c in ax.cloud_speedup]
+    cols["cost_source"] = [cost.source] * n
+    return {**cols, **labels}
+
+
+def baseline_latencies(rp: Replayer, max_new_tokens: int, theta: np.ndarray) -> dict[str, np.ndarray]:
+    """Edge-only and cloud-only latency per utterance × configuration (NaN where not covered): what the
+    paired speedups of :data:`.metrics.SPEEDUPS` compare each policy with."""
+    out = {}
+    for col, pol in (("edge_latency_s", drafter_only(max_new_tokens)), ("cloud_latency_s", cloud_only(max_new_tokens))):
+        out[col] = rp.replay(pol).total @ theta
+    return out
+
+
+def sweep_policy(rp: Replayer, pol: Policy, cost: CostModel, ax: Axes, breakdown: bool = True,
+                 baselines: dict | None = None, ci: bool = True) -> dict:
+    """Summary columns (one value per configuration) for one policy: :func:`.metrics.summary_columns`
+    over its covered utterances, the same summary `simulate` prints.
+
+    ``baselines``: :func:`baseline_latencies` for the paired speedups (computed here when None)."""
     rep = rp.replay(pol)
     theta = theta_grid(cost, ax)
     ok = rep.covered
@@ -80,52 +119,49 @@ def sweep_policy(rp: Replayer, pol: Policy, cost: CostModel, ax: Axes, breakdown
     out = {"policy": [pol.label] * n_cfg, "k": np.full(n_cfg, pol.k), "gate": [pol.gate_spec] * n_cfg,
            "accept": [str(pol.accept)] * n_cfg, "bonus": np.full(n_cfg, pol.bonus),
            "privacy": [pol.privacy] * n_cfg, "cloud_cache": [pol.cloud_cache] * n_cfg,
+           "adaptive": [pol.adaptive] * n_cfg, "max_new_tokens": np.full(n_cfg, pol.max_new_tokens),
            "utterances": np.full(n_cfg, len(ok)), "covered": np.full(n_cfg, int(ok.sum()))}
     if not ok.any():
         return out
-    runs = [r for r in rep.runs if r is not None]
-    tot = {a: float(sum(getattr(r, a) for r in runs)) for a in ("drafted", "verified", "accepted", "corrected",
-                                                               "bonus", "escalations")}
-    emitted = tot["accepted"] + tot["corrected"] + tot["bonus"]
-    n = len(runs)
-    counters = {
-        "drafted_tokens": tot["drafted"] / n, "draft_tokens": tot["verified"] / n,
-        "accepted_tokens": tot["accepted"] / n,
-        "acceptance_rate": tot["accepted"] / tot["verified"] if tot["verified"] else np.nan,
-        "mean_accepted_length": emitted / tot["escalations"] if tot["escalations"] and pol.k else np.nan,
-        "system_efficiency": emitted / ((pol.k + 1) * tot["escalations"]) if tot["escalations"] and pol.k else np.nan,
-        "cloud_calls": tot["escalations"] / n,
-        "cloud_tokens": float(np.mean(rep.total[ok, FI["verify_tokens"]] + rep.total[ok, FI["cloud_steps"]])),
-        "bytes_up": float(rep.bytes_up[ok].mean()), "bytes_down": float(rep.bytes_down[ok].mean()),
-        "n_tokens": float(np.mean([len(r.tokens) for r in runs])),
-    }
-    for k, v in counters.items():
-        out[k] = np.full(n_cfg, v)
-    f = rep.total[ok]
-    lat = f @ theta
-    out["latency_s"] = lat.mean(0)
-    out["latency_p50_s"] = np.percentile(lat, 50, axis=0)
-    out["latency_p95_s"] = np.percentile(lat, 95, axis=0)
-    out["ttft_s"] = (rep.first[ok] @ theta).mean(0)
+    counts = utterance_counts(rep.runs, pol.k)
+    per_pos = counts.pop("accepted_per_pos")
+    counts = {c: v[ok] for c, v in counts.items()}
+    counts.update(cloud_tokens=(rep.total[:, FI["verify_tokens"]] + rep.total[:, FI["cloud_steps"]])[ok],
+                  bytes_up=rep.bytes_up[ok].astype(float), bytes_down=rep.bytes_down[ok].astype(float),
+                  audio_bytes_up=rep.audio_bytes_up[ok].astype(float))
+    lat = rep.total[ok] @ theta
     ov = overhead(rp, rep)
     hidden = overlap_hidden(ov, len(ok), theta)[ok]
-    out["overlap_hidden_s"] = hidden.mean(0)
-    out["latency_overlap_s"] = (lat - hidden).mean(0)
+    timed = {"latency_s": lat, "ttft_s": rep.first[ok] @ theta, "overlap_hidden_s": hidden,
+             "latency_overlap_s": lat - hidden}
     if breakdown:
         parts = breakdown_parts(rep, ov, theta, ax.up_Bps)
-        for name in BREAKDOWN_PARTS:
-            out[f"t_{name}_s"] = parts[name][ok].mean(0)
+        timed.update({f"t_{name}_s": parts[name][ok] for name in BREAKDOWN_PARTS})
+    if baselines is None:
+        baselines = baseline_latencies(rp, pol.max_new_tokens, theta)
+    base = {c: v[ok] for c, v in baselines.items()}
+    out.update(summary_columns(counts, timed, n_cfg, accepted_per_pos=per_pos[ok], baselines=base,
+                               ci=SWEEP_CI if ci else False, n_resamples=SWEEP_RESAMPLES))
     return out
 
 
 def run_sweep(rp: Replayer, policies: Sequence[Policy], cost: CostModel, ax: Axes, progress=None,
-              breakdown: bool = True) -> pl.DataFrame:
+              breakdown: bool = True, ci: bool = True, provenance: dict | None = None) -> pl.DataFrame:
+    """One row per (policy, configuration): the policy, the configuration's network and cost model
+    (:func:`config_columns`), provenance (:mod:`.provenance`; computed from the trace when None) and
+    the summary of :func:`sweep_policy`, with bootstrap intervals when ``ci``."""
+    from .provenance import provenance_columns
+
+    prov = provenance_columns(rp.trace) if provenance is None else provenance
     frames = []
-    cfg_cols = {"config": np.arange(len(ax)), "edge_speedup": ax.edge_speedup, "cloud_speedup": ax.cloud_speedup,
-                "rtt_s": ax.rtt_s, "up_Bps": ax.up_Bps, "down_Bps": ax.down_Bps, **ax.labels}
+    cfg_cols = config_columns(cost, ax)
+    theta = theta_grid(cost, ax)
+    base: dict[int, dict] = {}
     for pol in policies:
-        cols = sweep_policy(rp, pol, cost, ax, breakdown)
-        frames.append(pl.DataFrame({**cols, **cfg_cols}, strict=False))
+        if pol.max_new_tokens not in base:
+            base[pol.max_new_tokens] = baseline_latencies(rp, pol.max_new_tokens, theta)
+        cols = sweep_policy(rp, pol, cost, ax, breakdown, baselines=base[pol.max_new_tokens], ci=ci)
+        frames.append(pl.DataFrame({**prov, **cols, **cfg_cols}, strict=False))
         if progress is not None:
             progress(1)
     return pl.concat(frames, how="diagonal_relaxed")
@@ -205,7 +241,7 @@ def breakeven(rp: Replayer, pol: Policy, cost: CostModel, net: Network, edge_tps
     mx = pol.max_new_tokens
     res = {}
     for name, p in (("hybrid", pol), ("edge_only", drafter_only(mx)), ("cloud_only", cloud_only(mx))):
-        cols = sweep_policy(rp, p, cost, ax, breakdown=False)
+        cols = sweep_policy(rp, p, cost, ax, breakdown=False, ci=False)
         if "latency_s" not in cols:
             raise UserError(f"no utterance of the {name.replace('_', '-')} run is covered by the trace")
         res[name] = cols["latency_s"]
@@ -232,28 +268,34 @@ def check_theta_grid(cost: CostModel, nets: Sequence[Network], ax: Axes) -> floa
 
 
 def _sweep_chunk(trace_path: str, policies: Sequence[Policy], cost: CostModel, ax: Axes,
-                 breakdown: bool) -> pl.DataFrame:
+                 breakdown: bool, ci: bool, provenance: dict) -> pl.DataFrame:
     from ..trace import load_trace
 
-    return run_sweep(Replayer(load_trace(trace_path)), policies, cost, ax, breakdown=breakdown)
+    return run_sweep(Replayer(load_trace(trace_path)), policies, cost, ax, breakdown=breakdown, ci=ci,
+                     provenance=provenance)
 
 
 def run_sweep_parallel(trace_path, policies: Sequence[Policy], cost: CostModel, ax: Axes, jobs: int,
-                       progress=None, breakdown: bool = True) -> pl.DataFrame:
+                       progress=None, breakdown: bool = True, ci: bool = True,
+                       provenance: dict | None = None) -> pl.DataFrame:
     """The same sweep over ``jobs`` joblib workers (each loads the trace and replays its share of policies).
     Rows come back in the order of ``policies``, identical to :func:`run_sweep`. ``jobs`` is capped at
     the CPUs available and the number of policies (:func:`.budget.cap_jobs`)."""
     from joblib import Parallel, delayed
 
+    from ..trace import load_trace
     from .budget import cap_jobs
+    from .provenance import provenance_columns
 
+    if provenance is None:  # hashed once here, not once per worker
+        provenance = provenance_columns(load_trace(trace_path))
     jobs = cap_jobs(jobs, len(policies))
     n_chunks = min(len(policies), jobs * 4)
     chunks = [list(policies[i::n_chunks]) for i in range(n_chunks)]
     order = [i for c in range(n_chunks) for i in range(c, len(policies), n_chunks)]
     frames = []
     gen = Parallel(n_jobs=jobs, return_as="generator")(
-        delayed(_sweep_chunk)(str(trace_path), c, cost, ax, breakdown) for c in chunks)
+        delayed(_sweep_chunk)(str(trace_path), c, cost, ax, breakdown, ci, provenance) for c in chunks)
     for c, df in zip(chunks, gen):
         frames.append(df)
         if progress is not None:
