@@ -74,7 +74,7 @@ def seed_recorder(rec: TrieRecorder, nodes, modes) -> int:
     from ..trace import TrieSession
 
     modes = [m for m in modes if f"v_{m}_top1" in nodes.columns]
-    sess = TrieSession(nodes, modes)
+    sess = TrieSession(nodes, modes, [c for c in nodes.columns if c.startswith("x_")])  # keep x_* signals
     ids = nodes["node_id"].to_list()
     row_of = {nid: i for i, nid in enumerate(ids)}
     parents = nodes["parent_id"].to_list()
