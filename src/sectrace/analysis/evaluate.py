@@ -96,7 +96,7 @@ def signal_table(trace, mode: str = "audio", rank: int = 1, learned=()) -> pl.Da
             s = t[2]
             rows.append({"signal": name, "label": label, "roc_auc": float(roc_auc_score(y, s)),
                          "pr_auc": float(average_precision_score(y, s)), "base_rate": float(y.mean()),
-                         "tokens": int(len(y))})
+                         "tokens": len(y)})
     return pl.DataFrame(rows)
 
 

@@ -315,6 +315,9 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     if not cfg.policies:
         raise UserError("no exploration policies to run; give at least one --policy")
     _check_options(cfg)
+    from ..models.signals import check_policies
+
+    check_policies(cfg.policies, cfg.signals)
     cfg.manifest = Path(cfg.manifest)
     utts_all = read_manifest(cfg.manifest)
     if cfg.limit is not None:

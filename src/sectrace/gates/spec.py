@@ -21,8 +21,7 @@ GATES = {
     "random": (RandomGate, 0.5, "escalate with probability T (baseline)"),
     "stability": (Stability, 0.5, "smallest x_stability (drafter prediction stability) below T"),
     "audio": (AudioShift, 0.5, "largest x_audio_shift (drafter distribution moved by the audio) above T"),
-    "mc-dropout": (McDropout, 0.75, "smallest x_mc_agree (share of MC-dropout passes keeping the drafted token) "
-                                    "below T"),
+    "mc-dropout": (McDropout, 0.75, "smallest x_mc_agree (MC-dropout passes keeping the drafted token) below T"),
     "oracle": (Oracle, None, "escalate exactly the blocks the verifier would change (replay only: the upper bound)"),
 }
 #: Threshold ranges where a gate's signal has one (lo, hi, what the signal is), inclusive; all must be finite.

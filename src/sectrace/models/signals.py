@@ -113,6 +113,35 @@ def spec_from_record(record: dict | None) -> SignalSpec | None:
     return SignalSpec({s: dict(record[s]) for s in SIGNALS if s in record})
 
 
+def columns_needed(gate) -> set[str]:
+    """The x_* columns a gate reads (through any(...)/all(...) and learned gates' features)."""
+    from ..gates.builtin import AudioShift, McDropout, Stability
+
+    fixed = {Stability: "x_stability", AudioShift: "x_audio_shift", McDropout: "x_mc_agree"}
+    if type(gate) in fixed:
+        return {fixed[type(gate)]}
+    out = set()
+    for inner in getattr(gate, "gates", ()) or ():
+        out |= columns_needed(inner)
+    doc = getattr(gate, "doc", None)
+    if isinstance(doc, dict):
+        out |= {f for f in doc.get("features", ()) if isinstance(f, str) and f.startswith("x_")}
+    return out
+
+
+def check_policies(policies, spec: SignalSpec | None) -> None:
+    """Refuse, before anything runs, an exploration policy whose gate reads a signal this collection lacks."""
+    have = set(spec.columns()) if spec is not None else set()
+    for pol in policies:
+        need = columns_needed(pol.gate) - have
+        if need:
+            by = {c: s for s, cols in COLUMNS.items() for c in cols}
+            add = sorted({by[c] for c in need if c in by})
+            raise UserError(f"policy {pol.label!r} gates on {', '.join(sorted(need))}, which this collection does "
+                            "not compute" + (f"; add --signals {','.join(add)}" if add else
+                                             "; no collect --signals writes it"))
+
+
 # --- the computations ------------------------------------------------------------------------------
 def node_seed(seed: int, prefix) -> int:
     """The dropout-mask seed of one trie node: BLAKE2b-64 of ``"SEED/"`` + the caption ids joined by commas.
