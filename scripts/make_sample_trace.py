@@ -62,6 +62,8 @@ def main():
     ap.add_argument("--out", type=Path, default=ROOT / "src" / "sectrace" / "data" / "sample-trace")
     ap.add_argument("--utterances", type=int, default=12, help="how many clips to collect (of 72)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--signals", default=None, help="passed to `sectrace collect --signals` (e.g. "
+                                                      "mc-dropout,stability,audio-shift): the optional RQ1 signals")
     args = ap.parse_args()
     from sectrace.demo.frontend import describe
     from sectrace.demo.weights import require
@@ -91,6 +93,8 @@ def main():
            "--timing-repeats", "3"]
     for p in POLICIES:
         cmd += ["--policy", p]
+    if args.signals:
+        cmd += ["--signals", args.signals]
     run(cmd)
     relabel(trace, picked_from=data)
     if args.out.exists():

@@ -15,12 +15,56 @@ from ..errors import UserError
 from ..gates.features import available_features, node_table
 from ..protocol import Accept, CoverageMiss, Policy, run
 
-#: Signal -> (feature, sign): sign +1 when larger means riskier.
+#: Gate family -> (feature, sign): sign +1 when larger means riskier. Each is a threshold gate (gates frontier).
 SIGNALS = {
     "entropy": ("entropy", 1), "logprob": ("logprob", -1), "margin": ("margin", -1), "p2": ("p2", 1),
-    "stability": ("x_stability", -1), "audio": ("x_audio_shift", 1), "content:emotion": ("emotion_word", 1),
-    "depth": ("depth", 1),
+    "stability": ("x_stability", -1), "audio": ("x_audio_shift", 1), "mc-dropout": ("x_mc_agree", -1),
+    "content:emotion": ("emotion_word", 1), "depth": ("depth", 1),
 }
+#: Further signals ranked by `gates eval` (no gate of their own): the other MC-dropout statistics.
+RANKED = {"mc-var": ("x_mc_prob_var", 1), "mc-entropy": ("x_mc_entropy", 1)}
+#: The signals RQ1 asks about: name -> the trace columns that carry them (all needed).
+RQ1_SIGNALS = {
+    "log-prob": ("d_logprob",), "entropy": ("d_entropy",), "margin": ("d_margin",),
+    "stability": ("x_stability",), "MC-dropout": ("x_mc_agree", "x_mc_prob_var", "x_mc_entropy"),
+    "audio shift": ("x_audio_shift",),
+}
+#: The collect --signals name that records each optional RQ1 signal.
+COLLECT_SIGNAL = {"stability": "stability", "MC-dropout": "mc-dropout", "audio shift": "audio-shift"}
+
+
+def rq1_coverage(trace) -> tuple[list[str], list[str]]:
+    """(present, missing) RQ1 signals: a signal is present when all its columns hold a value on some drafted node."""
+    present, missing = [], []
+    drafted = trace.nodes.filter(trace.nodes["d_token"].is_not_null())
+    for name, cols in RQ1_SIGNALS.items():
+        ok = all(c in drafted.columns and drafted[c].is_not_null().any() for c in cols)
+        (present if ok else missing).append(name)
+    return present, missing
+
+
+def rq1_note(trace) -> str:
+    """One line naming the RQ1 signals this trace has and lacks, and how to get the missing ones."""
+    present, missing = rq1_coverage(trace)
+    line = f"RQ1 signals in this trace: {', '.join(present) or 'none'}"
+    if not missing:
+        return line + "; none missing"
+    cols = "; ".join(f"{m} ({', '.join(RQ1_SIGNALS[m])})" for m in missing)
+    how = ("the synthetic generator does not write them" if trace.synthetic else
+           "re-collect with `sectrace collect ... --signals "
+           + ",".join(COLLECT_SIGNAL[m] for m in missing if m in COLLECT_SIGNAL) + "`")
+    return f"{line}; MISSING (not ranked): {cols}; {how}"
+
+
+def _ranked(feats) -> dict:
+    """Signal name -> (feature, sign) for every signal this trace can rank: the known ones, then any other x_*."""
+    known = {**SIGNALS, **RANKED}
+    out = {name: fs for name, fs in known.items() if fs[0] in feats}
+    named = {f for f, _ in known.values()}
+    for f in feats:
+        if f.startswith("x_") and f not in named:
+            out[f] = (f, 1)  # an unknown extension signal: ranked as "larger = riskier" (AUC < 0.5 says otherwise)
+    return out
 
 
 def _grouped(score: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int):
@@ -55,7 +99,8 @@ def weighted_aucs(pos, neg, w: np.ndarray) -> np.ndarray:
 def signal_table(trace, mode: str = "audio", rank: int = 1, learned=(), ci: bool = True) -> pl.DataFrame:
     """ROC-AUC / PR-AUC per signal for ``reject`` and ``impact`` labels; ``learned``: (name, LearnedGate) pairs.
 
-    With ``ci``, each comes with a bootstrap 95 % interval (``roc_auc_lo`` … ``pr_auc_hi``) that resamples
+    Every signal the trace has is ranked, each on the judged drafted nodes where it has a value
+    (``tokens``), so a signal recorded on part of the trie neither hides nor shrinks the others. With ``ci``, each comes with a bootstrap 95 % interval (``roc_auc_lo`` … ``pr_auc_hi``) that resamples
     *utterances* (clips), not tokens: tokens of one caption are not independent draws, so resampling them
     would give intervals too narrow. Point values are scikit-learn's."""
     from sklearn.metrics import average_precision_score, roc_auc_score
@@ -63,25 +108,31 @@ def signal_table(trace, mode: str = "audio", rank: int = 1, learned=(), ci: bool
     from ..simulate.metrics import bootstrap_weights
 
     feats = available_features(trace)
-    tab = node_table(trace, feats, mode, rank)
-    rows = []
-    scores = {name: tab[f].to_numpy() * sign for name, (f, sign) in SIGNALS.items() if f in feats}
+    tables = {}
+    for name, (f, sign) in _ranked(feats).items():
+        tab = node_table(trace, [f], mode, rank)
+        tables[name] = (tab["reject"].to_numpy(), tab["impact"].to_numpy(), tab[f].to_numpy() * sign,
+                        tab["utt_id"].to_numpy())
     if learned:
         from ..gates.learned import calibrated
 
         for name, gate in learned:
-            X = node_table(trace, gate.features, mode, rank).select(gate.features).to_numpy().astype(float)
-            scores[name] = calibrated(gate.doc, X)
-    utt, group = np.unique(tab["utt_id"].to_numpy(), return_inverse=True)
-    for label in ("reject", "impact"):
-        y = tab[label].to_numpy().astype(int)
-        if y.min() == y.max():
-            continue
-        for name, s in scores.items():
+            tab = node_table(trace, gate.features, mode, rank)
+            X = tab.select(gate.features).to_numpy().astype(float)
+            tables[name] = (tab["reject"].to_numpy(), tab["impact"].to_numpy(), calibrated(gate.doc, X),
+                            tab["utt_id"].to_numpy())
+    rows = []
+    for li, label in enumerate(("reject", "impact")):
+        for name, t in tables.items():
+            y = t[li].astype(int)
+            if not len(y) or y.min() == y.max():
+                continue
+            s = np.asarray(t[2], float)
+            utt, group = np.unique(t[3], return_inverse=True)
             row = {"signal": name, "label": label, "roc_auc": float(roc_auc_score(y, s)),
                    "pr_auc": float(average_precision_score(y, s))}
             if ci:
-                pos, neg = _grouped(np.asarray(s, float), y, group, len(utt))
+                pos, neg = _grouped(s, y, group, len(utt))
                 _, lo, hi = bootstrap_weights(len(utt), lambda w, pos=pos, neg=neg: weighted_aucs(pos, neg, w))
                 row.update(roc_auc_lo=float(lo[0]), roc_auc_hi=float(hi[0]), pr_auc_lo=float(lo[1]),
                            pr_auc_hi=float(hi[1]))

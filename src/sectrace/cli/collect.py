@@ -45,8 +45,13 @@ from ._common import require_extra
 @click.option("--limit", type=int, help="Only the first N utterances of the manifest.")
 @click.option("--timing-repeats", default=5, show_default=True, help="Repeats per timing probe (after a warm-up).")
 @click.option("--no-probes", is_flag=True, help="Skip the timing probes.")
+@click.option("--signals", default=None,
+              help="Extra drafter-side signals per drafted node, comma-separated (off by default; each costs "
+                   "drafter passes): mc-dropout[:n=8:p=0.1:seed=0], stability[:k=8], audio-shift. "
+                   "Definitions: docs/trace-format.md.")
 def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_new_tokens, max_nodes, policies, extend,
-                edge_device, edge_threads, cloud_device, dtype, edge_dtype, shard, limit, timing_repeats, no_probes):
+                edge_device, edge_threads, cloud_device, dtype, edge_dtype, shard, limit, timing_repeats, no_probes,
+                signals):
     """Decode MANIFEST's utterances with a real drafter and verifier and write a trace.
 
     Every exploration policy (default: edge-only, cloud greedy, always-escalate with
@@ -58,6 +63,7 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
     Examples:
       sectrace collect data.jsonl --drafter models/small --verifier models/large --out traces/t1
       sectrace collect data.jsonl ... --out traces/t1.s0 --shard 0/4
+      sectrace collect data.jsonl ... --signals mc-dropout:n=8:p=0.1,stability,audio-shift
       sectrace trace merge traces/t1.s0 traces/t1.s1 traces/t1.s2 traces/t1.s3 --out traces/t1
     """
     from tqdm import tqdm
@@ -66,6 +72,7 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
     from ..explore import default_exploration
     from ..gates import parse_policy
     from ..models.dataset import parse_shard
+    from ..models.signals import parse_signals
 
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     if not mode_list or any(m not in ("audio", "blind") for m in mode_list):
@@ -77,6 +84,7 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
                                   ("--edge-threads", edge_threads, 1, "the drafter's CPU threads")):
         if value is not None and value < lo:
             raise UserError(f"{name} {value} is out of range: it is {what}, so give a whole number of at least {lo}")
+    signal_spec = parse_signals(signals)
     if extend and not policies:
         raise UserError("--extend needs the policies to add: give one or more --policy")
     pols = [parse_policy(p, max_new_tokens) for p in policies] if policies else default_exploration(max_new_tokens)
@@ -93,7 +101,7 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
                         max_nodes=max_nodes or None, edge_device=edge_device, edge_threads=edge_threads,
                         cloud_device=cloud_device, dtype=dtype, edge_dtype=edge_dtype,
                         shard=parse_shard(shard, os.environ), limit=limit,
-                        timing_repeats=timing_repeats, probes=not no_probes, extend=extend)
+                        timing_repeats=timing_repeats, probes=not no_probes, extend=extend, signals=signal_spec)
 
     def bar(total, initial):
         return tqdm(total=total, initial=initial, desc="collecting", unit="utt", disable=None)
@@ -106,3 +114,8 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
                f"{len(pols)} policies; drafter {c['drafter_tokens_per_node']:.2f} tokens/node, verifier "
                + ", ".join(f"{m} {v:.2f}" for m, v in c["verifier_tokens_per_judged_node"].items())
                + f" tokens/judged node; {res['truncated']} utterances hit the node budget")
+    if signal_spec is not None:
+        sc = res["signals"]
+        click.echo(f"signals {signal_spec.label()}: extra drafter seconds per drafted node "
+                   + ", ".join(f"{s} {sc[s]['seconds_per_drafted_node'] * 1e3:.1f} ms" for s in signal_spec.names)
+                   + f" (the draft itself: {sc['drafter_seconds_per_drafted_node'] * 1e3:.1f} ms)")

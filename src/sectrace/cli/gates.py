@@ -100,6 +100,9 @@ def gates_train(trace_path, out, model, label, rank, mode, features, folds, seed
     click.echo(f"cross-validated ({cv['folds']} folds by utterance): ROC-AUC {cv['roc_auc']:.3f}, "
                f"PR-AUC {cv['pr_auc']:.3f}, Brier {cv['brier']:.3f}")
     click.echo(f"features: {', '.join(doc['features'])}")
+    from ..analysis.evaluate import rq1_note
+
+    click.echo(rq1_note(tr))
     click.echo(f"wrote {out}; use it as --gate learned:{out}:0.5")
 
 
@@ -126,7 +129,7 @@ def gates_eval(trace_path, learned, rank, mode, out, as_json, force):
       sectrace gates eval my-trace --gate gate.json --rank 20 --out signals.csv
     """
     require_extra("gates eval", "gates")
-    from ..analysis.evaluate import signal_table
+    from ..analysis.evaluate import rq1_note, signal_table
     from ..gates.learned import load_learned
 
     if out:
@@ -158,6 +161,7 @@ def gates_eval(trace_path, learned, rank, mode, out, as_json, force):
                               ("pr_auc", ".3f"), ("pr 95% CI", ""), ("base_rate", ".3f"), ("tokens", ""),
                               ("utterances", "")]))
     click.echo("95% CI: bootstrap over utterances (2,000 resamples of whole captions, not of tokens)")
+    click.echo(rq1_note(tr))
     for name, g in gates_:
         cv = g.doc["cv"]
         click.echo(f"{name}: cross-validated when trained: ROC-AUC {cv['roc_auc']:.3f}, PR-AUC {cv['pr_auc']:.3f}")
@@ -179,7 +183,8 @@ def _interval(df, col):
 @gates.command("frontier")
 @click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
 @click.option("--gate", "families", multiple=True,
-              default=["entropy", "logprob", "margin", "stability", "audio", "random"], show_default=True,
+              default=["entropy", "logprob", "margin", "stability", "audio", "mc-dropout", "random"],
+              show_default=True,
               help="Gate families swept over their threshold range (quantiles of the signal), or full specs "
                    "(content:emotion, oracle, any(...)); learned:FILE sweeps the block probability.")
 @click.option("--k", default=3, show_default=True, help="Block size.")

@@ -74,6 +74,7 @@ class CollectConfig:
     dataset_name: str | None = None
     stop_after: int | None = None  # testing aid: stop (as if killed) after this many utterances
     extra: dict = field(default_factory=dict)
+    signals: object = None  # models.signals.SignalSpec: optional drafter-side x_* signals (--signals)
 
 
 CONFIG = "config.json"
@@ -222,6 +223,18 @@ def _adopt_parts(parts: Path, mine: dict, echo) -> bool:
     return matched
 
 
+def _check_extend_signals(cfg: CollectConfig, base) -> None:
+    """An extension computes the base's signals, with its parameters, so no node of the result lacks them."""
+    from ..models.signals import spec_from_record
+
+    have = spec_from_record((base.manifest.get("signals") or {}).get("requested"))
+    want = cfg.signals
+    if (have.record() if have else None) != (want.record() if want else None):
+        raise UserError(f"{cfg.extend} was collected with --signals {have.label() if have else 'none'}, but this "
+                        f"command asks for {want.label() if want else 'none'}; extend with "
+                        f"--signals {have.label() if have else 'none'}, so every node carries the same signals")
+
+
 def _check_options(cfg: CollectConfig):
     """The numeric options, checked before anything is loaded or written."""
     for name, value, lo in (("--max-new-tokens", cfg.max_new_tokens, 1), ("--limit", cfg.limit, 1),
@@ -276,6 +289,7 @@ def collection_identity(cfg: CollectConfig, tok_fp: str, base_id: str | None) ->
         "max_nodes": cfg.max_nodes, "policies": [p.label for p in cfg.policies], "dtype": cfg.dtype,
         "edge_dtype": cfg.edge_dtype,
         "manifest_sha": _file_sha(cfg.manifest), "limit": cfg.limit, "extends": base_id,
+        **({"signals": cfg.signals.record()} if cfg.signals is not None else {}),
     }
 
 
@@ -301,6 +315,9 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     if not cfg.policies:
         raise UserError("no exploration policies to run; give at least one --policy")
     _check_options(cfg)
+    from ..models.signals import check_policies
+
+    check_policies(cfg.policies, cfg.signals)
     cfg.manifest = Path(cfg.manifest)
     utts_all = read_manifest(cfg.manifest)
     if cfg.limit is not None:
@@ -318,6 +335,7 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
         if missing_modes:
             raise UserError(f"{cfg.extend} has no {', '.join(sorted(missing_modes))} judgements; extend with "
                             f"--modes {','.join(base.modes)}")
+        _check_extend_signals(cfg, base)
     if not utts:
         raise UserError(f"shard {i}/{n} has no utterances to collect (the manifest lists {len(utts_all)})")
     check_rows(utts, cfg.backend)
@@ -425,6 +443,12 @@ def _collect_one(cfg, pair, backend, u: Utterance, base) -> dict:
     from ..models.pair import PairSource
 
     src = PairSource(d, prep.edge_prompt, vs, {m: prep.cloud_prompts[m] for m in cfg.modes}, pair.eos)
+    sig = None
+    if cfg.signals is not None:  # drafts carry the x_* signals; the trie itself is unchanged
+        from ..models.signals import with_signals
+
+        no_audio = CachedLM(pair.drafter, pair.shared_vocab) if "audio-shift" in cfg.signals.names else None
+        src = sig = with_signals(src, cfg.signals, no_audio, prep.cloud_prompts.get("blind"))
     rec = BudgetRecorder(src, cfg.modes, cfg.max_nodes)
     seeded = 0
     if base is not None:
@@ -445,7 +469,8 @@ def _collect_one(cfg, pair, backend, u: Utterance, base) -> dict:
             "drafter_recomputed": d.counters.recomputed, "drafter_calls": d.counters.calls,
             "verifier_tokens": {m: c.tokens for m, c in vc.items()},
             "verifier_prompt_tokens": {m: c.prefill_tokens for m, c in vc.items()},
-            "verifier_calls": {m: c.calls for m, c in vc.items()}}
+            "verifier_calls": {m: c.calls for m, c in vc.items()},
+            **({"signals": sig.signals.summary()} if sig is not None else {})}
 
 
 def _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, peak) -> dict:
@@ -505,6 +530,10 @@ def _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, peak) -> d
         },
         "collection": {"id": mine["id"], "shard": mine["shard"], "identity": ident},
     }
+    if cfg.signals is not None:
+        from ..models.signals import manifest_record
+
+        manifest["signals"] = manifest_record(cfg.signals, [s["signals"] for s in stats if "signals" in s])
     if base is not None:
         # Utterances the extension did not touch (other shards) keep their recorded rows.
         keep = base.utterances.filter(~pl.col("utt_id").is_in([r["utt_id"] for r in rows]))
@@ -519,7 +548,8 @@ def _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, peak) -> d
     publish_trace(staged, out)
     _discard_parts(parts, out)
     return {"complete": True, "out": str(out), "utterances": len(rows), "nodes": nodes.height,
-            "compute": manifest["compute"], "truncated": len(manifest["exploration"]["truncated_utterances"])}
+            "compute": manifest["compute"], "truncated": len(manifest["exploration"]["truncated_utterances"]),
+            **({"signals": manifest["signals"]["compute"]} if "signals" in manifest else {})}
 
 
 def _piece(tok, t: int) -> bytes:

@@ -72,7 +72,7 @@ def seed_recorder(rec: TrieRecorder, nodes, modes) -> int:
     the trace's (float32), so gates decide exactly as a replay of the trace would.
     """
     modes = [m for m in modes if f"v_{m}_top1" in nodes.columns]
-    sess = TrieSession(nodes, modes)
+    sess = TrieSession(nodes, modes, [c for c in nodes.columns if c.startswith("x_")])  # keep x_* signals
     ids = nodes["node_id"].to_list()
     row_of = {nid: i for i, nid in enumerate(ids)}
     parents = nodes["parent_id"].to_list()

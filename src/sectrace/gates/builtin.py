@@ -99,4 +99,16 @@ class AudioShift:
         return bool(vals) and max(vals) > self.threshold
 
 
-__all__ += ["AudioShift", "Stability"]
+@dataclass(frozen=True)
+class McDropout:
+    """Escalate when MC-dropout shakes the drafter's choice: the smallest x_mc_agree (share of dropout passes
+    whose top-1 is the drafted token) in the block is below T."""
+
+    threshold: float
+
+    def escalate(self, block: Block) -> bool:
+        vals = [v for v in _signal(block, "mc_agree") if v is not None]
+        return not vals or min(vals) < self.threshold  # unknown agreement counts as unstable, like Stability
+
+
+__all__ += ["AudioShift", "McDropout", "Stability"]

@@ -7,7 +7,8 @@ import math
 
 from ..errors import UserError
 from ..protocol import Accept, Policy
-from .builtin import Always, AudioShift, Margin, MaxEntropy, MeanEntropy, MinLogProb, Never, RandomGate, Stability
+from .builtin import (Always, AudioShift, Margin, MaxEntropy, McDropout, MeanEntropy, MinLogProb, Never, RandomGate,
+                      Stability)
 from .combine import AllGate, AnyGate
 from .oracle import Oracle
 
@@ -21,6 +22,7 @@ GATES = {
     "random": (RandomGate, 0.5, "escalate with probability T (baseline)"),
     "stability": (Stability, 0.5, "smallest x_stability (drafter prediction stability) below T"),
     "audio": (AudioShift, 0.5, "largest x_audio_shift (drafter distribution moved by the audio) above T"),
+    "mc-dropout": (McDropout, 0.75, "smallest x_mc_agree (MC-dropout passes keeping the drafted token) below T"),
     "oracle": (Oracle, None, "escalate exactly the blocks the verifier would change (replay only: the upper bound)"),
 }
 #: Threshold ranges where a gate's signal has one (lo, hi, what the signal is), inclusive; all must be finite.
@@ -32,6 +34,7 @@ RANGES = {
     "random": (0.0, 1.0, "a probability between 0 and 1"),
     "stability": (0.0, 1.0, "an x_stability value between 0 and 1"),
     "audio": (0.0, math.inf, "an x_audio_shift value (at least 0)"),
+    "mc-dropout": (0.0, 1.0, "an x_mc_agree share between 0 and 1"),
 }
 #: Longest gate spec, and deepest any(...)/all(...) nesting, that parse_gate reads.
 MAX_SPEC_CHARS = 4096

@@ -240,3 +240,46 @@ def judgements(logits: torch.Tensor, tokens, eos: frozenset[int]) -> list[Judgem
             rank, prob = 0, math.nan
         out.append(Judgement(rank, prob, top1, top1_prob, top1 in eos, entropy))
     return out
+
+
+# --- batched one-token passes from a cached prefix (the drafter-side signals, models/signals.py) ---------------
+def _kv_layers(cache) -> list:
+    """(keys, values) per layer of a DynamicCache, for the cache layouts transformers 4.5x and 5 use."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def prefix_cache(lm: CachedLM, seq: list[int], length: int, batch: int):
+    """A fresh cache of the first ``length`` positions of ``seq``, repeated ``batch`` times, and its rope deltas.
+
+    Copied out of the slot of ``lm`` that already holds them (after a draft at ``seq`` one
+    always does), so no position is computed again and ``lm``'s own caches are never
+    changed: a signal pass extends the copy, not the drafter's cache.
+    """
+    best, common = lm._best(seq)
+    if best is None or common < length:
+        lm.logits_for(seq[:length], 1)  # only when no slot holds the prefix; counted in lm.counters
+        best, common = lm._best(seq)
+    cache = lm._new_cache()
+    for i, (k, v) in enumerate(_kv_layers(best[0])):
+        cache.update(k[:, :, :length].repeat(batch, 1, 1, 1), v[:, :, :length].repeat(batch, 1, 1, 1), i)
+    return cache, best[3]
+
+
+@torch.inference_mode()
+def one_token_rows(lm: CachedLM, cache, tokens: list[int], position: int, rope_deltas=None) -> torch.Tensor:
+    """Logit rows (float64, shared vocabulary) after feeding ``tokens[b]`` at ``position`` on row b of ``cache``.
+
+    One forward pass of ``len(tokens)`` rows of one token each: the batched continuation of
+    one cached prefix by several candidate tokens (or the same token several times, for
+    stochastic passes)."""
+    n = len(tokens)
+    ids = torch.tensor([[int(t)] for t in tokens], dtype=torch.long, device=lm.device)
+    pos = torch.full((n, 1), position, dtype=torch.long, device=lm.device)
+    if lm.mrope:
+        pos = pos.view(1, n, 1).expand(3, n, 1) + (rope_deltas.to(lm.device) if rope_deltas is not None else 0)
+    # The cache argument's name follows CachedLM's (``cache`` from transformers 5.24, where it sets cache_arg).
+    kwargs = {"input_ids": ids, getattr(lm, "cache_arg", "past_key_values"): cache, "use_cache": True,
+              "position_ids": pos}
+    return lm.model(**kwargs).logits[:, -1, : lm.vocab].double().cpu()
