@@ -60,8 +60,10 @@ def test_tables_from_results(results):
 
 def _check_self_contained(html: str):
     assert "data:image/png;base64," in html
-    # nothing fetched from anywhere: no external src/href, no scripts other than inert JSON
-    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", html)
+    # nothing fetched from anywhere: no src other than data URIs, links only within the page or to the
+    # interactive view beside it, no scripts other than inert JSON
+    assert not re.search(r"""src\s*=\s*["'](?!data:)""", html)
+    assert set(re.findall(r"""href\s*=\s*["']([^"'#][^"']*)""", html)) == {"interactive.html"}
     assert not re.search(r"<script(?![^>]*application/json)", html)
     assert "http://" not in html.replace("http-equiv", "") and "https://" not in html
 
@@ -75,7 +77,7 @@ def test_report_without_trace(results, tmp_path):
     html = (tmp_path / "rep" / "report.html").read_text()
     _check_self_contained(html)
     assert "similarity to the cloud-only caption" in html and "pass --trace" in html
-    for name in ("pareto_config0", "pareto_config1", "latency_cdf_config0", "privacy"):
+    for name in ("pareto_latency", "pareto_costs", "latency_cdf", "privacy"):
         for ext in ("png", "svg", "pdf"):
             assert (tmp_path / "rep" / "figures" / f"{name}.{ext}").stat().st_size > 1000
     prov = json.loads((tmp_path / "rep" / "provenance.json").read_text())
@@ -106,7 +108,7 @@ def test_report_with_trace(small, tmp_path):
     assert r.exit_code == 0, r.output
     html = (out / "report.html").read_text()
     _check_self_contained(html)
-    assert "CIDEr-D (vs references)" in html and "SPICE: unavailable" in html
+    assert "CIDEr-D ×100 (vs references)" in html and "SPICE: unavailable" in html
     assert (out / "figures" / "overhead_breakdown.png").exists() and (out / "figures" / "break_even.pdf").exists()
     assert "Break-even maps" in html
     bd = pl.read_csv(out / "tables" / "overhead_breakdown.csv")

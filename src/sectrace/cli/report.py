@@ -61,30 +61,12 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, 
     res = read_results(results_path)
     kind = check_results(res, str(results_path))
     res = normalise_configs(res)
+    if kind == "sweep":
+        return _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files)
     inp = ReportInputs(results=res, results_path=str(results_path))
     if validation_path is not None:
         inp.validation, inp.validation_summary, inp.validation_facts = _read_validation(validation_path)
     trace_path = trace_path or recorded_trace(res)
-    if kind == "sweep":
-        with Progress(5 + (trace_path is not None), "report") as bar:
-            if trace_path is not None:
-                bar(0, "replaying agreement with cloud-only")
-                from ..reports.privacy import ReportGates
-                from ..reports.sweep import sweep_agreement
-                from ..trace import load_trace
-
-                tr = load_trace(trace_path)
-                inp.trace_path, inp.trace_manifest = str(trace_path), tr.manifest
-                inp.agreement = sweep_agreement(tr, res, ReportGates(tr, gate_files), notes=inp.notes)
-                bar(1, "figures")
-            else:
-                inp.notes.append("sweep summary without --trace: no quality axis unless the summary carries agreement "
-                                 "with cloud-only (similarity_cloud); pass --trace to replay it")
-            inp.breakdown_note = "the sweep summary has no t_* columns to break the latency down"
-            path = build_report(inp, out_dir, progress=bar)
-        click.echo(f"wrote {path} and {out_dir / 'interactive.html'} (figures in {out_dir / 'figures'}, tables in "
-                   f"{out_dir / 'tables'})")
-        return
     steps = 5 + (0 if trace_path is None else 3)
     with Progress(steps, "report") as bar:
         if trace_path is not None:
@@ -122,8 +104,34 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, 
             inp.breakdown_note = "the overhead breakdown needs the trace: pass --trace"
             inp.notes.append("no --trace: reference metrics, exact cloud exposure and the breakdown are left out")
         path = build_report(inp, out_dir, progress=bar)
-    click.echo(f"wrote {path} and {out_dir / 'interactive.html'} (figures in {out_dir / 'figures'}, tables in "
-               f"{out_dir / 'tables'})")
+    click.echo(f"wrote {path} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
+
+
+def _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files):
+    """A report from a `sweep` summary: agreement with cloud-only replayed from the trace when given."""
+    from ..reports.build import ReportInputs, build_report
+
+    inp = ReportInputs(results=res, results_path=str(results_path))
+    if validation_path is not None:
+        inp.validation, inp.validation_summary, inp.validation_facts = _read_validation(validation_path)
+    trace_path = trace_path or recorded_trace(res)
+    with Progress(5 + (trace_path is not None), "report") as bar:
+        if trace_path is not None:
+            bar(0, "replaying agreement with cloud-only")
+            from ..reports.privacy import ReportGates
+            from ..reports.sweep import sweep_agreement
+            from ..trace import load_trace
+
+            tr = load_trace(trace_path)
+            inp.trace_path, inp.trace_manifest = str(trace_path), tr.manifest
+            inp.agreement = sweep_agreement(tr, res, ReportGates(tr, gate_files), notes=inp.notes)
+            bar(1, "figures")
+        elif "similarity_cloud" not in res.columns:
+            inp.notes.append("sweep summary without --trace: no quality axis (the summary holds no agreement with "
+                             "cloud-only); pass --trace to replay it")
+        inp.breakdown_note = "the sweep summary has no t_* columns to break the latency down"
+        path = build_report(inp, out_dir, progress=bar)
+    click.echo(f"wrote {path} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
 
 
 def _read_validation(path: Path):

@@ -68,6 +68,7 @@ class Table:
     groups: list[tuple[str, int]] | None = None
     numeric: list[bool] = field(default_factory=list)
     swatches: dict[int, PolicyStyle] = field(default_factory=dict)  # row index → style drawn before the first cell
+    cis: list[list[str]] = field(default_factory=list)  # per cell: its 95 % interval as text, "" for none
 
 
 @dataclass
@@ -85,18 +86,27 @@ class Figure:
 def make_table(df: pl.DataFrame, cols: list[str] | None = None, grey_col: str | None = None,
                styles: dict[str, PolicyStyle] | None = None) -> Table:
     """Cells formatted by tables.COLUMNS (new columns by their name); rows greyed where ``grey_col`` is false;
-    with ``styles``, a ``#`` column (the policy's number) first."""
+    with ``styles``, a ``#`` column (the policy's number) first. A column ``X`` shown with ``X_lo`` and ``X_hi``
+    beside it in ``df`` (simulate's 95 % intervals) gets its interval under the value; the bounds themselves
+    are not shown as columns of their own."""
     cols = [c for c in (cols or df.columns) if c in df.columns and c != grey_col]
-    rows, dim, sw = [], [], {}
+    cols = [c for c in cols if not (c[-3:] in ("_lo", "_hi") and c[:-3] in cols)]
+    with_ci = {c for c in cols if f"{c}_lo" in df.columns and f"{c}_hi" in df.columns}
+    rows, dim, sw, cis = [], [], {}, []
     fmts = [column_format(c, df.schema[c]) for c in cols]
     for i, r in enumerate(df.iter_rows(named=True)):
         cells = [fmt(r[c], kind) for c, (_, kind) in zip(cols, fmts)]
+        ci = [f"{fmt(r[c + '_lo'], kind)}–{fmt(r[c + '_hi'], kind)}"
+              if c in with_ci and r[c + "_lo"] is not None and r[c + "_hi"] is not None else ""
+              for c, (_, kind) in zip(cols, fmts)]
         if styles is not None:
             st = styles.get(r.get("policy"))
             cells.insert(0, str(st.number) if st else "")
+            ci.insert(0, "")
             if st:
                 sw[i] = st
         rows.append(cells)
+        cis.append(ci)
         dim.append(bool(grey_col) and not r.get(grey_col))
     headers = [h for h, _ in fmts]
     numeric = [k not in ("text", "bool") for _, k in fmts]
@@ -117,7 +127,15 @@ def make_table(df: pl.DataFrame, cols: list[str] | None = None, grey_col: str | 
         numeric.insert(0, True)
         if groups:
             groups.insert(0, ("", 1))
-    return Table(headers, rows, dim, groups, numeric, sw)
+    return Table(headers, rows, dim, groups, numeric, sw, cis if with_ci else [])
+
+
+def write_csv(df: pl.DataFrame, path: Path) -> None:
+    """CSV of a table; list columns (e.g. acceptance per draft position) become space-separated text."""
+    nested = [c for c, t in df.schema.items() if t.is_nested()]
+    if nested:
+        df = df.with_columns(pl.col(c).cast(pl.List(pl.Utf8)).list.join(" ") for c in nested)
+    df.write_csv(path)
 
 
 def _env():
@@ -261,6 +279,11 @@ def _pareto(ctx: Ctx) -> dict:
         "tables/pareto.csv and interactive.html.")
     labels = ("Each point carries its policy's number (key beside the plot and at the top of the report); points on the "
               "same spot share one label.")
+    whiskers = [name for col, name in (("latency_s", "latency"), ("quality", "quality"), ("cloud_tokens", "cloud tokens"),
+                                       ("bytes_up", "bytes up"))
+                if f"{col}_lo" in front.columns and front[f"{col}_lo"].drop_nulls().len()]
+    if whiskers:
+        labels += f" Grey whiskers: 95 % intervals ({', '.join(whiskers)}; bootstrap over utterances)."
     if ctx.qcol is not None:
         fig = figures.pareto_small_multiples(front, panels, ctx.styles, x=("latency_s", "mean latency per caption (s)", -1),
                                              y=("quality", ctx.qlabel, +1))
@@ -289,7 +312,7 @@ def _pareto(ctx: Ctx) -> dict:
                            "No quality axis: these sweep results carry no agreement with the cloud-only caption and no "
                            "trace was given to replay it. The front has three axes (latency ↓, cloud tokens ↓, bytes up "
                            f"↓); filled points are on it. {labels}{shown} {ctx.prov_line}."))
-    front.write_csv(ctx.tab_dir / "pareto.csv")
+    write_csv(front, ctx.tab_dir / "pareto.csv")
     cols = ["policy", "config", "rtt_s", "network", "edge_speedup", "cloud_speedup", "quality", "latency_s",
             "cloud_tokens", "bytes_up", "covered", "utterances"]
     cols = [c for c in cols if c in front.columns and not (c in ("network", "edge_speedup", "cloud_speedup")
@@ -305,9 +328,9 @@ def _pareto(ctx: Ctx) -> dict:
 def _quality(ctx: Ctx) -> dict:
     q = ctx.inp.quality
     t1 = table1(q.per_policy if q is not None else None)
-    t1.write_csv(ctx.tab_dir / "table1_quality.csv")
+    write_csv(t1, ctx.tab_dir / "table1_quality.csv")
     if q is not None:
-        q.per_policy.write_csv(ctx.tab_dir / "quality_per_policy.csv")
+        write_csv(q.per_policy, ctx.tab_dir / "quality_per_policy.csv")
         q.per_caption.write_parquet(ctx.tab_dir / "quality_per_caption.parquet")
     return {"available": q is not None, "tokenizer": getattr(q, "tokenizer", ""), "notes": list(getattr(q, "notes", []) or []),
             "table": make_table(t1), "kind": ctx.kind, "agreement": ctx.qcol == "agree_cloud_similarity",
@@ -318,7 +341,7 @@ def _latency(ctx: Ctx) -> dict:
     tables = []
     for c in ctx.panels:
         t2 = table2(ctx.points, c, with_study=(c == ctx.panels[0]))
-        t2.write_csv(ctx.tab_dir / f"table2_latency_config{c}.csv")
+        write_csv(t2, ctx.tab_dir / f"table2_latency_config{c}.csv")
         t2 = t2.rename({"system": "policy"})
         tables.append({"config": c, "text": ctx.conf_text(c), "table": make_table(t2, styles=ctx.styles)})
     cdf = None
@@ -348,7 +371,7 @@ def _breakdown(ctx: Ctx) -> dict:
     if bd is None or not bd.height:
         return {"figure": None, "note": note or "not available", "table": None}
     fig = figures.breakdown(bd, "Where the time goes (mean per caption)", ctx.styles)
-    bd.write_csv(ctx.tab_dir / "overhead_breakdown.csv")
+    write_csv(bd, ctx.tab_dir / "overhead_breakdown.csv")
     return {"figure": Figure("overhead_breakdown", figures.save(fig, ctx.fig_dir, "overhead_breakdown"),
                              "overhead breakdown", f"{note} {ctx.prov_line}."),
             "note": note, "table": make_table(bd, styles=ctx.styles)}
@@ -387,7 +410,7 @@ def _validation(ctx: Ctx) -> dict | None:
         return None
     f = inp.validation_facts or {}
     fig = figures.validation(inp.validation, "Simulated vs measured latency (live runs)")
-    inp.validation_summary.write_csv(ctx.tab_dir / "validation.csv")
+    write_csv(inp.validation_summary, ctx.tab_dir / "validation.csv")
     med = f.get("median_ape_latency")
     tgt = f.get("target_median_ape_latency", 0.05)
     verdict = ("" if med is None else f"Median absolute error on total latency: {100 * med:.2f}% "
@@ -410,12 +433,12 @@ def _privacy(ctx: Ctx) -> dict:
     if ctx.kind == "sweep":
         cols = ["policy", "privacy", "cloud_calls", "cloud_tokens", "bytes_up", "bytes_down"]
         t = ctx.points.filter(pl.col("config") == ctx.panels[0])
-        t.select([c for c in cols if c in t.columns]).write_csv(ctx.tab_dir / "privacy.csv")
+        write_csv(t.select([c for c in cols if c in t.columns]), ctx.tab_dir / "privacy.csv")
         return {"kind": "sweep", "table": make_table(t, cols, styles=ctx.styles)}
     priv = privacy_table(ctx.res, inp.exposure)
-    priv.write_csv(ctx.tab_dir / "privacy.csv")
+    write_csv(priv, ctx.tab_dir / "privacy.csv")
     side = modes_side_by_side(priv)
-    side.write_csv(ctx.tab_dir / "privacy_modes.csv")
+    write_csv(side, ctx.tab_dir / "privacy_modes.csv")
     fig = figures.privacy_bars(priv, "What the cloud learns, per policy", ctx.styles)
     cols = ["policy", "privacy", "utterances", "contact_share", "cloud_calls", "cloud_seen_tokens",
             "caption_share_seen", "emotion_words_exposed", "bytes_up", "audio_bytes_up"]

@@ -10,6 +10,7 @@ TrueType fonts, so labels stay searchable and editable for papers.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -45,21 +46,52 @@ def save(fig, out_dir: Path, name: str) -> bytes:
     return buf.getvalue()
 
 
-def _grid(n: int, ncols_max: int = 4, w: float = 3.3, h: float = 2.7, right: float = 0.0):
+@dataclass
+class KeyPlan:
+    """Where a figure's policy key goes: right of the panels (up to RIGHT_MAX lines) or below them, in columns."""
+
+    where: str
+    lines: list
+    right_in: float = 0.0  # width reserved on the right
+    bottom_in: float = 0.0  # height reserved below the x labels
+    ncol: int = 1
+    fontsize: float = 6.5
+
+
+RIGHT_MAX = 28
+
+
+def key_plan(lines: list[str], categories: int = 0, width_in: float = 9.0, sample_in: float = 0.0,
+             fontsize: float = 6.5) -> KeyPlan:
+    """``width_in``: the figure's width without the key; ``sample_in``: width of a line sample before each entry."""
+    longest = max((len(s) for s in lines), default=10)
+    line_w = 0.6 * fontsize / 72 * longest + 0.3 + sample_in
+    cat_w = 2.0 if categories else 0.0
+    if len(lines) <= RIGHT_MAX:
+        return KeyPlan("right", lines, right_in=max(line_w, cat_w) + 0.2, fontsize=fontsize)
+    ncol = max(1, int((width_in - 0.75) // line_w))
+    rows = -(-len(lines) // ncol)
+    line_h = 1.3 * fontsize / 72
+    return KeyPlan("bottom", lines, bottom_in=rows * line_h + 0.45 + (0.35 if categories else 0), ncol=ncol,
+                   fontsize=fontsize)
+
+
+def _grid(n: int, plan: KeyPlan, ncols_max: int = 4, w: float = 3.3, h: float = 2.7):
     ncols = min(n, ncols_max)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols + right, h * nrows + 0.9), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols + 0.9 + plan.right_in, h * nrows + 1.15 + plan.bottom_in),
+                             sharex=True, sharey=True, squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    return fig, axes, nrows, ncols
+    _fix_layout(fig, plan)
+    return fig, axes
 
 
-def _fix_layout(fig, key_width_in: float, top_in: float = 0.55, bottom_in: float = 0.6):
+def _fix_layout(fig, plan: KeyPlan, top_in: float = 0.55, bottom_in: float = 0.6):
     """Fixed margins (in inches) before labels are placed, so label positions computed in pixels stay valid."""
     w, h = fig.get_size_inches()
-    fig.subplots_adjust(left=0.75 / w, right=1 - (key_width_in + 0.15) / w, top=1 - top_in / h,
-                        bottom=bottom_in / h, wspace=0.12, hspace=0.32)
+    fig.subplots_adjust(left=0.75 / w, right=1 - (plan.right_in + 0.15) / w, top=1 - top_in / h,
+                        bottom=(bottom_in + plan.bottom_in) / h, wspace=0.12, hspace=0.32)
 
 
 def place_labels(ax, xs, ys, texts, fontsize=7):
@@ -149,6 +181,15 @@ def _front_panel(ax, pts: pl.DataFrame, xcol: str, ycol: str, styles: dict[str, 
     pol = pts["policy"].to_list()
     priv = pts["privacy"].to_list()
     base = np.array([p in BASELINES for p in pol])
+    err = {}
+    for axis, c in (("xerr", xcol), ("yerr", ycol)):  # 95 % intervals, when the results carry them
+        if f"{c}_lo" in pts.columns and f"{c}_hi" in pts.columns:
+            v = pts[c].cast(pl.Float64).to_numpy()
+            lo = pts[f"{c}_lo"].cast(pl.Float64).to_numpy()
+            hi = pts[f"{c}_hi"].cast(pl.Float64).to_numpy()
+            err[axis] = np.nan_to_num(np.vstack([v - lo, hi - v]).clip(min=0))
+    if err:
+        ax.errorbar(x, y, fmt="none", ecolor="#c8c8c8", elinewidth=0.7, capsize=0, zorder=1, **err)
     for mode, marker in MODE_MARKERS.items():
         m = np.array([p == mode for p in priv]) & ~base
         if (m & ~on).any():
@@ -187,26 +228,32 @@ def _key_text(styles: dict[str, PolicyStyle], names) -> list[str]:
     return [f"{styles[n].number:>2}  {n}" for n in sorted(names, key=lambda n: styles[n].number)]
 
 
-def _key_width(lines: list[str], fontsize=6.5) -> float:
-    ncol = 1 if len(lines) <= 28 else 2
-    return min(9.0, ncol * (0.55 * fontsize / 72 * max((len(s) for s in lines), default=10) + 0.25))
-
-
-def _add_key(fig, lines: list[str], privacies, fontsize=6.5, title="policy key (numbers on the points)"):
-    """Categories and the number → policy key, outside the panels on the right."""
-    cat = fig.legend(handles=_category_handles(privacies), loc="upper left", bbox_to_anchor=(1 - _r(fig), 1 - 0.1 / fig.get_size_inches()[1]),
-                     fontsize=fontsize + 0.5, frameon=False, borderaxespad=0.2)
-    ncol = 1 if len(lines) <= 28 else 2
-    handles = [Line2D([], [], ls="none") for _ in lines]
-    fig.legend(handles, lines, loc="upper left", ncols=ncol, handlelength=0, handletextpad=0, columnspacing=1.0,
-               bbox_to_anchor=(1 - _r(fig), 1 - (0.25 + 0.17 * len(cat.get_texts())) / fig.get_size_inches()[1]),
-               fontsize=fontsize, frameon=False, title=title, title_fontsize=fontsize + 0.5,
-               alignment="left", prop={"family": "monospace", "size": fontsize})
-
-
-def _r(fig) -> float:
-    """The figure fraction right of the panels (set by _fix_layout)."""
-    return 1 - fig.subplotpars.right - 0.02
+def _add_key(fig, plan: KeyPlan, privacies=None, title="policy key (numbers on the points)", handles=None):
+    """The categories (when ``privacies`` is given) and the number → policy key, right of or below the panels."""
+    w, h = fig.get_size_inches()
+    mono = {"family": "monospace", "size": plan.fontsize}
+    handles = handles or [Line2D([], [], ls="none") for _ in plan.lines]
+    no_handle = all(getattr(x, "get_linestyle", lambda: "")() in ("None", "none", "") and
+                    getattr(x, "get_marker", lambda: "")() in (None, "None", "none", "") for x in handles)
+    extra = dict(handlelength=0, handletextpad=0) if no_handle else dict(handlelength=3.2)
+    if plan.where == "right":
+        x0 = 1 - (plan.right_in + 0.05) / w
+        y = 1 - 0.1 / h
+        if privacies is not None:
+            cat = fig.legend(handles=_category_handles(privacies), loc="upper left", bbox_to_anchor=(x0, y),
+                             fontsize=plan.fontsize + 0.5, frameon=False, borderaxespad=0.2)
+            y -= (0.25 + 0.17 * len(cat.get_texts())) / h
+        fig.legend(handles, plan.lines, loc="upper left", ncols=1, bbox_to_anchor=(x0, y), frameon=False,
+                   title=title, title_fontsize=plan.fontsize + 0.5, alignment="left", prop=mono, **extra)
+        return
+    y = (plan.bottom_in + 0.05) / h
+    if privacies is not None:
+        hs = _category_handles(privacies)
+        fig.legend(handles=hs, loc="upper left", bbox_to_anchor=(0.75 / w, y), ncols=len(hs),
+                   fontsize=plan.fontsize + 0.5, frameon=False, borderaxespad=0.2)
+        y -= 0.35 / h
+    fig.legend(handles, plan.lines, loc="upper left", ncols=plan.ncol, bbox_to_anchor=(0.75 / w, y), frameon=False,
+               title=title, title_fontsize=plan.fontsize + 0.5, alignment="left", prop=mono, columnspacing=1.5, **extra)
 
 
 def pareto_small_multiples(front: pl.DataFrame, panels: list[tuple[int, str]], styles: dict[str, PolicyStyle],
@@ -215,10 +262,9 @@ def pareto_small_multiples(front: pl.DataFrame, panels: list[tuple[int, str]], s
     """One small panel per configuration (``panels``: (config, its short title)), x and y shared, so the
     front's movement across configurations reads at a glance. Points are filled when on that
     configuration's 4-D front and labelled by policy number."""
-    lines = _key_text(styles, front["policy"].unique(maintain_order=True).to_list())
-    kw = _key_width(lines)
-    fig, axes, nrows, ncols = _grid(len(panels), right=kw + 2.2)
-    _fix_layout(fig, kw + 2.2)
+    plan = key_plan(_key_text(styles, front["policy"].unique(maintain_order=True).to_list()), categories=1,
+                    width_in=3.3 * min(len(panels), 4) + 0.9)
+    fig, axes = _grid(len(panels), plan)
     labellers = []
     for ax, (c, sub_title) in zip(axes.flat, panels):
         sub = front.filter(pl.col("config") == c)
@@ -235,17 +281,17 @@ def pareto_small_multiples(front: pl.DataFrame, panels: list[tuple[int, str]], s
         f()
     if title:
         fig.suptitle(title, fontsize=10, x=0.75 / fig.get_size_inches()[0], ha="left")
-    _add_key(fig, lines, set(front["privacy"].to_list()))
+    _add_key(fig, plan, set(front["privacy"].to_list()))
     return fig
 
 
 def pareto_costs(points: pl.DataFrame, styles: dict[str, PolicyStyle], quality_label: str, title: str = ""):
     """Quality against cloud tokens and bytes uploaded: neither depends on the network or device, so one
     figure serves every configuration. Filled: on the 4-D front in at least one configuration."""
-    lines = _key_text(styles, points["policy"].unique(maintain_order=True).to_list())
-    kw = _key_width(lines)
-    fig, axes = plt.subplots(1, 2, figsize=(8.2 + kw + 2.2, 3.6), sharey=True, squeeze=False)
-    _fix_layout(fig, kw + 2.2)
+    plan = key_plan(_key_text(styles, points["policy"].unique(maintain_order=True).to_list()), categories=1,
+                    width_in=8.2)
+    fig, axes = plt.subplots(1, 2, figsize=(8.2 + plan.right_in, 3.9 + plan.bottom_in), sharey=True, squeeze=False)
+    _fix_layout(fig, plan)
     labellers = []
     for ax, (col, label, log) in zip(axes[0], (("cloud_tokens", "cloud tokens per caption", False),
                                                ("bytes_up", "bytes uploaded per caption", True))):
@@ -260,7 +306,7 @@ def pareto_costs(points: pl.DataFrame, styles: dict[str, PolicyStyle], quality_l
         f()
     if title:
         fig.suptitle(title, fontsize=10, x=0.75 / fig.get_size_inches()[0], ha="left")
-    _add_key(fig, lines, set(points["privacy"].to_list()))
+    _add_key(fig, plan, set(points["privacy"].to_list()))
     return fig
 
 
@@ -283,10 +329,9 @@ def latency_cdf(results: pl.DataFrame, panels: list[tuple[int, str]], styles: di
     sits outside, on the right."""
     pols = [p for p in sorted(styles, key=lambda p: styles[p].number)
             if p in set(results["policy"].unique().to_list())]
-    lines = [f"{styles[p].number:>2}  {p}" for p in pols]
-    kw = _key_width(lines) + 0.5
-    fig, axes, nrows, ncols = _grid(len(panels), ncols_max=3, w=3.6, h=2.8, right=kw)
-    _fix_layout(fig, kw)
+    plan = key_plan([f"{styles[p].number:>2}  {p}" for p in pols], width_in=3.6 * min(len(panels), 3) + 0.9,
+                    sample_in=0.5)
+    fig, axes = _grid(len(panels), plan, ncols_max=3, w=3.6, h=2.8)
     cov = results.filter(pl.col("covered"))
     for ax, (c, sub_title) in zip(axes.flat, panels):
         sub = cov.filter(pl.col("config") == c)
@@ -310,10 +355,7 @@ def latency_cdf(results: pl.DataFrame, panels: list[tuple[int, str]], styles: di
         ax.set_ylabel("share of captions", fontsize=8)
     handles = [Line2D([], [], color=styles[p].colour, ls=styles[p].linestyle, lw=1.5,
                       marker=styles[p].marker if styles[p].marker != "o" else None, ms=4) for p in pols]
-    fig.legend(handles, lines, loc="upper left", bbox_to_anchor=(1 - _r(fig), 1 - 0.1 / fig.get_size_inches()[1]),
-               ncols=1 if len(lines) <= 28 else 2, frameon=False, handlelength=3.2,
-               prop={"family": "monospace", "size": 6.5}, title="policy (thick: on the front there)",
-               title_fontsize=7, alignment="left")
+    _add_key(fig, plan, title="policy (thick: on the front there)", handles=handles)
     if title:
         fig.suptitle(title, fontsize=10, x=0.75 / fig.get_size_inches()[0], ha="left")
     return fig

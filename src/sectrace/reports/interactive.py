@@ -24,11 +24,19 @@ HOVER = ("quality", "latency_s", "latency_p50_s", "latency_p90_s", "latency_p95_
 #: Not worth a hover line: keys, configuration columns (the selector says them) and the policy's own fields.
 SKIP = {"policy", "config", "trace", "trace_path", "k", "gate", "accept", "bonus", "privacy", "cloud_cache",
         "adaptive", "max_new_tokens", "rtt_s", "up_Bps", "down_Bps", "cost_source", "network", "edge_speedup",
-        "cloud_speedup", "on_front", "synthetic", "tool_version", "n_scored"}
+        "cloud_speedup", "on_front", "synthetic", "tool_version", "n_scored", "overhead_bytes", "jitter", "loss",
+        "rto_s"}
+
+
+def _hover_extra(col: str, dtype) -> bool:
+    """A numeric column of the points worth a hover line: not a key, a cost coefficient, a part time or a bound."""
+    return (col not in SKIP and col not in HOVER and dtype.is_numeric() and not col.startswith(("t_", "cost_"))
+            and not col.endswith(("_lo", "_hi")))
 
 
 def _num(v):
-    """JSON-safe number rounded to 5 significant digits (None for missing/NaN/inf)."""
+    """JSON-safe number rounded to 4 significant digits (None for missing/NaN/inf); values a point's hover shows
+    with their 95 % interval are [value, low, high]."""
     if v is None or isinstance(v, str):
         return v
     if isinstance(v, bool):
@@ -36,7 +44,18 @@ def _num(v):
     v = float(v)
     if not math.isfinite(v):
         return None
-    return float(f"{v:.5g}")
+    return float(f"{v:.4g}")
+
+
+def _cell(r: dict, c: str, ci):
+    return _num(r[c]) if ci is None else [_num(r[c]), _num(r[ci[0]]), _num(r[ci[1]])]
+
+
+def _per_policy(front: pl.DataFrame, cols: list[str]) -> bool:
+    """True when every policy has one value of ``cols`` across configurations (nulls count as a value)."""
+    if front.select("config").n_unique() <= 1:
+        return False
+    return bool((front.group_by("policy").agg(pl.struct(cols).n_unique().alias("n"))["n"] <= 1).all())
 
 
 def interactive_data(ctx) -> dict:
@@ -45,22 +64,34 @@ def interactive_data(ctx) -> dict:
 
     front = ctx.front
     styles = ctx.styles
-    extra = [c for c in front.columns if c not in SKIP and c not in HOVER and not c.startswith("t_")
-             and front.schema[c].is_numeric()]
+    extra = [c for c in front.columns if _hover_extra(c, front.schema[c])]
     # the quality column is shown once, as "quality" under its label
     cols = [c for c in HOVER if c in front.columns and (c != "quality" or ctx.qcol) and c != ctx.qcol]
     cols += [c for c in extra if c != ctx.qcol]
-    fields = []
+    fields, cis = [], []
     for c in cols:
-        head, kind = column_format(c)
+        head, kind = column_format(c, front.schema[c])
         fields.append([c, ctx.qlabel if c == "quality" else head, kind])
+        base = ctx.qcol if c == "quality" else c
+        cis.append((f"{base}_lo", f"{base}_hi") if f"{base}_lo" in front.columns and f"{base}_hi" in front.columns
+                   else None)
+    # Columns that do not change with the configuration (captions, cloud cost and bytes do not depend on the
+    # network) are stored once per policy: a sweep of many configurations stays a few hundred kB.
+    fixed = [c for c, ci in zip(cols, cis) if _per_policy(front, [c, *(ci or ())])]
+    for f in fields:
+        f.append("policy" if f[0] in fixed else "point")
+    point_cols = [(c, ci) for c, ci in zip(cols, cis) if c not in fixed]
+    per_pol = {}
+    for r in front.unique(subset=["policy"], keep="first", maintain_order=True).iter_rows(named=True):
+        per_pol[r["policy"]] = [_cell(r, c, ci) if c in fixed else None for c, ci in zip(cols, cis)]
     rows = []
-    for r in front.select("policy", "config", "on_front", *cols).iter_rows():
-        st = styles.get(r[0])
+    for r in front.select("policy", "config", "on_front", *{x for c, ci in point_cols for x in (c, *(ci or ()))}) \
+            .iter_rows(named=True):
+        st = styles.get(r["policy"])
         if st is None:
             continue
-        rows.append([st.number, int(r[1]), bool(r[2]), *[_num(v) for v in r[3:]]])
-    policies = [{"n": st.number, "name": name, "colour": st.colour, "dash": st.svg_dash,
+        rows.append([st.number, int(r["config"]), bool(r["on_front"]), *[_cell(r, c, ci) for c, ci in point_cols]])
+    policies = [{"n": st.number, "name": name, "colour": st.colour, "dash": st.svg_dash, "vals": per_pol.get(name),
                  "privacy": front.filter(pl.col("policy") == name)["privacy"][0],
                  "baseline": name in BASELINES,
                  "base_colour": {"edge-only": "#2ca02c", "cloud-only": "#d62728"}.get(name)}

@@ -48,6 +48,9 @@ def pareto_table(points: pl.DataFrame, quality_col: str | None, by: str = "confi
         axes = AXES[1:]
     else:
         df = points.with_columns(pl.col(quality_col).cast(pl.Float64).alias("quality"))
+        if f"{quality_col}_lo" in df.columns and f"{quality_col}_hi" in df.columns:  # its 95 % interval
+            df = df.with_columns(pl.col(f"{quality_col}_lo").cast(pl.Float64).alias("quality_lo"),
+                                 pl.col(f"{quality_col}_hi").cast(pl.Float64).alias("quality_hi"))
         axes = AXES
     cols = [a[0] for a in axes]
     better = np.array([a[1] for a in axes])

@@ -58,10 +58,13 @@ def sweep_agreement(trace, summary: pl.DataFrame, gates=None, notes: list | None
     from .privacy import rebuild_policies
 
     max_new = int(trace.manifest["decoding"].get("max_new_tokens", 64))
-    keys = [c for c in ("policy", "k", "gate", "accept", "bonus", "privacy", "cloud_cache") if c in summary.columns]
-    rows = (summary.select(*keys, "covered", "utterances", "n_tokens").unique(subset=["policy"], maintain_order=True)
-            .with_columns(pl.lit(max_new).alias("max_new_tokens"),
-                          pl.col("policy").map_elements(_adaptive, return_dtype=pl.Float64).alias("adaptive")))
+    keys = [c for c in ("policy", "k", "gate", "accept", "bonus", "privacy", "cloud_cache", "adaptive",
+                        "max_new_tokens") if c in summary.columns]
+    rows = summary.select(*keys, "covered", "utterances", "n_tokens").unique(subset=["policy"], maintain_order=True)
+    if "max_new_tokens" not in rows.columns:  # older summaries: the trace's decoding limit, as sweep used
+        rows = rows.with_columns(pl.lit(max_new).alias("max_new_tokens"))
+    if "adaptive" not in rows.columns:  # older summaries: read it off the label (Policy.label writes it)
+        rows = rows.with_columns(pl.col("policy").map_elements(_adaptive, return_dtype=pl.Float64).alias("adaptive"))
     missing = [c for c in ("k", "gate", "accept", "bonus", "cloud_cache") if c not in rows.columns]
     if missing:
         raise UserError(f"the sweep summary lacks the column {missing[0]!r}, so its policies cannot be replayed; "

@@ -26,6 +26,12 @@
     if (kind === "ms") return +(1000 * v).toPrecision(6) + " ms";
     return Math.abs(v) < 100 ? String(+v.toPrecision(3)) : v.toFixed(1);
   }
+  // A hover value is a number or [value, low, high] (its 95 % interval).
+  function val(v) { return Array.isArray(v) ? v[0] : v; }
+  function fmtCi(v, kind) {
+    if (!Array.isArray(v)) return fmt(v, kind);
+    return v[1] === null || v[2] === null ? fmt(v[0], kind) : `${fmt(v[0], kind)} [${fmt(v[1], kind)}–${fmt(v[2], kind)}]`;
+  }
   function niceTicks(lo, hi, n) {
     if (!(hi > lo)) { hi = lo + 1; }
     const step0 = (hi - lo) / n, mag = Math.pow(10, Math.floor(Math.log10(step0)));
@@ -153,13 +159,19 @@
   }
 
   // --- Pareto ------------------------------------------------------------------------------------
-  const F = D.fields;  // [column, header, kind]
+  // Fields: [column, header, kind, "point" | "policy"]; a point row holds its "point" fields in order, a
+  // policy's vals hold its "policy" fields at the field's own index.
+  const F = D.fields;
+  const slot = [];
+  let nPoint = 0;
+  F.forEach(f => slot.push(f[3] === "point" ? nPoint++ : -1));
   const col = Object.fromEntries(F.map((f, i) => [f[0], i]));
+  function field(r, j) { return slot[j] >= 0 ? r[3 + slot[j]] : byNum.get(r[0]).vals[j]; }
   function renderPareto() {
     const rows = D.points.filter(r => r[1] === state.cfg);
     const xa = D.x_axes.find(a => a.key === state.x), ya = D.y_axis;
     const logx = state.logx;
-    const xs = rows.map(r => r[3 + col[xa.key]]), ys = rows.map(r => r[3 + col[ya.key]]);
+    const xs = rows.map(r => val(field(r, col[xa.key]))), ys = rows.map(r => val(field(r, col[ya.key])));
     const xd = extent(xs.map(v => v === null ? null : tx(v, logx)), 0.06), yd = extent(ys, 0.08);
     const A = axes(xd, yd, xa.label + (logx ? " (log scale)" : ""), ya.label, logx);
     let s = A.svg;
@@ -179,7 +191,7 @@
       const base = pol.baseline, on = r[2];
       const fill = base ? pol.base_colour : on ? D.mode_colours[pol.privacy] || "#333" : "white";
       const stroke = base || on ? "#000" : "#a8a8a8";
-      const info = F.map(([c, h, k], j) => [h, fmt(r[3 + j], k)]);
+      const info = F.map(([c, h, k], j) => [h, fmtCi(field(r, j), k)]);
       info.unshift(["on the 4-D front", on ? "yes" : "no"], ["privacy", pol.privacy]);
       const t = tipHtml(p, info);
       const title = `${p} ${pol.name}: ` + info.map(([k, v]) => `${k} ${v}`).join("; ");
