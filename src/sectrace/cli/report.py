@@ -63,7 +63,8 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, overhead, 
     res = normalise_configs(res)
     if kind == "sweep":
         return _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files)
-    inp = ReportInputs(results=res, results_path=str(results_path))
+    inp = ReportInputs(results=res, results_path=str(results_path),
+                       quality_note="skipped with --no-quality" if no_quality else "")
     if validation_path is not None:
         inp.validation, inp.validation_summary, inp.validation_facts = _read_validation(validation_path)
     trace_path = trace_path or recorded_trace(res)

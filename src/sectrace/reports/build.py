@@ -383,25 +383,34 @@ def _break_even(ctx: Ctx) -> dict | None:
         return {"figure": None, "note": inp.break_even_note} if inp.break_even_note else None
     rtts, speeds, ratios, rtt0 = inp.break_even
     fig, drawn = figures.break_even(rtts, speeds, ratios, rtt0, "Break-even against edge-only", ctx.styles)
-    num = {n: (ctx.styles[n].number if n in ctx.styles else n) for n in drawn}
-    crossing = [num[n] for n, d in drawn.items() if d[2]]
-    slower = [(num[n], d[0]) for n, d in drawn.items() if not d[2] and d[0] >= 1]
-    faster = [(num[n], d[1]) for n, d in drawn.items() if not d[2] and d[1] <= 1]
-    dot = bool(rtts.min() <= rtt0 <= rtts.max())
-    cap = [inp.break_even_note, "Green cells: the policy is faster than edge-only; red: slower."]
+    cap = break_even_caption(drawn, {n: (ctx.styles[n].number if n in ctx.styles else n) for n in drawn},
+                             rtt0 if rtts.min() <= rtt0 <= rtts.max() else None, inp.break_even_note)
+    return {"figure": Figure("break_even", figures.save(fig, ctx.fig_dir, "break_even"), "break-even maps",
+                             f"{cap} {ctx.prov_line}."), "note": ""}
+
+
+def break_even_caption(drawn: dict, numbers: dict, rtt0: float | None, note: str = "") -> str:
+    """What the break-even figure shows, true to what was drawn: the black line is mentioned only for maps
+    that cross ratio 1 (figures.break_even draws it only there); maps entirely on one side say so.
+
+    ``drawn``: policy → (min ratio, max ratio, contour drawn?); ``numbers``: policy → its number;
+    ``rtt0``: the results' RTT when its dot is on the maps, else None."""
+    crossing = [numbers[n] for n, d in drawn.items() if d[2]]
+    cap = [note] if note else []
+    cap.append("Green cells: the policy is faster than edge-only; red: slower (log colour scale centred on 1).")
     if crossing:
         cap.append(f"The black line is the break-even (ratio 1), drawn for polic{'y' if len(crossing) == 1 else 'ies'} "
                    f"{', '.join(map(str, crossing))}: on its green side the hybrid beats drafting alone.")
-    for n, lo in slower:
-        cap.append(f"Policy {n} is slower than edge-only everywhere on this grid (ratio ≥ {lo:.2f}), so its map has no "
-                   "break-even line.")
-    for n, hi in faster:
-        cap.append(f"Policy {n} is faster than edge-only everywhere on this grid (ratio ≤ {hi:.2f}), so its map has no "
-                   "break-even line.")
-    if dot:
+    for n, (lo, hi, crosses) in drawn.items():
+        if crosses:
+            continue
+        side = "slower" if lo >= 1 else "faster"
+        bound = f"ratio ≥ {lo:.2f}" if lo >= 1 else f"ratio ≤ {hi:.2f}"
+        cap.append(f"Policy {numbers[n]} is {side} than edge-only everywhere on this grid ({bound}), so its map has "
+                   "no break-even line.")
+    if rtt0 is not None:
         cap.append(f"The dot marks the results' own RTT ({1000 * rtt0:g} ms) at speed-up 1×.")
-    return {"figure": Figure("break_even", figures.save(fig, ctx.fig_dir, "break_even"), "break-even maps",
-                             " ".join(cap) + f" {ctx.prov_line}."), "note": ""}
+    return " ".join(cap)
 
 
 def _validation(ctx: Ctx) -> dict | None:

@@ -94,9 +94,10 @@ def _fix_layout(fig, plan: KeyPlan, top_in: float = 0.55, bottom_in: float = 0.6
                         bottom=(bottom_in + plan.bottom_in) / h, wspace=0.12, hspace=0.32)
 
 
-def place_labels(ax, xs, ys, texts, fontsize=7):
+def place_labels(ax, xs, ys, texts, fontsize=7, gid: str | None = None):
     """Write each text next to its point, choosing among offsets the first one whose box overlaps no other
-    label and no point; points that fall on the same pixel share one label ("3,7")."""
+    label and no point; points that fall on the same pixel share one label ("3,7"), four numbers a line.
+    With ``gid``, each label's SVG group is named ``{gid}-{numbers joined by -}`` (tests read them back)."""
     fig = ax.figure
     trans = ax.transData
     pts = [(x, y, t) for x, y, t in zip(xs, ys, texts) if np.isfinite(x) and np.isfinite(y)]
@@ -119,12 +120,11 @@ def place_labels(ax, xs, ys, texts, fontsize=7):
     out = []
     offsets = [(5, 3), (5, -11), (-5, 3), (-5, -11), (0, 7), (0, -15), (9, -4), (-9, -4)]
     for g in sorted(groups, key=lambda g: (pix[g[0]][0], pix[g[0]][1])):
-        label = ",".join(str(pts[i][2]) for i in sorted(g, key=lambda i: int(pts[i][2]) if str(pts[i][2]).isdigit()
-                                                          else 0))
-        if len(label) > 14:  # many identical points: keep the figure readable, the key and tables list them all
-            label = label[:label.rfind(",", 0, 12)] + ",…"
+        nums = [str(pts[i][2]) for i in sorted(g, key=lambda i: int(pts[i][2]) if str(pts[i][2]).isdigit() else 0)]
+        lines = [",".join(nums[j:j + 4]) for j in range(0, len(nums), 4)]  # every number shown, four a line
+        label = ",\n".join(lines)
         px, py = pix[g[0]]
-        w, h = ch_w * len(label), ch_h
+        w, h = ch_w * max(len(x) for x in lines), ch_h * len(lines)
         choice = None
         for r in (1.0, 1.8, 2.6):
             for dx, dy in offsets:
@@ -147,6 +147,8 @@ def place_labels(ax, xs, ys, texts, fontsize=7):
                         annotation_clip=False,
                         arrowprops=None if abs(ox) < 10 and abs(oy) < 12 else
                         dict(arrowstyle="-", lw=0.4, color="#666", shrinkA=0, shrinkB=2))
+        if gid:
+            t.set_gid(f"{gid}-{'-'.join(nums)}")
         out.append(t)
     return out
 
@@ -172,7 +174,7 @@ def _step_front(x, y, x_better: int, y_better: int):
 
 
 def _front_panel(ax, pts: pl.DataFrame, xcol: str, ycol: str, styles: dict[str, PolicyStyle], front_col: str,
-                 x_better=-1, y_better=+1, label=True):
+                 x_better=-1, y_better=+1, label=True, gid: str | None = None):
     """One projection: dominated points hollow grey, front points filled by privacy mode, baselines as
     stars, the projection's own 2-D front as a step line, and every point labelled by policy number."""
     x = pts[xcol].cast(pl.Float64).to_numpy()
@@ -207,7 +209,7 @@ def _front_panel(ax, pts: pl.DataFrame, xcol: str, ycol: str, styles: dict[str, 
         ax.step(fx, fy, where="post", color="black", lw=0.7, alpha=0.5, zorder=1)
     ax.grid(alpha=0.3)
     if label:
-        return lambda: place_labels(ax, x, y, [styles[p].number if p in styles else "?" for p in pol])
+        return lambda: place_labels(ax, x, y, [styles[p].number if p in styles else "?" for p in pol], gid=gid)
     return lambda: None
 
 
@@ -268,7 +270,7 @@ def pareto_small_multiples(front: pl.DataFrame, panels: list[tuple[int, str]], s
     labellers = []
     for ax, (c, sub_title) in zip(axes.flat, panels):
         sub = front.filter(pl.col("config") == c)
-        labellers.append(_front_panel(ax, sub, x[0], y[0], styles, "on_front", x[2], y[2]))
+        labellers.append(_front_panel(ax, sub, x[0], y[0], styles, "on_front", x[2], y[2], gid=f"label-c{c}"))
         ax.set_title(sub_title, fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel(x[1], fontsize=8)
@@ -295,7 +297,7 @@ def pareto_costs(points: pl.DataFrame, styles: dict[str, PolicyStyle], quality_l
     labellers = []
     for ax, (col, label, log) in zip(axes[0], (("cloud_tokens", "cloud tokens per caption", False),
                                                ("bytes_up", "bytes uploaded per caption", True))):
-        labellers.append(_front_panel(ax, points, col, "quality", styles, "on_front_any"))
+        labellers.append(_front_panel(ax, points, col, "quality", styles, "on_front_any", gid=f"label-{col}"))
         if log:
             ax.set_xscale("symlog", linthresh=100)
         ax.set_xlabel(label, fontsize=8)
@@ -345,7 +347,7 @@ def latency_cdf(results: pl.DataFrame, panels: list[tuple[int, str]], styles: di
             thick = pol in front or pol in BASELINES
             ax.step(xs, ys, where="post", color=st.colour, ls=st.linestyle, lw=1.7 if thick else 0.9,
                     alpha=1.0 if thick else 0.75, marker=st.marker if st.marker != "o" else None, markevery=[-1],
-                    ms=4)
+                    ms=4, gid=f"cdf-c{c}-p{st.number}")
         ax.set_title(sub_title, fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)

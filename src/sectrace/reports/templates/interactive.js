@@ -99,9 +99,9 @@
     const offs = [[6, -4], [6, 10], [-6, -4], [-6, 10], [0, -9], [0, 17], [10, 3], [-10, 3]];
     let s = "";
     for (const g of groups) {
-      let text = g.map(i => i.text).sort((a, b) => a - b).join(",");
-      if (text.length > 14) text = text.slice(0, text.lastIndexOf(",", 12)) + ",…";
-      const w = 6.2 * text.length, h = 11, {x, y} = g[0];
+      const nums = g.map(i => i.text).sort((a, b) => a - b), lines = [];
+      for (let j = 0; j < nums.length; j += 4) lines.push(nums.slice(j, j + 4).join(","));  // every number, four a line
+      const w = 6.2 * Math.max(...lines.map(l => l.length)), h = 11 * lines.length, {x, y} = g[0];
       let best = null;
       for (const r of [1, 1.8, 2.6]) {
         for (const [dx, dy] of offs) {
@@ -119,7 +119,8 @@
       const far = Math.hypot(best.X - x, best.Y - y) > 16;
       const ps = g.map(i => i.text).join(" ");
       if (far) s += `<line x1="${x}" y1="${y}" x2="${best.X}" y2="${best.Y - 4}" stroke="#888" stroke-width="0.6" data-p="${ps}" class="leader"/>`;
-      s += `<text x="${best.X.toFixed(1)}" y="${best.Y.toFixed(1)}" text-anchor="${best.anchor}" class="plabel" data-p="${ps}">${esc(text)}</text>`;
+      const spans = lines.map((l, j) => `<tspan x="${best.X.toFixed(1)}" dy="${j ? 11 : 0}">${esc(l)}${j < lines.length - 1 ? "," : ""}</tspan>`).join("");
+      s += `<text x="${best.X.toFixed(1)}" y="${(best.Y - 11 * (lines.length - 1)).toFixed(1)}" text-anchor="${best.anchor}" class="plabel" data-p="${ps}">${spans}</text>`;
     }
     return s;
   }
