@@ -119,6 +119,15 @@ def test_report_with_trace(small, tmp_path):
     assert np.allclose(parts, j["latency_s"].to_numpy())  # the breakdown adds up to the simulated latency
     q = pl.read_csv(out / "tables" / "quality_per_policy.csv")
     assert {"bleu1", "bleu4", "meteor", "rouge_l", "cider_d", "emotion_consistency"} <= set(q.columns)
+    # CIDEr-D on one scale (×100 of pycocoevalcap's 0–10) in the Pareto axis, pareto.csv and Table 1
+    assert 0 <= q["cider_d"].min() and q["cider_d"].max() <= 10 and q["cider_d"].max() > 0
+    front = pl.read_csv(out / "tables" / "pareto.csv").join(q.select("policy", "cider_d"), on="policy")
+    assert np.allclose(front["quality"], 100 * front["cider_d"]) and np.allclose(front["cider_d_x100"],
+                                                                                   front["quality"])
+    t1 = pl.read_csv(out / "tables" / "table1_quality.csv").join(
+        q.select(pl.col("policy").alias("system"), "cider_d"), on="system")
+    assert t1.height == q.height and np.allclose(t1["CIDEr-D"], 100 * t1["cider_d"])
+    assert "CIDEr-D ×100" in html
     priv = pl.read_csv(out / "tables" / "privacy.csv")
     tok = priv.filter(pl.col("privacy") == "token-only").filter(pl.col("policy") != "edge-only")
     assert (tok["audio_bytes_up"] == 0).all() and (tok["caption_share_seen"] > 0).all()
