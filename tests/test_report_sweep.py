@@ -124,6 +124,11 @@ def test_sweep_report_refuses_duplicate_rows(sweep, tmp_path):
     assert r.exit_code == 2 and "same (policy, config) twice" in r.output, r.output
 
 
+def test_timeline_refuses_a_sweep_summary(sweep, tmp_path):
+    r = CliRunner().invoke(main, ["timeline", str(sweep), "--policy", "edge-only", "--out", str(tmp_path / "t.json")])
+    assert r.exit_code == 2 and "sweep summary" in r.output and "simulate --out" in r.output, r.output
+
+
 def test_break_even_caption_says_what_is_drawn():
     from sectrace.reports.build import break_even_caption
 
