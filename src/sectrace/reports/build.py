@@ -69,6 +69,7 @@ class Table:
     numeric: list[bool] = field(default_factory=list)
     swatches: dict[int, PolicyStyle] = field(default_factory=dict)  # row index → style drawn before the first cell
     cis: list[list[str]] = field(default_factory=list)  # per cell: its 95 % interval as text, "" for none
+    wide: list[bool] = field(default_factory=list)  # per column: holds long labels (policy names)
 
 
 @dataclass
@@ -110,6 +111,7 @@ def make_table(df: pl.DataFrame, cols: list[str] | None = None, grey_col: str | 
         dim.append(bool(grey_col) and not r.get(grey_col))
     headers = [h for h, _ in fmts]
     numeric = [k not in ("text", "bool") for _, k in fmts]
+    wide = [c in ("policy", "system", "shape") for c in cols]  # long labels: wrap late, scroll the table instead
     groups = None
     if any("|" in c for c in cols):
         groups, heads = [], []
@@ -125,9 +127,10 @@ def make_table(df: pl.DataFrame, cols: list[str] | None = None, grey_col: str | 
     if styles is not None:
         headers.insert(0, "#")
         numeric.insert(0, True)
+        wide.insert(0, False)
         if groups:
             groups.insert(0, ("", 1))
-    return Table(headers, rows, dim, groups, numeric, sw, cis if with_ci else [])
+    return Table(headers, rows, dim, groups, numeric, sw, cis if with_ci else [], wide)
 
 
 def write_csv(df: pl.DataFrame, path: Path) -> None:
