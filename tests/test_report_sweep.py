@@ -152,3 +152,17 @@ def test_break_even_figure_draws_the_line_only_where_the_map_crosses_one():
     contours = [len(ax.collections) for ax in fig.axes[:2]]  # mesh (+ contour set where drawn)
     assert contours[0] > contours[1]
     assert drawn["x"][:2] == (pytest.approx(0.1), pytest.approx(10.0))
+
+
+def test_breakdown_bars_stack_every_part():
+    """Every part column is drawn (known parts and ones new to the report), so each bar ends at the row's total."""
+    from sectrace.reports import figures
+
+    parts = pl.DataFrame({"policy": ["a", "b"], "edge_prefill": [1.0, 0.5], "wasted_drafts": [0.25, 0.0],
+                          "queueing": [0.5, 0.125], "resync": [0.0, 0.75], "brand_new_part": [2.0, 1.0]})
+    fig = figures.breakdown(parts, "t")
+    ends = {}
+    for bar in fig.axes[0].patches:
+        y = round(bar.get_y() + bar.get_height() / 2)
+        ends[y] = max(ends.get(y, 0.0), bar.get_x() + bar.get_width())
+    assert ends == {0: pytest.approx(3.75), 1: pytest.approx(2.375)}

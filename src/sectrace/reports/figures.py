@@ -24,9 +24,10 @@ from matplotlib.lines import Line2D
 from .style import BASELINES, GREY, MODE_COLOURS, MODE_MARKERS, PolicyStyle
 
 BASELINE_COLOURS = {"edge-only": "#2ca02c", "cloud-only": "#d62728"}
-PART_COLOURS = {"edge_prefill": "#8c564b", "edge_drafting": "#2ca02c", "gate": "#bcbd22", "uplink": "#17becf",
-                "cloud_prefill": "#9467bd", "cloud_verify": "#d62728", "cloud_decode": "#e377c2",
-                "downlink": "#1f77b4"}
+#: Parts of a run in the order they are stacked (simulate.overhead.BREAKDOWN_PARTS and timing's coarser parts).
+PART_COLOURS = {"edge_prefill": "#8c564b", "edge_drafting": "#2ca02c", "wasted_drafts": "#98df8a", "gate": "#bcbd22",
+                "uplink": "#17becf", "queueing": "#7f7f7f", "cloud_prefill": "#9467bd", "cloud_verify": "#d62728",
+                "resync": "#ff9896", "cloud_decode": "#e377c2", "downlink": "#1f77b4"}
 RC = {"svg.fonttype": "none", "pdf.fonttype": 42, "ps.fonttype": 42}
 #: Panels per small-multiples figure; more configurations are listed in the tables and the interactive view.
 MAX_PANELS = 12
@@ -365,13 +366,16 @@ def latency_cdf(results: pl.DataFrame, panels: list[tuple[int, str]], styles: di
 
 def breakdown(parts: pl.DataFrame, title: str, styles: dict[str, PolicyStyle] | None = None):
     """Stacked bars: mean seconds per caption in each part of the run (edge, network, cloud)."""
-    names = [c for c in PART_COLOURS if c in parts.columns]
+    # every numeric column is a part: known ones in their colour and place, any other after them in grey shades
+    other = [c for c in parts.columns if c != "policy" and c not in PART_COLOURS and parts.schema[c].is_numeric()]
+    names = [c for c in PART_COLOURS if c in parts.columns] + other
+    colours = {**PART_COLOURS, **{c: str(0.35 + 0.5 * i / max(len(other), 1)) for i, c in enumerate(other)}}
     fig, ax = plt.subplots(figsize=(9, 0.32 * parts.height + 1.6))
     y = np.arange(parts.height)
     left = np.zeros(parts.height)
     for name in names:
         v = np.nan_to_num(parts[name].cast(pl.Float64).to_numpy())
-        ax.barh(y, v, left=left, color=PART_COLOURS[name], label=name.replace("_", " "))
+        ax.barh(y, v, left=left, color=colours[name], label=name.replace("_", " "))
         left += v
     labels = [f"{styles[p].number}  {p}" if styles and p in styles else p for p in parts["policy"].to_list()]
     ax.set_yticks(y, labels, fontsize=7)
