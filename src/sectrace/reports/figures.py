@@ -214,6 +214,11 @@ def _front_panel(ax, pts: pl.DataFrame, xcol: str, ycol: str, styles: dict[str, 
     return lambda: None
 
 
+def _modes(points: pl.DataFrame) -> set[str]:
+    """Privacy modes of the hybrid policies drawn (baselines have their own stars in the legend)."""
+    return set(points.filter(~pl.col("policy").is_in(list(BASELINES)))["privacy"].to_list())
+
+
 def _category_handles(privacies) -> list:
     hs = [Line2D([], [], ls="none", marker="o", mfc="white", mec=GREY, label="dominated (all four axes)")]
     for mode, marker in MODE_MARKERS.items():
@@ -284,7 +289,7 @@ def pareto_small_multiples(front: pl.DataFrame, panels: list[tuple[int, str]], s
         f()
     if title:
         fig.suptitle(title, fontsize=10, x=0.75 / fig.get_size_inches()[0], ha="left")
-    _add_key(fig, plan, set(front["privacy"].to_list()))
+    _add_key(fig, plan, _modes(front))
     return fig
 
 
@@ -309,7 +314,7 @@ def pareto_costs(points: pl.DataFrame, styles: dict[str, PolicyStyle], quality_l
         f()
     if title:
         fig.suptitle(title, fontsize=10, x=0.75 / fig.get_size_inches()[0], ha="left")
-    _add_key(fig, plan, set(points["privacy"].to_list()))
+    _add_key(fig, plan, _modes(points))
     return fig
 
 
