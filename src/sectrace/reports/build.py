@@ -28,7 +28,7 @@ from . import figures
 from .inputs import check_results, normalise_configs, results_kind
 from .pareto import pareto_table
 from .privacy import modes_side_by_side, privacy_table
-from .style import BASELINES, PolicyStyle, assign
+from .style import PolicyStyle, assign
 from .sweep import has_agreement, pick_configs, sweep_points
 from .tables import column_format, fmt, policy_points, quality_x100, table1, table2
 
@@ -508,4 +508,4 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
     return path
 
 
-__all__ = ["BASELINES", "Figure", "ReportInputs", "Table", "build_report", "front_points", "make_table", "render"]
+__all__ = ["Figure", "ReportInputs", "Table", "build_report", "front_points", "make_table", "render"]
