@@ -60,8 +60,10 @@ def test_tables_from_results(results):
 
 def _check_self_contained(html: str):
     assert "data:image/png;base64," in html
-    # nothing fetched from anywhere: no external src/href, no scripts other than inert JSON
-    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", html)
+    # nothing fetched from anywhere: no src other than data URIs, links only within the page or to the
+    # interactive view beside it, no scripts other than inert JSON
+    assert not re.search(r"""src\s*=\s*["'](?!data:)""", html)
+    assert set(re.findall(r"""href\s*=\s*["']([^"'#][^"']*)""", html)) == {"interactive.html"}
     assert not re.search(r"<script(?![^>]*application/json)", html)
     assert "http://" not in html.replace("http-equiv", "") and "https://" not in html
 
@@ -75,7 +77,7 @@ def test_report_without_trace(results, tmp_path):
     html = (tmp_path / "rep" / "report.html").read_text()
     _check_self_contained(html)
     assert "similarity to the cloud-only caption" in html and "pass --trace" in html
-    for name in ("pareto_config0", "pareto_config1", "latency_cdf_config0", "privacy"):
+    for name in ("pareto_latency", "pareto_costs", "latency_cdf", "privacy"):
         for ext in ("png", "svg", "pdf"):
             assert (tmp_path / "rep" / "figures" / f"{name}.{ext}").stat().st_size > 1000
     prov = json.loads((tmp_path / "rep" / "provenance.json").read_text())
@@ -106,7 +108,7 @@ def test_report_with_trace(small, tmp_path):
     assert r.exit_code == 0, r.output
     html = (out / "report.html").read_text()
     _check_self_contained(html)
-    assert "CIDEr-D (vs references)" in html and "SPICE: unavailable" in html
+    assert "CIDEr-D ×100 (vs references)" in html and "SPICE: unavailable" in html
     assert (out / "figures" / "overhead_breakdown.png").exists() and (out / "figures" / "break_even.pdf").exists()
     assert "Break-even maps" in html
     bd = pl.read_csv(out / "tables" / "overhead_breakdown.csv")
@@ -117,6 +119,15 @@ def test_report_with_trace(small, tmp_path):
     assert np.allclose(parts, j["latency_s"].to_numpy())  # the breakdown adds up to the simulated latency
     q = pl.read_csv(out / "tables" / "quality_per_policy.csv")
     assert {"bleu1", "bleu4", "meteor", "rouge_l", "cider_d", "emotion_consistency"} <= set(q.columns)
+    # CIDEr-D on one scale (×100 of pycocoevalcap's 0–10) in the Pareto axis, pareto.csv and Table 1
+    assert 0 <= q["cider_d"].min() and q["cider_d"].max() <= 10 and q["cider_d"].max() > 0
+    front = pl.read_csv(out / "tables" / "pareto.csv").join(q.select("policy", "cider_d"), on="policy")
+    assert np.allclose(front["quality"], 100 * front["cider_d"]) and np.allclose(front["cider_d_x100"],
+                                                                                   front["quality"])
+    t1 = pl.read_csv(out / "tables" / "table1_quality.csv").join(
+        q.select(pl.col("policy").alias("system"), "cider_d"), on="system")
+    assert t1.height == q.height and np.allclose(t1["CIDEr-D"], 100 * t1["cider_d"])
+    assert "CIDEr-D ×100" in html
     priv = pl.read_csv(out / "tables" / "privacy.csv")
     tok = priv.filter(pl.col("privacy") == "token-only").filter(pl.col("policy") != "edge-only")
     assert (tok["audio_bytes_up"] == 0).all() and (tok["caption_share_seen"] > 0).all()

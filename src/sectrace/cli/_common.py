@@ -15,7 +15,7 @@ from ..errors import UserError
 #: Each optional extra and the top-level modules it brings (pyproject.toml's optional-dependencies).
 EXTRAS = {
     "collect": ("torch", "transformers", "soundfile"),
-    "report": ("matplotlib", "pycocoevalcap"),
+    "report": ("matplotlib", "jinja2", "pycocoevalcap"),
     "gates": ("sklearn",),
     "live": ("fastapi", "uvicorn", "httpx", "msgpack", "pydantic"),
     "demo": ("torch", "transformers", "gguf", "faster_whisper", "platformdirs"),

@@ -36,13 +36,16 @@ from ._common import Progress, require_extra
                    "but only the files given here are opened; other learned-gate policies are left out with a note.")
 @click.option("--force", is_flag=True, help="Replace a report already in --out.")
 def report(results_path, out_dir, trace_path, no_quality, embeddings, validation_path, gate_files, force):
-    """Build a self-contained HTML report (plus figures and tables) from `simulate --out` RESULTS.
+    """Build a self-contained HTML report (plus figures, tables and an interactive view) from RESULTS: the
+    per-utterance output of `simulate --out`, or the summary of `sweep --out` (Parquet or CSV).
 
     \b
     Examples:
       sectrace simulate --gate entropy:2.5 --gate always --k 3,5 --rtt 20ms,100ms --out r.parquet
       sectrace report r.parquet --trace path/to/trace --out report/
-    The HTML embeds its figures and opens from disk with no network.
+      sectrace sweep examples/grid.toml --out sweep.parquet
+      sectrace report sweep.parquet --trace path/to/trace --out sweep-report/
+    The HTML embeds its figures and opens from disk with no network; so does OUT/interactive.html.
     """
     import polars as pl
 
@@ -54,9 +57,12 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, validation
     from ..reports.build import ReportInputs, build_report
 
     res = read_results(results_path)
-    check_results(res, str(results_path))
+    kind = check_results(res, str(results_path))
     res = normalise_configs(res)
-    inp = ReportInputs(results=res, results_path=str(results_path))
+    if kind == "sweep":
+        return _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files)
+    inp = ReportInputs(results=res, results_path=str(results_path),
+                       quality_note="skipped with --no-quality" if no_quality else "")
     if validation_path is not None:
         inp.validation, inp.validation_summary, inp.validation_facts = _read_validation(validation_path)
     trace_path = trace_path or recorded_trace(res)
@@ -95,6 +101,33 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, validation
         else:
             inp.notes.append("no trace: reference metrics, exact cloud exposure and the break-even maps are left "
                              "out; pass --trace")
+        path = build_report(inp, out_dir, progress=bar)
+    click.echo(f"wrote {path} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
+
+
+def _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files):
+    """A report from a `sweep` summary: agreement with cloud-only replayed from the trace when given."""
+    from ..reports.build import ReportInputs, build_report
+
+    inp = ReportInputs(results=res, results_path=str(results_path))
+    if validation_path is not None:
+        inp.validation, inp.validation_summary, inp.validation_facts = _read_validation(validation_path)
+    trace_path = trace_path or recorded_trace(res)
+    with Progress(5 + (trace_path is not None), "report") as bar:
+        if trace_path is not None:
+            bar(0, "replaying agreement with cloud-only")
+            from ..reports.privacy import ReportGates
+            from ..reports.sweep import sweep_agreement
+            from ..trace import load_trace
+
+            tr = load_trace(trace_path)
+            inp.trace_path, inp.trace_manifest = str(trace_path), tr.manifest
+            inp.agreement = sweep_agreement(tr, res, ReportGates(tr, gate_files), notes=inp.notes)
+            bar(1, "figures")
+        elif "similarity_cloud" not in res.columns:
+            inp.notes.append("sweep summary without --trace: no quality axis (the summary holds no agreement with "
+                             "cloud-only); pass --trace to replay it")
+        inp.breakdown_note = "the sweep summary has no t_* columns to break the latency down"
         path = build_report(inp, out_dir, progress=bar)
     click.echo(f"wrote {path} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
 
@@ -150,7 +183,9 @@ def timeline(results_path, trace_path, policy, utt_id, config, out_path, gate_fi
 
     check_output(out_path, force, suffixes=(".json",))
     res = read_results(results_path)
-    check_results(res, str(results_path))
+    if check_results(res, str(results_path)) == "sweep":
+        raise UserError(f"{results_path} is a sweep summary (no per-utterance rows); a timeline needs the per-utterance "
+                        "results of `sectrace simulate --out`")
     res = normalise_configs(res)
     trace_path = trace_path or recorded_trace(res)
     if trace_path is None:

@@ -98,6 +98,5 @@ def break_even(tr, results: pl.DataFrame, policies: list[str], n: int = 41, rtts
         lat_e = thetas @ edge.total[ok].mean(axis=0)
         out[name] = lat_h / lat_e
     note = (f"Mean latency of each policy over edge-only's, at uplink {net.up_Bps * 8 / 1e6:g} Mbit/s, downlink "
-            f"{net.down_Bps * 8 / 1e6:g} Mbit/s, costs {cost.source}; the edge scaled by the speed-up (cloud fixed). "
-            "Below the black line (ratio 1) the hybrid is faster than drafting alone.")
+            f"{net.down_Bps * 8 / 1e6:g} Mbit/s, costs {cost.source}; the edge scaled by the speed-up (cloud fixed).")
     return (rtts, speeds, out, row["rtt_s"]), note

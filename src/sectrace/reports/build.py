@@ -1,16 +1,22 @@
 """`sectrace report`: from results (and optionally the trace) to a self-contained HTML report and figures.
 
-The HTML embeds every figure as a data URI and carries its styles inline, so it opens from disk
-with no server and no network. Every table and figure says where its numbers come from: the
+Each section is a small function that writes its figures and CSV tables and returns the data its
+template shows; ``templates/`` (Jinja2, package data) turns that data into HTML. The HTML embeds
+every figure as a data URI and carries its styles inline, so it opens from disk with no server and
+no network; ``interactive.html`` beside it shows the Pareto and latency figures with hover (inline
+SVG and JavaScript, equally offline). Every table and figure says where its numbers come from: the
 trace, the policies, the cost and network profiles, and the tool versions.
+
+Results are either `simulate`'s per-utterance rows or a `sweep` summary (one row per policy and
+configuration); a sweep has no captions or per-utterance latencies, so its quality axis is
+agreement with the cloud-only caption and its report has no CDFs or reference metrics.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
-import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,10 +25,14 @@ import polars as pl
 
 from ..version import __version__
 from . import figures
-from .inputs import check_results, normalise_configs
+from .inputs import check_results, normalise_configs, results_kind
 from .pareto import pareto_table
 from .privacy import modes_side_by_side, privacy_table
-from .tables import policy_points, table1, table2
+from .style import PolicyStyle, assign
+from .sweep import has_agreement, pick_configs, sweep_points
+from .tables import column_format, fmt, policy_points, quality_x100, table1, table2
+
+TEMPLATES = Path(__file__).parent / "templates"
 
 
 @dataclass
@@ -34,6 +44,7 @@ class ReportInputs:
     trace_path: str | None = None
     trace_manifest: dict | None = None
     quality: object | None = None  # reports.quality.QualityResult
+    agreement: pl.DataFrame | None = None  # sweeps: per-policy agreement with cloud-only (reports.sweep)
     exposure: pl.DataFrame | None = None
     breakdown: pl.DataFrame | None = None  # per policy × part mean seconds, at one configuration
     breakdown_note: str = ""
@@ -42,87 +53,201 @@ class ReportInputs:
     validation: pl.DataFrame | None = None  # `sectrace validate` rows: measured vs predicted per utterance
     validation_summary: pl.DataFrame | None = None
     validation_facts: dict | None = None
+    quality_note: str = ""  # why there are no reference metrics, when the caller knows (e.g. --no-quality)
     notes: list[str] = field(default_factory=list)
 
 
-def _fmt(v, col: str = "") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if "bytes" in col:
-            for unit, size in (("MB", 1e6), ("kB", 1e3)):
-                if abs(v) >= size:
-                    return f"{v / size:.1f} {unit}"
-            return f"{v:.0f} B"
-        if "share" in col or col in ("emotion_words_exposed", "emotion consistency", "agree_cloud_exact",
-                                     "agree_cloud_similarity", "emotion_consistency", "embedding similarity"):
-            return f"{100 * v:.0f}%"
-        if col in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"):
-            return f"{v:.2f}"
-        return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
-    return html.escape(str(v))
+# --- what the templates receive ----------------------------------------------------------------
+@dataclass
+class Table:
+    """A table as text cells (formatted, not escaped) with optional two-level headers."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    dim: list[bool]
+    groups: list[tuple[str, int]] | None = None
+    numeric: list[bool] = field(default_factory=list)
+    swatches: dict[int, PolicyStyle] = field(default_factory=dict)  # row index → style drawn before the first cell
+    cis: list[list[str]] = field(default_factory=list)  # per cell: its 95 % interval as text, "" for none
+    wide: list[bool] = field(default_factory=list)  # per column: holds long labels (policy names)
 
 
-def _table(df: pl.DataFrame, grey_col: str | None = None, cols: list[str] | None = None) -> str:
-    cols = cols or [c for c in df.columns if c != grey_col]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = []
-    for r in df.iter_rows(named=True):
-        cls = ' class="dominated"' if grey_col and not r.get(grey_col) else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{_fmt(r[c], c)}</td>" for c in cols) + "</tr>")
-    return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+@dataclass
+class Figure:
+    name: str
+    png: bytes
+    alt: str
+    caption: str
+
+    @property
+    def src(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode()
 
 
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def make_table(df: pl.DataFrame, cols: list[str] | None = None, grey_col: str | None = None,
+               styles: dict[str, PolicyStyle] | None = None) -> Table:
+    """Cells formatted by tables.COLUMNS (new columns by their name); rows greyed where ``grey_col`` is false;
+    with ``styles``, a ``#`` column (the policy's number) first. A column ``X`` shown with ``X_lo`` and ``X_hi``
+    beside it in ``df`` (simulate's 95 % intervals) gets its interval under the value; the bounds themselves
+    are not shown as columns of their own."""
+    cols = [c for c in (cols or df.columns) if c in df.columns and c != grey_col]
+    cols = [c for c in cols if not (c[-3:] in ("_lo", "_hi") and c[:-3] in cols)]
+    with_ci = {c for c in cols if f"{c}_lo" in df.columns and f"{c}_hi" in df.columns}
+    rows, dim, sw, cis = [], [], {}, []
+    fmts = [column_format(c, df.schema[c]) for c in cols]
+    for i, r in enumerate(df.iter_rows(named=True)):
+        cells = [fmt(r[c], kind) for c, (_, kind) in zip(cols, fmts)]
+        ci = [f"{fmt(r[c + '_lo'], kind)}–{fmt(r[c + '_hi'], kind)}"
+              if c in with_ci and r[c + "_lo"] is not None and r[c + "_hi"] is not None else ""
+              for c, (_, kind) in zip(cols, fmts)]
+        if styles is not None:
+            st = styles.get(r.get("policy"))
+            cells.insert(0, str(st.number) if st else "")
+            ci.insert(0, "")
+            if st:
+                sw[i] = st
+        rows.append(cells)
+        cis.append(ci)
+        dim.append(bool(grey_col) and not r.get(grey_col))
+    headers = [h for h, _ in fmts]
+    numeric = [k not in ("text", "bool") for _, k in fmts]
+    wide = [c in ("policy", "system", "shape") for c in cols]  # long labels: wrap late, scroll the table instead
+    groups = None
+    if any("|" in c for c in cols):
+        groups, heads = [], []
+        for c, h in zip(cols, headers):
+            top, _, sub = c.partition("|")
+            label = column_format(top, df.schema[c])[0] if sub else ""
+            if groups and sub and groups[-1][0] == label:
+                groups[-1] = (label, groups[-1][1] + 1)
+            else:
+                groups.append((label, 1))
+            heads.append(sub or h)
+        headers = heads
+    if styles is not None:
+        headers.insert(0, "#")
+        numeric.insert(0, True)
+        wide.insert(0, False)
+        if groups:
+            groups.insert(0, ("", 1))
+    return Table(headers, rows, dim, groups, numeric, sw, cis if with_ci else [], wide)
 
 
-CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
-h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;font-size:12px;margin:.6em 0}td,th{border:1px solid #ddd;padding:3px 6px;text-align:right}
-td:first-child,th:first-child{text-align:left}th{background:#f4f4f4}tr.dominated td{color:#aaa}
-.prov{background:#f8f8f8;border-left:4px solid #888;padding:.5em 1em;font-size:12px}
-.warn{background:#fff4e0;border-left:4px solid #f0a000;padding:.5em 1em}
-.cap{font-size:12px;color:#555}img{max-width:100%}code{font-size:12px}
-"""
+def write_csv(df: pl.DataFrame, path: Path) -> None:
+    """CSV of a table; list columns (e.g. acceptance per draft position) become space-separated text."""
+    nested = [c for c, t in df.schema.items() if t.is_nested()]
+    if nested:
+        df = df.with_columns(pl.col(c).cast(pl.List(pl.Utf8)).list.join(" ") for c in nested)
+    df.write_csv(path)
 
 
-def front_points(res: pl.DataFrame, quality=None):
-    """(per-policy points, points with ``on_front``, quality column, its label) for normalised results."""
-    points = policy_points(res)
+def _env():
+    import jinja2
+    import markupsafe
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson_safe"] = lambda v: markupsafe.Markup(json.dumps(v, default=str).replace("<", "\\u003c"))
+    env.globals["raw"] = _raw
+    return env
+
+
+def _raw(name: str):
+    """A CSS or JS file of templates/ inlined as it is (not parsed as a template; no closing tag inside)."""
+    import markupsafe
+
+    text = (TEMPLATES / name).read_text(encoding="utf-8")
+    if re.search(r"</(script|style)", text, re.I):
+        raise RuntimeError(f"templates/{name} may not contain </script or </style")
+    return markupsafe.Markup(text)
+
+
+def render(template: str, **data) -> str:
+    return _env().get_template(template).render(**data)
+
+
+# --- shared facts ----------------------------------------------------------------------------
+@dataclass
+class Ctx:
+    inp: ReportInputs
+    res: pl.DataFrame
+    kind: str  # "simulate" or "sweep"
+    points: pl.DataFrame
+    front: pl.DataFrame
+    qcol: str | None
+    qlabel: str
+    styles: dict[str, PolicyStyle]
+    configs: pl.DataFrame  # one row per configuration
+    panels: list[int]  # configurations drawn as panels
+    fig_dir: Path
+    tab_dir: Path
+    prov: dict
+    prov_line: str
+
+    def conf_text(self, c: int) -> str:
+        return config_text(self.configs.filter(pl.col("config") == c).row(0, named=True))
+
+    def panel_title(self, c: int) -> str:
+        r = self.configs.filter(pl.col("config") == c).row(0, named=True)
+        bits = [f"config {c}", f"RTT {1000 * r['rtt_s']:g} ms"]
+        if r.get("network") not in (None, "custom"):
+            bits.append(str(r["network"]))
+        for key, name in (("edge_speedup", "edge"), ("cloud_speedup", "cloud")):
+            if r.get(key) is not None and self.configs[key].n_unique() > 1:
+                bits.append(f"{name} ×{r[key]:g}")
+        return " · ".join(bits)
+
+
+CONFIG_COLS = ("config", "rtt_s", "up_Bps", "down_Bps", "cost_source", "network", "edge_speedup", "cloud_speedup")
+
+
+def config_text(r: dict) -> str:
+    """A configuration in words: network, device speed-ups and where its costs come from."""
+    parts = [f"RTT {1000 * r['rtt_s']:g} ms"]
+    if r.get("up_Bps") is not None:
+        parts.append(f"uplink {r['up_Bps'] * 8 / 1e6:g} Mbit/s")
+    if r.get("down_Bps") is not None:
+        parts.append(f"downlink {r['down_Bps'] * 8 / 1e6:g} Mbit/s")
+    if r.get("network") not in (None, "custom"):
+        parts.append(f"network preset {r['network']}")
+    for key, name in (("edge_speedup", "edge"), ("cloud_speedup", "cloud")):
+        if r.get(key) is not None and r[key] != 1:
+            parts.append(f"{name} ×{r[key]:g}")
+    text = ", ".join(parts)
+    return text + (f"; costs: {r['cost_source']}" if r.get("cost_source") else "")
+
+
+def front_points(res: pl.DataFrame, quality=None, agreement: pl.DataFrame | None = None):
+    """(per-policy points, points with ``on_front``, quality column, its label) for normalised results.
+
+    Quality is CIDEr-D ×100 against the references when captions were scored, else similarity to
+    the cloud-only caption; with neither (a sweep without its trace) the front has three axes."""
+    kind = results_kind(res)
+    points = policy_points(res) if kind == "simulate" else sweep_points(res)
+    if agreement is not None:
+        from .sweep import attach_agreement
+
+        points = attach_agreement(points, agreement)
     qual = quality.per_policy if quality is not None else None
     if qual is not None and qual.height:
-        points = points.join(qual.drop([c for c in ("agree_cloud_exact", "agree_cloud_similarity") if c in qual.columns]),
-                             on=[c for c in ("trace", "policy") if c in points.columns], how="left")
-        qcol, qlabel = "cider_d", "CIDEr-D (vs references)"
-    else:
+        q = quality_x100(qual.drop([c for c in ("agree_cloud_exact", "agree_cloud_similarity") if c in qual.columns]))
+        points = points.join(q, on=[c for c in ("trace", "policy") if c in points.columns and c in q.columns],
+                             how="left")
+        qcol, qlabel = "cider_d_x100", "CIDEr-D ×100 (vs references)"
+    elif has_agreement(points):
         qcol, qlabel = "agree_cloud_similarity", "similarity to the cloud-only caption"
+    else:
+        qcol, qlabel = None, ""
     return points, pareto_table(points, qcol), qcol, qlabel
 
 
-def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
-    """Write OUT_DIR/report.html, OUT_DIR/figures/*.{png,svg,pdf} and OUT_DIR/tables/*.csv; return the HTML path."""
-    check_results(inp.results, inp.results_path)
-    res = normalise_configs(inp.results)
-    out_dir = Path(out_dir)
-    fig_dir, tab_dir = out_dir / "figures", out_dir / "tables"
-    tab_dir.mkdir(parents=True, exist_ok=True)
-    tick = progress or (lambda *_, **__: None)
-
-    points, front, qcol, qlabel = front_points(res, inp.quality)
-    qual = inp.quality.per_policy if inp.quality is not None else None
-    priv = privacy_table(res, inp.exposure)
-    tick(1, "Pareto fronts")
-
-    # --- provenance --------------------------------------------------------------------------
+# --- sections: each returns the data its template shows ------------------------------------------
+def _provenance(inp: ReportInputs, res: pl.DataFrame, kind: str, configs: pl.DataFrame) -> tuple[dict, str]:
     first = res.row(0, named=True)
-    configs = res.select([c for c in ("config", "rtt_s", "up_Bps", "down_Bps", "cost_source") if c in res.columns]) \
-        .unique(maintain_order=True)
+    trace = first.get("trace") or (inp.trace_manifest or {}).get("name") or (
+        Path(inp.trace_path).name if inp.trace_path else None)
     prov = {
-        "results": inp.results_path, "trace": first.get("trace"), "trace_path": inp.trace_path,
+        "results": inp.results_path, "results_kind": kind, "trace": trace, "trace_path": inp.trace_path,
         "synthetic": bool(first.get("synthetic")) if "synthetic" in res.columns else None,
         "simulated_with": sorted(set(res["tool_version"].to_list())) if "tool_version" in res.columns else None,
         "report_tool_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -130,153 +255,257 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
         "drafter": (inp.trace_manifest or {}).get("drafter", {}).get("name"),
         "verifier": (inp.trace_manifest or {}).get("verifier", {}).get("name"),
         "tokenizer": getattr(inp.quality, "tokenizer", None),
+        "caption_score_scale": "×100 (pycocoevalcap's BLEU/METEOR/ROUGE-L 0–1 and CIDEr-D 0–10, times 100)",
     }
-    prov_line = (f"trace <b>{html.escape(str(prov['trace']))}</b>"
-                 + (f" ({html.escape(inp.trace_path)})" if inp.trace_path else "")
-                 + f"; results {html.escape(inp.results_path)}; simulated by sectrace "
-                 + html.escape(", ".join(prov["simulated_with"] or ["?"]))
-                 + f"; report by sectrace {__version__}")
+    line = (f"trace {trace or 'not recorded'}" + (f" ({inp.trace_path})" if inp.trace_path else "")
+            + f"; results {inp.results_path} ({'sweep summary' if kind == 'sweep' else 'per-utterance'}); "
+            + f"simulated by sectrace {', '.join(prov['simulated_with'] or ['(version not recorded)'])}"
+            + f"; report by sectrace {__version__}")
+    return prov, line
 
-    def conf_text(c):
-        r = configs.filter(pl.col("config") == c).row(0, named=True)
-        return (f"RTT {1000 * r['rtt_s']:g} ms, uplink {r['up_Bps'] * 8 / 1e6:g} Mbit/s, downlink "
-                f"{r['down_Bps'] * 8 / 1e6:g} Mbit/s; costs: {r['cost_source']}")
 
-    sections = []
-    # --- Pareto fronts, one per configuration ---------------------------------------------------
-    figs_html = []
-    for c in front["config"].unique(maintain_order=True).to_list():
-        sub = front.filter(pl.col("config") == c)
-        png = figures.save(figures.pareto(sub, qlabel, f"Pareto fronts at {conf_text(c)}"), fig_dir, f"pareto_config{c}")
-        figs_html.append(_img(png, f"Pareto fronts, configuration {c}")
-                         + f'<p class="cap">Configuration {c}: {html.escape(conf_text(c))}. Coloured points are on the '
-                           "4-D front (quality ↑, latency ↓, cloud tokens ↓, bytes up ↓); grey points are dominated. "
-                           f"Files: figures/pareto_config{c}.png/.svg/.pdf. {prov_line}.</p>")
-    front_cols = ["policy", "config", "rtt_s", "quality", "latency_s", "cloud_tokens", "bytes_up", "covered",
-                  "utterances"]
-    sections.append(("Pareto fronts: quality × latency × cloud cost × privacy",
-                     f"<p>Quality axis: <b>{qlabel}</b>. Dominated policies stay listed, greyed.</p>"
-                     + "".join(figs_html) + _table(front.sort("config", "latency_s"), "on_front", front_cols)))
-    front.write_csv(tab_dir / "pareto.csv")
-    tick(1, "tables 1-2 and latency CDFs")
+def _policy_key(ctx: Ctx) -> dict:
+    pol = ctx.points.select("policy", "privacy").unique(subset=["policy"], maintain_order=True)
+    on_any = set(ctx.front.filter(pl.col("on_front"))["policy"].to_list())
+    df = pol.with_columns(pl.col("policy").is_in(list(on_any)).alias("on_front")) \
+        .sort(pl.col("policy").map_elements(lambda p: ctx.styles[p].number, return_dtype=pl.Int64))
+    return {"table": make_table(df, ["policy", "privacy", "on_front"], styles=ctx.styles)}
 
-    # --- Table 1 (quality) ---------------------------------------------------------------------
-    t1 = table1(qual)
-    t1.write_csv(tab_dir / "table1_quality.csv")
-    q_notes = "".join(f"<li>{html.escape(n)}</li>" for n in (getattr(inp.quality, "notes", []) or []))
-    if inp.quality is None:
-        q_intro = ('<p class="warn">No reference metrics: give the trace (<code>--trace</code>) so captions can be '
-                   "scored against its references. The Pareto quality axis falls back to similarity to the cloud-only "
-                   "caption.</p>")
+
+def _pareto(ctx: Ctx) -> dict:
+    front = ctx.front
+    figs = []
+    panels = [(c, ctx.panel_title(c)) for c in ctx.panels]
+    n_cfg = ctx.configs.height
+    shown = "" if len(panels) == n_cfg else (
+        f" {len(panels)} of the {n_cfg} configurations are drawn (spread over the sweep's order); every one is in "
+        "tables/pareto.csv and interactive.html.")
+    labels = ("Each point carries its policy's number (key beside the plot and at the top of the report); points on the "
+              "same spot share one label.")
+    whiskers = [name for col, name in (("latency_s", "latency"), ("quality", "quality"), ("cloud_tokens", "cloud tokens"),
+                                       ("bytes_up", "bytes up"))
+                if f"{col}_lo" in front.columns and front[f"{col}_lo"].drop_nulls().len()]
+    if whiskers:
+        labels += f" Grey whiskers: 95 % intervals ({', '.join(whiskers)}; bootstrap over utterances)."
+    if ctx.qcol is not None:
+        fig = figures.pareto_small_multiples(front, panels, ctx.styles, x=("latency_s", "mean latency per caption (s)", -1),
+                                             y=("quality", ctx.qlabel, +1))
+        figs.append(Figure("pareto_latency", figures.save(fig, ctx.fig_dir, "pareto_latency"),
+                           "Pareto fronts: quality against mean latency, one panel per configuration",
+                           f"Quality ({ctx.qlabel}) against mean latency, one panel per configuration. Filled points "
+                           "are on that configuration's 4-D front (quality ↑, latency ↓, cloud tokens ↓, bytes up ↓), "
+                           "coloured by privacy mode; hollow grey points are dominated; stars are the baselines; the "
+                           f"thin step line is the 2-D front of the projection. {labels}{shown} Files: "
+                           f"figures/pareto_latency.png/.svg/.pdf. {ctx.prov_line}."))
+        anyfront = front.group_by("policy", maintain_order=True).agg(pl.col("on_front").any().alias("on_front_any"))
+        pts = front.filter(pl.col("config") == front["config"][0]).join(anyfront, on="policy")
+        fig = figures.pareto_costs(pts, ctx.styles, ctx.qlabel)
+        figs.append(Figure("pareto_costs", figures.save(fig, ctx.fig_dir, "pareto_costs"),
+                           "Pareto fronts: quality against cloud tokens and bytes uploaded",
+                           "Quality against cloud tokens and bytes uploaded per caption. Neither depends on the network "
+                           "or the devices, so one figure serves every configuration: a point is filled when it is on "
+                           f"the 4-D front in at least one configuration. {labels} Files: "
+                           f"figures/pareto_costs.png/.svg/.pdf. {ctx.prov_line}."))
     else:
-        q_intro = (f"<p>BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D from pycocoevalcap 1.2 scorers, tokenizer: "
-                   f"{html.escape(inp.quality.tokenizer)}; corpus scores ×100 over covered utterances (n). "
-                   f"Study rows are the study's published numbers, for orientation only (other data, real models).</p>"
-                   f"<ul class='cap'>{q_notes}</ul>")
-        full = inp.quality.per_policy
-        full.write_csv(tab_dir / "quality_per_policy.csv")
-        inp.quality.per_caption.write_parquet(tab_dir / "quality_per_caption.parquet")
-    sections.append(("Table 1: caption quality", q_intro + _table(t1) + f'<p class="cap">{prov_line}.</p>'))
+        fig = figures.pareto_small_multiples(front, panels, ctx.styles,
+                                             x=("cloud_tokens", "cloud tokens per caption", -1),
+                                             y=("latency_s", "mean latency per caption (s)", -1))
+        figs.append(Figure("pareto_latency", figures.save(fig, ctx.fig_dir, "pareto_latency"),
+                           "Pareto fronts without a quality axis: latency against cloud tokens",
+                           "No quality axis: these sweep results carry no agreement with the cloud-only caption and no "
+                           "trace was given to replay it. The front has three axes (latency ↓, cloud tokens ↓, bytes up "
+                           f"↓); filled points are on it. {labels}{shown} {ctx.prov_line}."))
+    write_csv(front, ctx.tab_dir / "pareto.csv")
+    cols = ["policy", "config", "rtt_s", "network", "edge_speedup", "cloud_speedup", "quality", "latency_s",
+            "cloud_tokens", "bytes_up", "covered", "utterances"]
+    cols = [c for c in cols if c in front.columns and not (c in ("network", "edge_speedup", "cloud_speedup")
+                                                              and front[c].n_unique() == 1)]
+    shown_rows = front.filter(pl.col("config").is_in(ctx.panels)).sort("config", "latency_s", nulls_last=True)
+    table = make_table(shown_rows.rename({"quality": ctx.qlabel or "quality"}) if ctx.qcol else shown_rows,
+                       [ctx.qlabel if c == "quality" and ctx.qcol else c for c in cols if c != "quality" or ctx.qcol],
+                       "on_front", ctx.styles)
+    return {"quality_label": ctx.qlabel, "figures": figs, "table": table, "shown_note": shown,
+            "kind": ctx.kind, "scale_note": ctx.qcol == "cider_d_x100"}
 
-    # --- Table 2 (latency) and latency CDFs ----------------------------------------------------
-    t2_html, cdf_html = [], []
-    for c in points["config"].unique(maintain_order=True).to_list():
-        t2 = table2(points, c, with_study=(c == points["config"][0]))
-        t2.write_csv(tab_dir / f"table2_latency_config{c}.csv")
-        t2_html.append(f"<h3>Configuration {c}</h3><p class='cap'>{html.escape(conf_text(c))}</p>" + _table(t2))
-        on = set(front.filter((pl.col("config") == c) & pl.col("on_front"))["policy"].to_list())
-        on |= {"edge-only", "cloud-only"}
-        png = figures.save(figures.latency_cdf(res.filter(pl.col("config") == c), on,
-                                               f"Latency per caption, configuration {c}"), fig_dir, f"latency_cdf_config{c}")
-        cdf_html.append(_img(png, f"latency CDF configuration {c}")
-                        + f"<p class='cap'>{html.escape(conf_text(c))}. Front policies and baselines in colour, the "
-                          f"rest grey. {prov_line}.</p>")
-    sections.append(("Table 2: latency (like the study's Table 2)",
-                     "<p>TTFT = time to the first committed token; OET = total − TTFT; OTPS = (tokens − 1) / OET. "
-                     "CPU/RAM/GPU columns of the study are measurements the simulator does not model.</p>"
-                     + "".join(t2_html)))
-    sections.append(("Latency distributions", "".join(cdf_html)))
-    tick(1, "privacy")
 
-    # --- overhead breakdown ----------------------------------------------------------------------
-    if inp.breakdown is not None and inp.breakdown.height:
-        png = figures.save(figures.breakdown(inp.breakdown, "Where the time goes (mean per caption)"), fig_dir,
-                           "overhead_breakdown")
-        inp.breakdown.write_csv(tab_dir / "overhead_breakdown.csv")
-        sections.append(("Overhead breakdown", _img(png, "overhead breakdown")
-                         + f"<p class='cap'>{html.escape(inp.breakdown_note)} {prov_line}.</p>" + _table(inp.breakdown)))
-    else:
-        sections.append(("Overhead breakdown", f"<p class='warn'>{html.escape(inp.breakdown_note or 'not available')}</p>"))
+def _quality(ctx: Ctx) -> dict:
+    q = ctx.inp.quality
+    t1 = table1(q.per_policy if q is not None else None)
+    write_csv(t1, ctx.tab_dir / "table1_quality.csv")
+    if q is not None:
+        write_csv(q.per_policy, ctx.tab_dir / "quality_per_policy.csv")
+        q.per_caption.write_parquet(ctx.tab_dir / "quality_per_caption.parquet")
+    return {"available": q is not None, "tokenizer": getattr(q, "tokenizer", ""), "notes": list(getattr(q, "notes", []) or []),
+            "table": make_table(t1), "kind": ctx.kind, "agreement": ctx.qcol == "agree_cloud_similarity",
+            "why": ctx.inp.quality_note}
 
-    # --- break-even maps ----------------------------------------------------------------------------
-    if inp.break_even is not None and inp.break_even[2]:
-        rtts, speeds, ratios, rtt0 = inp.break_even
-        png = figures.save(figures.break_even(rtts, speeds, ratios, rtt0, "Break-even against edge-only"), fig_dir,
-                           "break_even")
-        sections.append(("Break-even maps", _img(png, "break-even maps")
-                         + f"<p class='cap'>{html.escape(inp.break_even_note)} The dot marks configuration 0. "
-                           f"{prov_line}.</p>"))
-    elif inp.break_even_note:
-        sections.append(("Break-even maps", f"<p class='warn'>{html.escape(inp.break_even_note)}</p>"))
 
-    # --- simulator vs live ------------------------------------------------------------------------
-    if inp.validation is not None and inp.validation.height:
-        f = inp.validation_facts or {}
-        png = figures.save(figures.validation(inp.validation, "Simulated vs measured latency (live runs)"), fig_dir,
-                           "validation")
-        inp.validation_summary.write_csv(tab_dir / "validation.csv")
-        med = f.get("median_ape_latency")
-        tgt = f.get("target_median_ape_latency", 0.05)
-        verdict = ("" if med is None else f"Median absolute error on total latency: {100 * med:.2f}% "
-                   f"({'meets' if med <= tgt else 'misses'} the {100 * tgt:.0f}% target); TTFT "
-                   f"{100 * (f.get('median_ape_ttft') or float('nan')):.1f}%. ")
-        if f.get("noise_median_ad") is not None:
-            verdict += (f"Identical edge-only runs differed from their mean by {100 * f['noise_median_ad']:.1f}% "
-                        f"(median; at most {100 * f['noise_max_ad']:.1f}%), this machine's own noise. ")
-        sections.append(("Simulator vs live runs",
-                         f"<p>{html.escape(verdict)}Live captions equal to the replay: {f.get('captions_match')}/"
-                         f"{f.get('runs')} (mismatches are not timed). Shaped path: {html.escape(str(f.get('shaper')))}"
-                         f"; edge cores {f.get('edge_cpus')}, service cores {f.get('cloud_cpus')}; models "
-                         f"{html.escape(str(f.get('drafter')))} / {html.escape(str(f.get('verifier')))}.</p>"
-                         + _img(png, "simulated vs measured latency") + _table(inp.validation_summary)))
+def _latency(ctx: Ctx) -> dict:
+    tables = []
+    for c in ctx.panels:
+        t2 = table2(ctx.points, c, with_study=(c == ctx.panels[0]))
+        write_csv(t2, ctx.tab_dir / f"table2_latency_config{c}.csv")
+        t2 = t2.rename({"system": "policy"})
+        tables.append({"config": c, "text": ctx.conf_text(c), "table": make_table(t2, styles=ctx.styles)})
+    cdf = None
+    if ctx.kind == "simulate":
+        on = {c: set(ctx.front.filter((pl.col("config") == c) & pl.col("on_front"))["policy"].to_list())
+              for c in ctx.panels}
+        fig = figures.latency_cdf(ctx.res, [(c, ctx.panel_title(c)) for c in ctx.panels], ctx.styles, on)
+        cdf = Figure("latency_cdf", figures.save(fig, ctx.fig_dir, "latency_cdf"), "latency CDFs per configuration",
+                     "Share of captions done within a latency, one panel per configuration, one curve per policy in its "
+                     "own colour and line style (legend on the right, numbered as everywhere in the report); thick "
+                     "curves are on that configuration's Pareto front or are baselines. Files: "
+                     f"figures/latency_cdf.png/.svg/.pdf. {ctx.prov_line}.")
+    return {"tables": tables, "cdf": cdf, "kind": ctx.kind, "p": "p90" if ctx.kind == "simulate" else "p95"}
 
-    # --- privacy ----------------------------------------------------------------------------------
-    priv.write_csv(tab_dir / "privacy.csv")
+
+def _breakdown(ctx: Ctx) -> dict:
+    inp = ctx.inp
+    bd, note = inp.breakdown, inp.breakdown_note
+    if ctx.kind == "sweep" and bd is None:
+        parts = [c for c in ctx.res.columns if c.startswith("t_") and c.endswith("_s")]
+        c0 = ctx.panels[0]
+        if parts:
+            bd = (ctx.res.filter(pl.col("config") == c0).select("policy", *parts)
+                  .rename({p: p[2:-2] for p in parts}))
+            note = (f"Configuration {c0}: {ctx.conf_text(c0)}. Means over the covered utterances, from the sweep's own "
+                    "t_* columns; they add up to its mean latency.")
+    if bd is None or not bd.height:
+        return {"figure": None, "note": note or "not available", "table": None}
+    fig = figures.breakdown(bd, "Where the time goes (mean per caption)", ctx.styles)
+    write_csv(bd, ctx.tab_dir / "overhead_breakdown.csv")
+    return {"figure": Figure("overhead_breakdown", figures.save(fig, ctx.fig_dir, "overhead_breakdown"),
+                             "overhead breakdown", f"{note} {ctx.prov_line}."),
+            "note": note, "table": make_table(bd, styles=ctx.styles)}
+
+
+def _break_even(ctx: Ctx) -> dict | None:
+    inp = ctx.inp
+    if inp.break_even is None or not inp.break_even[2]:
+        return {"figure": None, "note": inp.break_even_note} if inp.break_even_note else None
+    rtts, speeds, ratios, rtt0 = inp.break_even
+    fig, drawn = figures.break_even(rtts, speeds, ratios, rtt0, "Break-even against edge-only", ctx.styles)
+    cap = break_even_caption(drawn, {n: (ctx.styles[n].number if n in ctx.styles else n) for n in drawn},
+                             rtt0 if rtts.min() <= rtt0 <= rtts.max() else None, inp.break_even_note)
+    return {"figure": Figure("break_even", figures.save(fig, ctx.fig_dir, "break_even"), "break-even maps",
+                             f"{cap} {ctx.prov_line}."), "note": ""}
+
+
+def break_even_caption(drawn: dict, numbers: dict, rtt0: float | None, note: str = "") -> str:
+    """What the break-even figure shows, true to what was drawn: the black line is mentioned only for maps
+    that cross ratio 1 (figures.break_even draws it only there); maps entirely on one side say so.
+
+    ``drawn``: policy → (min ratio, max ratio, contour drawn?); ``numbers``: policy → its number;
+    ``rtt0``: the results' RTT when its dot is on the maps, else None."""
+    crossing = [numbers[n] for n, d in drawn.items() if d[2]]
+    cap = [note] if note else []
+    cap.append("Green cells: the policy is faster than edge-only; red: slower (log colour scale centred on 1).")
+    if crossing:
+        cap.append(f"The black line is the break-even (ratio 1), drawn for polic{'y' if len(crossing) == 1 else 'ies'} "
+                   f"{', '.join(map(str, crossing))}: on its green side the hybrid beats drafting alone.")
+    for n, (lo, hi, crosses) in drawn.items():
+        if crosses:
+            continue
+        side = "slower" if lo >= 1 else "faster"
+        bound = f"ratio ≥ {lo:.2f}" if lo >= 1 else f"ratio ≤ {hi:.2f}"
+        cap.append(f"Policy {numbers[n]} is {side} than edge-only everywhere on this grid ({bound}), so its map has "
+                   "no break-even line.")
+    if rtt0 is not None:
+        cap.append(f"The dot marks the results' own RTT ({1000 * rtt0:g} ms) at speed-up 1×.")
+    return " ".join(cap)
+
+
+def _validation(ctx: Ctx) -> dict | None:
+    inp = ctx.inp
+    if inp.validation is None or not inp.validation.height:
+        return None
+    f = inp.validation_facts or {}
+    fig = figures.validation(inp.validation, "Simulated vs measured latency (live runs)")
+    write_csv(inp.validation_summary, ctx.tab_dir / "validation.csv")
+    med = f.get("median_ape_latency")
+    tgt = f.get("target_median_ape_latency", 0.05)
+    verdict = ("" if med is None else f"Median absolute error on total latency: {100 * med:.2f}% "
+               f"({'meets' if med <= tgt else 'misses'} the {100 * tgt:.0f}% target); TTFT "
+               f"{100 * (f.get('median_ape_ttft') or float('nan')):.1f}%. ")
+    if f.get("noise_median_ad") is not None:
+        verdict += (f"Identical edge-only runs differed from their mean by {100 * f['noise_median_ad']:.1f}% "
+                    f"(median; at most {100 * f['noise_max_ad']:.1f}%), this machine's own noise. ")
+    text = (f"{verdict}Live captions equal to the replay: {f.get('captions_match')}/{f.get('runs')} (mismatches are "
+            f"not timed). Shaped path: {f.get('shaper')}; edge cores {f.get('edge_cpus')}, service cores "
+            f"{f.get('cloud_cpus')}; models {f.get('drafter')} / {f.get('verifier')}.")
+    return {"text": text, "figure": Figure("validation", figures.save(fig, ctx.fig_dir, "validation"),
+                                           "simulated vs measured latency",
+                                           "Each point is one live run; the diagonal is no error, the band ±5 %."),
+            "table": make_table(inp.validation_summary)}
+
+
+def _privacy(ctx: Ctx) -> dict:
+    inp = ctx.inp
+    if ctx.kind == "sweep":
+        cols = ["policy", "privacy", "cloud_calls", "cloud_tokens", "bytes_up", "bytes_down"]
+        t = ctx.points.filter(pl.col("config") == ctx.panels[0])
+        write_csv(t.select([c for c in cols if c in t.columns]), ctx.tab_dir / "privacy.csv")
+        return {"kind": "sweep", "table": make_table(t, cols, styles=ctx.styles)}
+    priv = privacy_table(ctx.res, inp.exposure)
+    write_csv(priv, ctx.tab_dir / "privacy.csv")
     side = modes_side_by_side(priv)
-    side.write_csv(tab_dir / "privacy_modes.csv")
-    png = figures.save(figures.privacy_bars(priv, "What the cloud learns, per policy"), fig_dir, "privacy")
-    priv_cols = ["policy", "privacy", "utterances", "contact_share", "cloud_calls", "cloud_seen_tokens",
-                 "caption_share_seen", "emotion_words_exposed", "bytes_up", "audio_bytes_up"]
-    exp_note = ("Caption tokens and emotion words seen are exact: each policy replayed through the protocol on the "
-                "trace's trie." if inp.exposure is not None else
-                "Caption tokens and emotion words seen need the trace (--trace); shown as –.")
-    sections.append(("Privacy accounting",
-                     "<p>token-only = the proposal (only token ids leave the device, the verifier never hears the audio); "
-                     "features = the study (audio features uploaded with the first escalation, or every one if the cloud "
-                     f"is stateless); raw = cloud-only. {exp_note}</p>"
-                     + _img(png, "privacy") + _table(priv, cols=[c for c in priv_cols if c in priv.columns])
-                     + "<h3>The proposal and the study side by side</h3>" + _table(side)
-                     + f"<p class='cap'>{prov_line}.</p>"))
-    tick(1, "breakdown, break-even and HTML")
+    write_csv(side, ctx.tab_dir / "privacy_modes.csv")
+    fig = figures.privacy_bars(priv, "What the cloud learns, per policy", ctx.styles)
+    cols = ["policy", "privacy", "utterances", "contact_share", "cloud_calls", "cloud_seen_tokens",
+            "caption_share_seen", "emotion_words_exposed", "bytes_up", "audio_bytes_up"]
+    return {"kind": "simulate", "exact": inp.exposure is not None,
+            "figure": Figure("privacy", figures.save(fig, ctx.fig_dir, "privacy"), "privacy",
+                             "Per policy (numbered as everywhere in the report): share of utterances that contact the "
+                             "cloud, of caption tokens and of emotion words the cloud sees." +
+                             ("" if inp.exposure is not None else " Tokens and emotion words need --trace: bars absent.")
+                             + f" {ctx.prov_line}."),
+            "table": make_table(priv, [c for c in cols if c in priv.columns], styles=ctx.styles),
+            "side": make_table(side.select("shape", *sorted(
+                [c for c in side.columns if "|" in c],
+                key=lambda c: ([c2.split("|")[0] for c2 in side.columns if "|" in c2].index(c.split("|")[0]),
+                               c.split("|")[1] != "token-only"))).rename({"shape": "policy shape"}))}
 
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in inp.notes)
-    synth = ('<p class="warn"><b>Synthetic trace</b>: these numbers illustrate the method; they are not measurements of '
-             "real models.</p>") if prov["synthetic"] else ""
-    body = "".join(f"<h2>{html.escape(t)}</h2>{h}" for t, h in sections)
-    prov_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v, default=str))}</td></tr>"
-                        for k, v in prov.items())
-    doc = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<title>sectrace report: {html.escape(str(prov['trace']))}</title><style>{CSS}</style></head><body>
-<h1>sectrace report: {html.escape(str(prov['trace']))}</h1>
-{synth}<div class="prov">{prov_line}. {res['policy'].n_unique()} policies × {configs.height} configuration(s),
-{res['utt_id'].n_unique()} utterances.{f'<ul>{notes}</ul>' if notes else ''}</div>
-{body}
-<h2>Provenance</h2><table>{prov_rows}</table>
-<script type="application/json" id="provenance">{html.escape(json.dumps(prov, default=str))}</script>
-</body></html>"""
+
+# --- the report -------------------------------------------------------------------------------
+def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
+    """Write OUT_DIR/report.html, OUT_DIR/interactive.html, OUT_DIR/figures/*.{png,svg,pdf} and OUT_DIR/tables/*.csv;
+    return the HTML path."""
+    from .interactive import write_interactive
+
+    kind = check_results(inp.results, inp.results_path)
+    res = normalise_configs(inp.results)
+    out_dir = Path(out_dir)
+    fig_dir, tab_dir = out_dir / "figures", out_dir / "tables"
+    tab_dir.mkdir(parents=True, exist_ok=True)
+    tick = progress or (lambda *_, **__: None)
+
+    points, front, qcol, qlabel = front_points(res, inp.quality, inp.agreement)
+    configs = res.select([c for c in CONFIG_COLS if c in res.columns]).unique(subset=["config"], maintain_order=True)
+    prov, prov_line = _provenance(inp, res, kind, configs)
+    styles = assign(points["policy"].to_list())
+    ctx = Ctx(inp, res, kind, points, front, qcol, qlabel, styles, configs,
+              pick_configs(configs, figures.MAX_PANELS), fig_dir, tab_dir, prov, prov_line)
+    sections = {"key": _policy_key(ctx), "pareto": _pareto(ctx)}
+    tick(1, "Pareto fronts")
+    sections.update(quality=_quality(ctx), latency=_latency(ctx))
+    tick(1, "tables 1-2 and latency CDFs")
+    sections.update(breakdown=_breakdown(ctx), break_even=_break_even(ctx), validation=_validation(ctx))
+    tick(1, "breakdown and break-even")
+    sections["privacy"] = _privacy(ctx)
+    tick(1, "privacy")
+    write_interactive(out_dir / "interactive.html", ctx)
+    synthetic = bool(prov["synthetic"])
+    doc = render("report.html.j2", prov=prov, prov_line=prov_line, notes=inp.notes, synthetic=synthetic,
+                 n_policies=res["policy"].n_unique(), n_configs=configs.height,
+                 n_utts=res["utt_id"].n_unique() if kind == "simulate" else None, kind=kind,
+                 prov_rows=[(k, json.dumps(v, default=str, ensure_ascii=False)) for k, v in prov.items()], **sections)
     path = out_dir / "report.html"
     path.write_text(doc, encoding="utf-8")
-    (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, default=str), encoding="utf-8")
+    (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, default=str, ensure_ascii=False),
+                                             encoding="utf-8")
+    tick(1, "HTML")
     return path
+
+
+__all__ = ["Figure", "ReportInputs", "Table", "build_report", "front_points", "make_table", "render"]

@@ -38,11 +38,22 @@ def pareto_mask(points: np.ndarray, better: np.ndarray) -> np.ndarray:
     return front
 
 
-def pareto_table(points: pl.DataFrame, quality_col: str, by: str = "config") -> pl.DataFrame:
-    """Add ``quality`` (from ``quality_col``) and ``on_front`` (per ``by`` group) to per-policy points."""
-    df = points.with_columns(pl.col(quality_col).cast(pl.Float64).alias("quality"))
-    cols = [a[0] for a in AXES]
-    better = np.array([a[1] for a in AXES])
+def pareto_table(points: pl.DataFrame, quality_col: str | None, by: str = "config") -> pl.DataFrame:
+    """Add ``quality`` (from ``quality_col``) and ``on_front`` (per ``by`` group) to per-policy points.
+
+    Without a quality column (``None``: a sweep summary with no agreement and no trace to replay)
+    ``quality`` is null and the front has the three cost axes only."""
+    if quality_col is None:
+        df = points.with_columns(pl.lit(None, pl.Float64).alias("quality"))
+        axes = AXES[1:]
+    else:
+        df = points.with_columns(pl.col(quality_col).cast(pl.Float64).alias("quality"))
+        if f"{quality_col}_lo" in df.columns and f"{quality_col}_hi" in df.columns:  # its 95 % interval
+            df = df.with_columns(pl.col(f"{quality_col}_lo").cast(pl.Float64).alias("quality_lo"),
+                                 pl.col(f"{quality_col}_hi").cast(pl.Float64).alias("quality_hi"))
+        axes = AXES
+    cols = [a[0] for a in axes]
+    better = np.array([a[1] for a in axes])
     parts = []
     for _, grp in df.group_by(by, maintain_order=True):
         mask = pareto_mask(grp.select(cols).to_numpy(), better)
