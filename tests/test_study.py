@@ -227,3 +227,17 @@ def test_a_study_trace_is_reused_only_when_it_fits(tmp_path):
     assert not study._study_trace_matches(tmp_path / "study-trace", 2, (3, 5), ("always",))
     res = study.run(None, tmp_path, utterances=3, ks=(5,), gates=("always",), rtts=(0.01,), uplinks=(20e6 / 8,))
     assert load_trace(res.trace_path).utterances.height == 3  # rebuilt for the new settings
+
+
+def test_report_study_flag_adds_the_section(tmp_path):
+    """`sectrace report --study` puts the study's Table 2 and the puzzle into the report."""
+    from click.testing import CliRunner
+
+    from sectrace.cli import main
+
+    res = tmp_path / "r.parquet"
+    assert CliRunner().invoke(main, ["simulate", "--out", str(res)]).exit_code == 0
+    r = CliRunner().invoke(main, ["report", str(res), "--out", str(tmp_path / "rep"), "--no-quality", "--study"])
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "Table 2, explained" in html and "43.87" in html and "34.89" in html

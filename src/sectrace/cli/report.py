@@ -34,8 +34,11 @@ from ._common import Progress, require_extra
 @click.option("--gate-file", "gate_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A learned gate (gates train) that policies in RESULTS use; repeatable. Results name gate files, "
                    "but only the files given here are opened; other learned-gate policies are left out with a note.")
+@click.option("--study", is_flag=True,
+              help="Add the study's Table 2 beside sectrace's prediction and the conditions under which the hybrid "
+                   "loses (`sectrace study`; builds a small synthetic study trace, ~20 s).")
 @click.option("--force", is_flag=True, help="Replace a report already in --out.")
-def report(results_path, out_dir, trace_path, no_quality, embeddings, validation_path, gate_files, force):
+def report(results_path, out_dir, trace_path, no_quality, embeddings, validation_path, gate_files, study, force):
     """Build a self-contained HTML report (plus figures, tables and an interactive view) from RESULTS: the
     per-utterance output of `simulate --out`, or the summary of `sweep --out` (Parquet or CSV).
 
@@ -60,7 +63,7 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, validation
     kind = check_results(res, str(results_path))
     res = normalise_configs(res)
     if kind == "sweep":
-        return _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files)
+        return _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files, study)
     inp = ReportInputs(results=res, results_path=str(results_path),
                        quality_note="skipped with --no-quality" if no_quality else "")
     if validation_path is not None:
@@ -101,11 +104,21 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, validation
         else:
             inp.notes.append("no trace: reference metrics, exact cloud exposure and the break-even maps are left "
                              "out; pass --trace")
+        if study:
+            _add_study(inp, bar)
         path = build_report(inp, out_dir, progress=bar)
     click.echo(f"wrote {path} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
 
 
-def _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files):
+def _add_study(inp, bar):
+    """The study's Table 2 and puzzle as a report section (reports.study)."""
+    from ..reports.study import study_section
+
+    bar(0, "the study's Table 2")
+    inp.extra_sections.append(study_section())
+
+
+def _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files, study=False):
     """A report from a `sweep` summary: agreement with cloud-only replayed from the trace when given."""
     from ..reports.build import ReportInputs, build_report
 
@@ -128,6 +141,8 @@ def _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_
             inp.notes.append("sweep summary without --trace: no quality axis (the summary holds no agreement with "
                              "cloud-only); pass --trace to replay it")
         inp.breakdown_note = "the sweep summary has no t_* columns to break the latency down"
+        if study:
+            _add_study(inp, bar)
         path = build_report(inp, out_dir, progress=bar)
     click.echo(f"wrote {path} (figures in {out_dir / 'figures'}, tables in {out_dir / 'tables'})")
 

@@ -54,6 +54,7 @@ class ReportInputs:
     validation_summary: pl.DataFrame | None = None
     validation_facts: dict | None = None
     quality_note: str = ""  # why there are no reference metrics, when the caller knows (e.g. --no-quality)
+    extra_sections: list = field(default_factory=list)  # (title, self-contained HTML), e.g. the study's Table 2
     notes: list[str] = field(default_factory=list)
 
 
@@ -499,7 +500,8 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
     doc = render("report.html.j2", prov=prov, prov_line=prov_line, notes=inp.notes, synthetic=synthetic,
                  n_policies=res["policy"].n_unique(), n_configs=configs.height,
                  n_utts=res["utt_id"].n_unique() if kind == "simulate" else None, kind=kind,
-                 prov_rows=[(k, json.dumps(v, default=str, ensure_ascii=False)) for k, v in prov.items()], **sections)
+                 prov_rows=[(k, json.dumps(v, default=str, ensure_ascii=False)) for k, v in prov.items()],
+                 extra_sections=inp.extra_sections, **sections)
     path = out_dir / "report.html"
     path.write_text(doc, encoding="utf-8")
     (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, default=str, ensure_ascii=False),
