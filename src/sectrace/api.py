@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 from .errors import UserError
 from .gates import parse_policy
 from .network import Network
-from .protocol import Policy
+from .protocol import Policy, cloud_only, drafter_only
 from .simulate import baselines as _baselines
 from .simulate import simulate as _simulate
 from .simulate import summarise
@@ -33,7 +33,6 @@ def sample_trace() -> Trace:
 def policies(specs: Iterable[str | Policy], max_new_tokens: int = 64) -> list[Policy]:
     """Policies from spec strings as results label them (``k=5 gate=entropy:2.5 accept=rank:20 features``),
     ``edge-only`` and ``cloud-only``; Policy objects pass through."""
-    from .protocol import cloud_only, drafter_only
 
     out = []
     for s in specs:

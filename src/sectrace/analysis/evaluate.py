@@ -12,8 +12,13 @@ import numpy as np
 import polars as pl
 
 from ..errors import UserError
+from ..explore.synth import synth_recorders
 from ..gates.features import available_features, node_table
+from ..gates.learned import calibrated
+from ..gates.spec import parse_gate
 from ..protocol import Accept, CoverageMiss, Policy, run
+from ..simulate import Replayer, similarity
+from ..simulate.metrics import bootstrap_weights
 
 #: Gate family -> (feature, sign): sign +1 when larger means riskier. Each is a threshold gate (gates frontier).
 SIGNALS = {
@@ -105,7 +110,6 @@ def signal_table(trace, mode: str = "audio", rank: int = 1, learned=(), ci: bool
     would give intervals too narrow. Point values are scikit-learn's."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from ..simulate.metrics import bootstrap_weights
 
     feats = available_features(trace)
     tables = {}
@@ -114,7 +118,6 @@ def signal_table(trace, mode: str = "audio", rank: int = 1, learned=(), ci: bool
         tables[name] = (tab["reject"].to_numpy(), tab["impact"].to_numpy(), tab[f].to_numpy() * sign,
                         tab["utt_id"].to_numpy())
     if learned:
-        from ..gates.learned import calibrated
 
         for name, gate in learned:
             tab = node_table(trace, gate.features, mode, rank)
@@ -161,17 +164,13 @@ def frontier(trace, gate_specs, k: int = 5, accept: str = "top1", privacy: str =
     ``extend``: for synthetic traces, states the trie lacks are generated from the trace's own
     model (exact), so every threshold is covered; otherwise such utterances are coverage misses.
     """
-    from ..gates.spec import parse_gate
-    from ..simulate import similarity
 
     max_new = max_new_tokens or int(trace.manifest["decoding"].get("max_new_tokens", 64))
     utt_ids = trace.utterances["utt_id"].to_list()
     if extend:
-        from ..explore.synth import synth_recorders
 
         sessions = synth_recorders(trace.manifest, utt_ids)
     else:
-        from ..simulate import Replayer
 
         sessions = Replayer(trace).sessions
     acc = Accept.parse(accept)

@@ -103,8 +103,8 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
     from ..protocol import Accept, Policy
     from ..simulate import Network, Replayer, baselines, fit_summary, fit_warning, profiles, summarise
     from ..simulate import simulate as run_sim
-    from ..simulate.profiles import base_cost
     from ..simulate.metrics import BOOTSTRAP, DEFINITIONS
+    from ..simulate.profiles import base_cost
     from ..simulate.results import coverage_note
     from ..units import parse_duration, parse_rate, parse_size
 

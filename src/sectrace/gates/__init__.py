@@ -1,7 +1,17 @@
 """Gates: which drafted blocks go to the cloud."""
 
-from .builtin import (Always, AudioShift, Margin, MaxEntropy, McDropout, MeanEntropy, MinLogProb, Never, RandomGate,
-                      Stability)
+from .builtin import (
+                      Always,
+                      AudioShift,
+                      Margin,
+                      MaxEntropy,
+                      McDropout,
+                      MeanEntropy,
+                      MinLogProb,
+                      Never,
+                      RandomGate,
+                      Stability,
+)
 from .combine import AllGate, AnyGate
 from .content import ContentGate
 from .oracle import Oracle

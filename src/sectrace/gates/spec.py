@@ -7,8 +7,18 @@ import math
 
 from ..errors import UserError
 from ..protocol import Accept, Policy
-from .builtin import (Always, AudioShift, Margin, MaxEntropy, McDropout, MeanEntropy, MinLogProb, Never, RandomGate,
-                      Stability)
+from .builtin import (
+    Always,
+    AudioShift,
+    Margin,
+    MaxEntropy,
+    McDropout,
+    MeanEntropy,
+    MinLogProb,
+    Never,
+    RandomGate,
+    Stability,
+)
 from .combine import AllGate, AnyGate
 from .oracle import Oracle
 

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+from ..gates.builtin import AudioShift, McDropout, Stability
 
 SIGNALS = ("mc-dropout", "stability", "audio-shift")
 #: Trace columns each signal writes.
@@ -115,7 +116,6 @@ def spec_from_record(record: dict | None) -> SignalSpec | None:
 
 def columns_needed(gate) -> set[str]:
     """The x_* columns a gate reads (through any(...)/all(...) and learned gates' features)."""
-    from ..gates.builtin import AudioShift, McDropout, Stability
 
     fixed = {Stability: "x_stability", AudioShift: "x_audio_shift", McDropout: "x_mc_agree"}
     if type(gate) in fixed:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from ..errors import UserError
+from ..simulate import Replayer, cost_vector
+from ..simulate.metrics import PART_COLUMNS
+from ..simulate.results import from_row
+
 
 def cost_and_net(tr, row: dict):
     """The cost model and network a results row was priced with, read from the row (``simulate.results.from_row``:
     every cost coefficient and network field is a column), or (None, None, why) for results that lack them."""
-    from ..errors import UserError
-    from ..simulate.results import from_row
 
     try:
         setup = from_row(row, with_policy=False)
@@ -38,7 +41,6 @@ def overhead_breakdown(results: pl.DataFrame, config: int):
     The parts are the ``t_<part>_s`` columns simulate wrote for every utterance (they add up to its
     latency), averaged over each policy's covered utterances: read from the results, not recomputed,
     so the breakdown is of the very run the results hold, whatever flags priced it."""
-    from ..simulate.metrics import PART_COLUMNS
 
     sub = results.filter((pl.col("config") == config) & pl.col("covered"))
     parts = [c for c in PART_COLUMNS if c in results.columns]
@@ -69,7 +71,6 @@ def break_even(tr, results: pl.DataFrame, policies: list[str], n: int = 41, rtts
     """
     from dataclasses import replace
 
-    from ..simulate import Replayer, cost_vector
 
     sub = results.filter(pl.col("config") == 0)
     row = sub.row(0, named=True)

@@ -34,11 +34,14 @@ import numpy as np
 import polars as pl
 
 from ..errors import UserError
+from ..explore.synth import AlphaModel, synth_trace
+from ..gates import parse_gate
 from ..network import Network
 from ..protocol import Accept, Policy, cloud_only, drafter_only
 from ..simulate import CostModel, Replayer, profiles
 from ..simulate.replay import FI
 from ..simulate.timing import PARTS, cost_theta
+from ..trace import load_trace, write_trace
 from .tables import STUDY, STUDY_LABEL
 
 #: The study's measured hybrid/edge-only ratio of total time per caption (43.87 / 34.89).
@@ -87,7 +90,6 @@ class StudyPoint:
 
 
 def _policy(k, gate, privacy, cache, max_new, accept="rank:20", bonus=False) -> Policy:
-    from ..gates import parse_gate
 
     return Policy(k=k, gate=parse_gate(gate), gate_spec=gate, accept=Accept.parse(accept), privacy=privacy,
                   cloud_cache=cache, bonus=bonus, max_new_tokens=max_new)
@@ -158,8 +160,6 @@ def make_study_trace(path: Path, utterances: int = 12, seed: int = 0, ks: Sequen
 
     Equivalent to ``sectrace trace synth PATH --mean-length 72 --max-new-tokens 128`` with these policies
     explored instead of the default set (which has no runs without the bonus token, as the study ran)."""
-    from ..explore.synth import AlphaModel, synth_trace
-    from ..trace import write_trace
 
     pols = [drafter_only(STUDY_MAX_NEW), cloud_only(STUDY_MAX_NEW)]
     pols += study_policies(STUDY_MAX_NEW, ks, gates, PRIVACIES, ("stateful",))
@@ -419,7 +419,6 @@ def run(trace_path: Path | None = None, work_dir: Path | None = None, utterances
         rtts: Sequence[float] = RTTS, uplinks: Sequence[float] = UPLINKS, progress=None) -> StudyResult:
     """Everything the section and the command show. Without a trace, the study trace is built in ``work_dir``
     (and reused from there when one built for the same settings is there)."""
-    from ..trace import load_trace
 
     if point.k not in ks or point.gate not in gates or not any(abs(r - point.rtt_s) < 1e-12 for r in rtts) \
             or not any(abs(x - point.up_Bps) < 1e-9 * point.up_Bps for x in uplinks):

@@ -16,6 +16,8 @@ import numpy as np
 import polars as pl
 
 from ..errors import UserError
+from ..protocol import cloud_only
+from ..simulate import Replayer, similarity
 
 _AGREE = (("agree_cloud_similarity", ("agree_cloud_similarity", "similarity_cloud")),
           ("agree_cloud_exact", ("agree_cloud_exact", "exact_match_cloud")))
@@ -53,8 +55,6 @@ def sweep_agreement(trace, summary: pl.DataFrame, gates=None, notes: list | None
 
     The replay must cover the utterances the sweep covered and give captions of the lengths it
     reports; otherwise this is another trace and a UserError says so."""
-    from ..protocol import cloud_only
-    from ..simulate import Replayer, similarity
     from .privacy import rebuild_policies
 
     max_new = int(trace.manifest["decoding"].get("max_new_tokens", 64))

@@ -13,6 +13,10 @@ import polars as pl
 
 from ..errors import UserError
 from ..fsio import write_json
+from ..protocol import run
+from ..simulate import cost_vector
+from ..simulate.spans import run_timeline
+from ..trace import TrieSession
 from .breakdown import cost_and_net
 
 LANES = {"edge": 1, "network": 2, "cloud": 3}
@@ -52,10 +56,6 @@ def write_chrome_trace(path: Path, trace: dict) -> Path:
 def timeline_spans(tr, results: pl.DataFrame, policy: str, utt: str, config: int, gates=None):
     """Per-event spans of one utterance's run under one policy and configuration, priced with the cost
     model and network the results row records (``simulate.results.from_row``)."""
-    from ..protocol import run
-    from ..simulate import cost_vector
-    from ..simulate.spans import run_timeline
-    from ..trace import TrieSession
 
     sub = results.filter((pl.col("policy") == policy) & (pl.col("config") == config) & (pl.col("utt_id") == utt))
     if sub.height == 0:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..protocol import Verify
+
 #: Bootstrap resamples per confidence interval (scipy.stats.bootstrap, percentile method, fixed seed).
 N_RESAMPLES = 2000
 #: Seed of the bootstrap: the same results give the same intervals on every run.
@@ -147,7 +149,6 @@ DEFINITIONS.update({
 def utterance_counts(runs, k: int) -> dict[str, np.ndarray]:
     """Per utterance (NaN where the run is None, a coverage miss): the protocol counts the metrics read,
     and ``accepted_per_pos`` (utterances × k): verify calls in which draft position i was accepted."""
-    from ..protocol import Verify
 
     n = len(runs)
     names = ("drafted", "blocks", "escalations", "verify_calls", "verified", "accepted", "corrected", "bonus_tokens",

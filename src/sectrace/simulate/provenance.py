@@ -16,7 +16,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 
 #: Packages whose versions change numbers in the results (numerics, tables, bootstrap, fleet).
 KEY_PACKAGES = ("numpy", "polars", "scipy", "simpy")

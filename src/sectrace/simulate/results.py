@@ -9,6 +9,8 @@ import numpy as np
 import polars as pl
 
 from ..errors import UserError
+from ..gates import parse_gate
+from ..gates.learned import GateFiles
 from ..network import Network
 from ..protocol import Accept, Policy, cloud_only, drafter_only
 from ..trace import Trace
@@ -223,8 +225,6 @@ def policy_from_row(row: dict, gate=None) -> Policy:
     if row["policy"] == "cloud-only":
         return cloud_only(mx)
     if gate is None:
-        from ..gates import parse_gate
-        from ..gates.learned import GateFiles
 
         def gate(spec):
             return parse_gate(spec, gate_files=GateFiles())

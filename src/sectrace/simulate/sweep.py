@@ -27,9 +27,9 @@ from ..network import Network
 from ..protocol import Accept, Policy, cloud_only, drafter_only
 from .costs import CostModel, verify_table_text
 from .grid import GridSpec
+from .metrics import SWEEP_CI, SWEEP_RESAMPLES, summary_columns, utterance_counts
 from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
 from .profiles import cloud_device, edge_device, network_preset
-from .metrics import SWEEP_CI, SWEEP_RESAMPLES, summary_columns, utterance_counts
 from .replay import FI, Replayer
 from .timing import cost_theta, cost_vector
 
