@@ -445,3 +445,62 @@ def merge_traces(paths: list[Path], out: Path, force: bool = False) -> dict:
     write_trace(out, m, utt, nodes, timings, traces[0].vocab, overwrite=force)
     return {"utterances": utt.height, "nodes": nodes.height, "shards": len(shards),
             "complete": m["collection"]["complete"]}
+
+
+def reprobe(trace_path: Path, cfg: CollectConfig, out: Path | None = None, data: Path | None = None,
+            log=None) -> dict:
+    """Re-measure an existing trace's timing probes on this machine, without exploring again.
+
+    Why: probes taken on a busy machine (``hardware.probe_load.busy``) or on another machine than the one
+    to be simulated price every replay wrongly, while the trie itself (what the models said) is still
+    right; re-exploring would cost the whole collection again. The models must be the trace's (same
+    tokenizer), and the trace's first utterance must be found (``cfg.manifest``, ``data`` or the trace's
+    own record) so the probes run on the prompt the collection probed. Backend, prompt, verifier modes
+    and, unless given, dtypes come from the trace. Only ``timings.parquet`` and the hardware description
+    change; the trace is rewritten atomically in place, or written to ``out``.
+    """
+    from ..models.dataset import locate_dataset
+    from ..models.pair import tokenizer_fingerprint
+    from .probes import hardware
+
+    log = log or (lambda line: None)
+    trace_path = Path(trace_path)
+    tr = load_trace(trace_path)
+    m = tr.manifest
+    ident = m.get("collection", {}).get("identity", {})
+    cfg.backend = m.get("backend", cfg.backend)
+    cfg.prompt = m.get("prompt_template") or None
+    cfg.modes = tuple(tr.modes)
+    if cfg.dtype == "auto" and ident.get("dtype"):
+        cfg.dtype, cfg.edge_dtype = ident["dtype"], cfg.edge_dtype or ident.get("edge_dtype")
+    if out is not None and Path(out).exists():
+        raise UserError(f"{out} already exists; choose another --out, or leave --out away to update {trace_path} "
+                        "in place")
+    ids = tr.utterances["utt_id"].to_list()
+    look = locate_dataset(m.get("dataset", {}), tr.path, ids, manifest=cfg.manifest, data=data)
+    if not look.ok:
+        raise UserError(look.problem() + " (the probes run on the trace's first utterance)")
+    first = look.utterances[0]
+    pair = _load(cfg, log)
+    fp = tokenizer_fingerprint(pair.tokenizer)
+    if fp != m["drafter"]["tokenizer_fingerprint"]:
+        raise UserError(f"these models' tokenizer ({fp}) is not the trace's ({m['drafter']['tokenizer_fingerprint']}); "
+                        "re-probe with the models the trace was collected with")
+    prep = _backend(cfg, pair).prepare(first, cfg.modes, cfg.edge_device, cfg.cloud_device)
+    want = int(tr.utterances["edge_prompt_tokens"][0])
+    if len(prep.edge_prompt) != want:
+        raise UserError(f"utterance {first.utt_id}: the edge prompt has {len(prep.edge_prompt)} tokens here but {want} "
+                        "in the trace; the manifest or prompt differ from the collection's")
+    timings, load = run_probes(cfg, pair, prep, log)
+    dest = Path(out) if out is not None else trace_path
+    manifest = rebase_paths(m, trace_path, dest) if out is not None else json.loads(json.dumps(m))
+    hw = manifest.setdefault("hardware", {})
+    previous = hw.get("probe_load")
+    hw.update(edge=hardware(cfg.edge_device, cfg.edge_threads), cloud=hardware(cfg.cloud_device, None),
+              probe_load=load)
+    hw["reprobed"] = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "timing_repeats": cfg.timing_repeats, "dtype": cfg.dtype, "edge_dtype": cfg.edge_dtype,
+                      "utterance": first.utt_id, "previous_probe_load": previous,
+                      "previous_timings": tr.timings.height}
+    write_trace(dest, manifest, tr.utterances, tr.nodes, timings, tr.vocab, overwrite=out is None)
+    return {"out": str(dest), "timings": timings.height, "load": load, "previous_timings": tr.timings.height}
