@@ -31,6 +31,7 @@ COMMANDS = {
     "validate": ("live", "validate"),
     "data": ("demo", "data"),
     "weights": ("demo", "weights"),
+    "demo": ("demo", "demo"),
 }
 
 

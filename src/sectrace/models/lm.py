@@ -195,7 +195,8 @@ class CachedLM:
 
 
 def cache_argument(model) -> str:
-    """The name ``model.forward`` takes its KV cache under: ``cache`` from transformers 5.24, ``past_key_values`` before.
+    """The name ``model.forward`` takes its KV cache under: ``cache`` from transformers 5.24, before that
+    ``past_key_values``.
 
     5.24 renamed the argument and the output field (the old names still work until 5.40, with a
     FutureWarning on every collect and validate run); asking the model's own signature keeps both the
