@@ -53,6 +53,18 @@ def test_the_bundled_trace_records_what_remakes_its_dataset():
     assert ds["content_sha"] == _hand_content(rows)
 
 
+def test_the_recorded_texts_are_the_collections_own():
+    """The file the collection read is rebuilt byte for byte, with the audio paths of the collecting machine (as
+    scripts/make_sample_trace.py wrote them then), and hashes to the manifest_sha the collection recorded."""
+    tr = load_trace(sample_trace_path())
+    ds = tr.manifest["dataset"]
+    lines = [json.dumps({"utt_id": r["utt_id"], "audio": f"/work/demo/w12/data/audio/{r['utt_id']}.wav",
+                         "references": r["references"], "emotion": r["emotion"],
+                         "text": ds["recipe"]["texts"][r["utt_id"]]}) + "\n" for r in tr.utterances.iter_rows(named=True)]
+    digest = hashlib.sha256("".join(lines).encode()).hexdigest()[:24]
+    assert f"sha256:{digest}" == ds["manifest_sha"] == tr.manifest["collection"]["identity"]["manifest_sha"]
+
+
 def test_info_says_what_the_trace_needs(tmp_path):
     r = CliRunner().invoke(main, ["trace", "info"])
     assert r.exit_code == 0, r.output
@@ -178,7 +190,7 @@ def test_calibration_that_cannot_identify_its_model_says_so():
     two = calibration_choice(tr, every[:2])
     assert sorted(lengths[u.utt_id] for u in two) == [116, 117]
     pols = [drafter_only(32), cloud_only(32)]
-    res = calibration_checks(tr, two, ["audio"], [0.05], pols)
+    res = calibration_checks(tr, two, ["audio"], [0.05], pols, two)
     edge = [w for w in res["warnings"] if w.startswith("the edge prefill")]
     assert edge and "2 distinct prompt lengths (116, 117 tokens)" in edge[0] and "at least 3" in edge[0]
     assert "110 to 117" in edge[0]
@@ -186,6 +198,9 @@ def test_calibration_that_cannot_identify_its_model_says_so():
     ok = calibration_checks(tr, cal, ["audio"], [0.02, 0.05], pols)
     assert ok["warnings"] == [] and ok["noise_note"] is None
     assert "no edge-only policy" in calibration_checks(tr, cal, ["audio"], [0.02, 0.05], pols[1:])["noise_note"]
+    # Blind prompts all have one length (the instruction alone): nothing to identify, nothing to warn about.
+    blind = calibration_checks(tr, two, ["blind"], [0.02, 0.05], pols, two)["warnings"]
+    assert not [w for w in blind if w.startswith("the cloud")] and [w for w in blind if w.startswith("the edge")]
 
 
 def test_demo_collect_refuses_to_write_into_the_package():

@@ -119,8 +119,12 @@ def _needs(tr, data, manifest) -> list[str]:
             lines.append(f"            audio: {len(audio) - miss} of {len(audio)} files present"
                          + (f" (missing e.g. {look.audio_missing[0]})" if miss else ""))
         return lines
-    remake = " or remake it: sectrace demo data DIR" + ("" if tr.path is None else f" --trace {tr.path}") \
-        if (ds.get("recipe") or {}).get("texts") else ""
+    from ..trace import sample_trace_path
+
+    remake = ""
+    if (ds.get("recipe") or {}).get("texts"):
+        bundled = tr.path is not None and Path(tr.path).resolve() == sample_trace_path().resolve()
+        remake = "; `sectrace demo data DIR" + ("" if bundled else f" --trace {tr.path}") + "` remakes it"
     return [f"{what}: not here ({'; '.join(f'{p}: {why}' for p, why in look.tried) or 'no location recorded'})",
             f"            give --data DIR or --manifest FILE to validate or re-probe{remake}"]
 

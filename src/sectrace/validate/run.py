@@ -107,23 +107,34 @@ def calibration_choice(tr, candidates: list, n: int = PREFILL_LENGTHS) -> list:
     return out
 
 
-def calibration_checks(tr, cal: list, modes: list[str], rtts: list[float], policies: list[Policy]) -> dict:
+def calibration_checks(tr, cal: list, modes: list[str], rtts: list[float], policies: list[Policy],
+                       utts: list | None = None) -> dict:
     """What this validation's calibration and schedule can and cannot identify, before anything runs.
 
     Returns {"warnings": [sentences], "noise_note": sentence or None}. A prefill cost fitted from fewer than
     :data:`PREFILL_LENGTHS` distinct prompt lengths has no identified per-token slope, so its fixed part is
-    noise; the noise figure needs an edge-only policy run at two or more RTTs (identical work to compare)."""
+    noise (unless every prompt, calibrated or validated (``utts``), has one length: then there is nothing to
+    identify, as for the blind verifier's instruction-only prompts); the noise figure needs an edge-only policy
+    run at two or more RTTs (identical work to compare)."""
     u = {r["utt_id"]: r for r in tr.utterances.iter_rows(named=True)}
     col = {"audio": "cloud_prompt_tokens", "blind": "blind_prompt_tokens"}
-    sides = {"edge": sorted({u[x.utt_id]["edge_prompt_tokens"] for x in cal}),
-             "cloud": sorted({u[x.utt_id][col[m]] for x in cal for m in modes})}
+
+    def lengths(side, group):
+        if side == "edge":
+            return {u[x.utt_id]["edge_prompt_tokens"] for x in group}
+        return {u[x.utt_id][col[m]] for x in group for m in modes}
+
     span = (min(tr.utterances["edge_prompt_tokens"]), max(tr.utterances["edge_prompt_tokens"]))
     warnings = []
-    for side, lengths in sides.items():
-        if len(lengths) < PREFILL_LENGTHS:
+    for side in ("edge", "cloud"):
+        cal_lengths = sorted(lengths(side, cal))
+        if len(set(cal_lengths) | lengths(side, utts or cal)) == 1:
+            continue
+        if len(cal_lengths) < PREFILL_LENGTHS:
+            n = len(cal_lengths)
             warnings.append(
-                f"the {side} prefill cost is fitted from {len(lengths)} distinct prompt length"
-                f"{'s' if len(lengths) != 1 else ''} ({', '.join(map(str, lengths))} tokens); its per-token slope "
+                f"the {side} prefill cost is fitted from {n} distinct prompt length"
+                f"{'s' if n != 1 else ''} ({', '.join(map(str, cal_lengths))} tokens); its per-token slope "
                 f"needs at least {PREFILL_LENGTHS} (two fix the line, a third checks it), so the fitted fixed and "
                 "per-token parts are not identified and prompts of other lengths are mispriced: validate a trace "
                 f"with more utterances whose prompts differ in length (this trace's run from {span[0]} to "
@@ -153,7 +164,7 @@ def plan(cfg: ValidateConfig) -> dict:
     utts, every, path = _utterances(cfg, tr)
     used = sorted({p.verifier_mode for p in cfg.policies}) or sorted(modes)
     cal = calibration_choice(tr, every)
-    checks = calibration_checks(tr, cal, used, cfg.rtts, cfg.policies)
+    checks = calibration_checks(tr, cal, used, cfg.rtts, cfg.policies, utts)
     return {"trace": tr, "manifest": path, "utterances": utts, "calibration": cal, "modes": used, **checks}
 
 
