@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -219,3 +220,65 @@ def test_the_cache_goes_under_the_name_forward_takes(setup):
         b = lm.logits_for([3, 4, 5, 6, 7], 2)  # a cached step
     fresh = CachedLM(pair.drafter, pair.shared_vocab).logits_for([3, 4, 5, 6, 7], 2)
     assert torch.allclose(b, fresh, atol=1e-9) and torch.allclose(a[0], fresh[0], atol=1e-9)
+
+
+def test_collect_says_what_it_does_off_a_terminal(setup, tmp_path):
+    root, manifest, d, v, _ = setup
+    r = CliRunner().invoke(main, ["collect", str(manifest), "--backend", "causal-lm", "--drafter", str(d),
+                                  "--verifier", str(v), "--out", str(tmp_path / "t"), "--max-new-tokens", "4",
+                                  "--timing-repeats", "1", "--edge-threads", "1", "--limit", "2",
+                                  "--policy", "k=1 gate=never", "--policy", "k=2 gate=always accept=top1 token-only"])
+    assert r.exit_code == 0, r.output
+    err = r.stderr.splitlines()
+    assert any(ln.startswith("loading the drafter") for ln in err) and any("models loaded in" in ln for ln in err)
+    assert sum("timing probes, edge: context" in ln for ln in err) == 3  # one line per probed context
+    assert any(ln.startswith("utterance 1/2 u0:") for ln in err)
+    assert any(ln.startswith("utterance 2/2 u1:") for ln in err)
+    info = CliRunner().invoke(main, ["trace", "info", str(tmp_path / "t")])
+    assert "while probing" in info.output and "found at" in info.output
+
+
+needs_tools = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
+                                 reason="espeak-ng and sox are not installed (apt-get install -y espeak-ng sox)")
+
+
+@needs_tools
+def test_demo_collect_records_a_recipe_that_remakes_its_dataset(setup, tmp_path, monkeypatch):
+    """`sectrace demo collect` on tiny models (weights and the front end stood in): the trace it writes remakes its
+    exact dataset elsewhere (`sectrace demo data`), found by validate's resolution after the trace moved."""
+    from types import SimpleNamespace
+
+    import sectrace.demo.frontend as frontend
+    import sectrace.demo.weights as weights
+    from sectrace.models.dataset import locate_dataset
+
+    _, _, d, v, _ = setup
+    for side, path in (("drafter", d), ("verifier", v)):
+        (path / "sectrace-weights.json").write_text(json.dumps({"name": f"tiny {side} (GGUF)", "source": "tests"}))
+    monkeypatch.setattr(weights, "require", lambda role: {"drafter": d, "verifier": v}[role])
+    seen = []
+
+    def fake_describe(path):  # the front end's text, made up from the clip's name (Whisper is not needed here)
+        seen.append(path)
+        return SimpleNamespace(audio_text=f"Transcript: \"{Path(path).stem.split('_')[1]} voice\"")
+
+    monkeypatch.setattr(frontend, "describe", fake_describe)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "demo-trace"
+    r = CliRunner().invoke(main, ["demo", "collect", "--out", str(out), "--work", "work", "--clips", "2",
+                                  "--no-probes", "--max-new-tokens", "4",
+                                  "--policy", "k=1 gate=never;k=2 gate=always accept=top1 token-only"])
+    assert r.exit_code == 0, r.output
+    tr = load_trace(out)
+    ds = tr.manifest["dataset"]
+    assert tr.manifest["drafter"]["name"] == "tiny drafter" and ds["recipe"]["utt_ids"] == ["0000_neutral",
+                                                                                              "0001_happy"]
+    assert ds["recipe"]["texts"]["0001_happy"] == 'Transcript: "happy voice"' and len(seen) == 2
+    moved = tmp_path / "x" / "y" / "moved"
+    shutil.copytree(out, moved)
+    r = CliRunner().invoke(main, ["demo", "data", "remade", "--trace", str(moved)])
+    assert r.exit_code == 0, r.output
+    look = locate_dataset(ds, moved, tr.utterances["utt_id"].to_list(), data=tmp_path / "remade")
+    assert look.ok and look.found == tmp_path / "remade" / "collect.jsonl" and not look.audio_missing
+    assert (tmp_path / "remade" / "collect.jsonl").read_text() == (tmp_path / "work" / "collect.jsonl").read_text()
+    assert len(seen) == 2  # remaking used the recorded texts, not the front end

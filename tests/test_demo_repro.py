@@ -58,9 +58,10 @@ def test_the_recorded_texts_are_the_collections_own():
     scripts/make_sample_trace.py wrote them then), and hashes to the manifest_sha the collection recorded."""
     tr = load_trace(sample_trace_path())
     ds = tr.manifest["dataset"]
+    texts = ds["recipe"]["texts"]
     lines = [json.dumps({"utt_id": r["utt_id"], "audio": f"/work/demo/w12/data/audio/{r['utt_id']}.wav",
-                         "references": r["references"], "emotion": r["emotion"],
-                         "text": ds["recipe"]["texts"][r["utt_id"]]}) + "\n" for r in tr.utterances.iter_rows(named=True)]
+                         "references": r["references"], "emotion": r["emotion"], "text": texts[r["utt_id"]]}) + "\n"
+             for r in tr.utterances.iter_rows(named=True)]
     digest = hashlib.sha256("".join(lines).encode()).hexdigest()[:24]
     assert f"sha256:{digest}" == ds["manifest_sha"] == tr.manifest["collection"]["identity"]["manifest_sha"]
 
