@@ -3,7 +3,7 @@
 from importlib import resources
 from pathlib import Path
 
-from .io import Trace, TraceError, load_trace, rebase_paths, resolve_path, trace_relative, validate, write_trace
+from .io import Trace, TraceError, load_trace, rebase_paths, trace_relative, validate, write_trace
 from .schema import SCHEMA_VERSION
 from .trie import TrieRecorder, TrieSession
 
@@ -14,5 +14,4 @@ def sample_trace_path() -> Path:
 
 
 __all__ = ["SCHEMA_VERSION", "Trace", "TraceError", "TrieRecorder", "TrieSession", "load_trace", "rebase_paths",
-           "resolve_path", "sample_trace_path", "trace_relative",
-           "validate", "write_trace"]
+           "sample_trace_path", "trace_relative", "validate", "write_trace"]

@@ -233,15 +233,6 @@ def trace_relative(path: str | os.PathLike, trace_dir: str | os.PathLike) -> str
     return Path(os.path.relpath(Path(path).resolve(), Path(trace_dir).resolve())).as_posix()
 
 
-def resolve_path(trace: Trace, section: str, key: str) -> Path | None:
-    """The file a path field of ``trace``'s manifest names, resolved against the trace directory; None if unset."""
-    value = (trace.manifest.get(section) or {}).get(key)
-    if not value:
-        return None
-    p = Path(str(value))
-    return p if p.is_absolute() or trace.path is None else Path(trace.path) / p
-
-
 def rebase_paths(manifest: dict, old_dir: str | os.PathLike, new_dir: str | os.PathLike) -> dict:
     """A copy of ``manifest`` whose relative path fields point at the same files from ``new_dir`` (a trace written
     elsewhere from another one's manifest, as ``trace merge`` does)."""
