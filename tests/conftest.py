@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from sectrace.explore import default_exploration
-from sectrace.trace import load_trace, write_trace
 from sectrace.explore.synth import AlphaModel, synth_trace
+from sectrace.trace import load_trace, write_trace
 
 # Hypothesis profiles. "ci" is reproducible: the same examples on every run (derandomize), no example
 # database carried between runs, no wall-clock deadline on shared runners. "dev" explores: fresh random

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import polars as pl
 
+from sectrace.explore.synth import AlphaModel, synth_trace
 from sectrace.protocol import DraftToken, Judgement, drafter_only
 from sectrace.trace import TrieRecorder, load_trace, write_trace
-from sectrace.explore.synth import AlphaModel, synth_trace
 
 EOS = 0
 #: prefix -> (drafted token, logprob, entropy, margin)

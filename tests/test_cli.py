@@ -89,10 +89,9 @@ def test_help_teaches():
 
 
 def test_bundled_sample_is_real_and_lossless_replays():
-    from sectrace.trace import sample_trace_path
     from sectrace.protocol import cloud_only, lossless
     from sectrace.simulate import Replayer
-    from sectrace.trace import load_trace
+    from sectrace.trace import load_trace, sample_trace_path
 
     tr = load_trace(sample_trace_path())
     assert not tr.synthetic and tr.manifest["drafter"]["name"].startswith("Qwen2.5-Coder-0.5B")

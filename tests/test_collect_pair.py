@@ -9,9 +9,9 @@ pytest.importorskip("transformers")
 
 from tiny_models import make_pair, make_tokenizer  # noqa: E402
 
+from sectrace.errors import UserError  # noqa: E402
 from sectrace.models.lm import CachedLM  # noqa: E402
 from sectrace.models.pair import PairSource, load_pair  # noqa: E402
-from sectrace.errors import UserError  # noqa: E402
 from sectrace.protocol import lossless, run  # noqa: E402
 from sectrace.trace import TrieRecorder  # noqa: E402
 
@@ -102,10 +102,10 @@ def test_padded_drafter_vocab_compared_over_shared_ids(tmp_path):
 def test_every_explored_policy_replays_exactly_from_the_written_trace(pair, tmp_path):
     import polars as pl
 
-    from sectrace.explore.recorder import explore
     from sectrace.explore import default_exploration
-    from sectrace.trace import TrieSession, load_trace, write_trace
+    from sectrace.explore.recorder import explore
     from sectrace.explore.synth import _timings
+    from sectrace.trace import TrieSession, load_trace, write_trace
 
     pols = default_exploration(max_new_tokens=8, ks=(1, 3, 5))
     src = _source(pair)
@@ -133,8 +133,8 @@ def test_every_explored_policy_replays_exactly_from_the_written_trace(pair, tmp_
 
 
 def test_extend_seeds_recorder_and_only_computes_misses(pair):
-    from sectrace.explore.recorder import BudgetRecorder, explore, seed_recorder
     from sectrace.explore import default_exploration
+    from sectrace.explore.recorder import BudgetRecorder, explore, seed_recorder
 
     pols = default_exploration(max_new_tokens=8, ks=(3,))
     src = _source(pair)
@@ -150,8 +150,8 @@ def test_extend_seeds_recorder_and_only_computes_misses(pair):
 
 
 def test_node_budget_truncates(pair):
-    from sectrace.explore.recorder import explore
     from sectrace.explore import default_exploration
+    from sectrace.explore.recorder import explore
 
     ex = explore(_source(pair), default_exploration(max_new_tokens=8, ks=(3,)), ("audio",), max_nodes=10)
     assert ex.truncated and len(ex.recorder.nodes) <= 10

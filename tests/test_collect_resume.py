@@ -32,8 +32,8 @@ import sectrace  # noqa: E402
 from sectrace.cli import main  # noqa: E402
 from sectrace.collect import collector as C  # noqa: E402
 from sectrace.collect.collector import CollectConfig, collect  # noqa: E402
-from sectrace.gates import parse_policy  # noqa: E402
 from sectrace.errors import UserError  # noqa: E402
+from sectrace.gates import parse_policy  # noqa: E402
 from sectrace.trace import load_trace  # noqa: E402
 
 # Dotted ids: two of them shared a parts file name before (Path.with_suffix cut at the dot).
@@ -103,6 +103,7 @@ def _manifest_core(m: dict) -> dict:
     m.pop("created")
     m.pop("hardware")  # measured now: torch's thread count, memory peaks
     m["compute"].pop("seconds_exploring")
+    m["dataset"].pop("manifest")  # the data's path relative to the trace: differs when the traces lie elsewhere
     return m
 
 

@@ -16,9 +16,9 @@ from click.testing import CliRunner  # noqa: E402
 from tiny_models import make_pair, make_qwen2, make_tokenizer  # noqa: E402
 
 from sectrace.cli import main  # noqa: E402
-from sectrace.models.backends import CausalLMBackend  # noqa: E402
 from sectrace.collect.collector import CollectConfig, collect  # noqa: E402
 from sectrace.explore import default_exploration  # noqa: E402
+from sectrace.models.backends import CausalLMBackend  # noqa: E402
 from sectrace.models.dataset import read_manifest  # noqa: E402
 from sectrace.models.pair import load_pair  # noqa: E402
 from sectrace.protocol import run  # noqa: E402
@@ -214,8 +214,8 @@ def test_audio_loader_resamples_to_16k(setup):
 
 
 def test_csv_manifest_and_shard_parsing(tmp_path):
-    from sectrace.models.dataset import parse_shard, read_manifest
     from sectrace.errors import UserError
+    from sectrace.models.dataset import parse_shard, read_manifest
 
     p = tmp_path / "m.csv"
     p.write_text("audio,reference,emotion\nx/a.wav,one || two,happy\nb.wav,three,\n")

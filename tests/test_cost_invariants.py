@@ -16,13 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 from sectrace.cli import main
-from sectrace.trace import sample_trace_path
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Policy
 from sectrace.simulate import CostModel, Network, Replayer, baselines, fit_costs, simulate
 from sectrace.simulate.costs import COST_FIELDS, FIT_ERROR_WARN, PHASE_FLAGS, fit_summary, fit_warning
-from sectrace.trace import load_trace
+from sectrace.trace import load_trace, sample_trace_path
 
 PHASES = {"edge_prefill": ("edge", "prefill"), "edge_decode": ("edge", "decode"),
           "cloud_prefill": ("cloud", "prefill"), "cloud_verify": ("cloud", "verify"),

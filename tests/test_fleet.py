@@ -3,9 +3,10 @@
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import synthetic_replayer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Policy, cloud_only

@@ -15,13 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from sectrace.cli import main
-from sectrace.trace import sample_trace_path
 from sectrace.errors import UserError
 from sectrace.gates import GateFileNotGiven, parse_gate
 from sectrace.gates import learned as L
 from sectrace.gates import spec as S
 from sectrace.protocol import Accept, Block, Policy
-from sectrace.trace import load_trace
+from sectrace.trace import load_trace, sample_trace_path
 
 pytest.importorskip("sklearn")
 

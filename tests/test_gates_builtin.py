@@ -5,15 +5,24 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import synthetic_replayer, synthetic_sample, synthetic_trace  # noqa: E402
 
-from conftest import synthetic_sample, synthetic_trace, synthetic_replayer  # noqa: E402
 from sectrace.errors import UserError
-from sectrace.gates import (AllGate, AnyGate, AudioShift, ContentGate, MaxEntropy, Oracle, Stability, parse_gate,
-                            split_top)
+from sectrace.explore.synth import AlphaModel, AlphaSource
+from sectrace.gates import (
+    AllGate,
+    AnyGate,
+    AudioShift,
+    ContentGate,
+    MaxEntropy,
+    Oracle,
+    Stability,
+    parse_gate,
+    split_top,
+)
 from sectrace.gates.content import token_flags
 from sectrace.protocol import Accept, Block, Policy, run
 from sectrace.simulate import Replayer
-from sectrace.explore.synth import AlphaModel, AlphaSource
 from sectrace.trace.trie import TrieRecorder
 
 SAMPLE = synthetic_sample()

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-
 import polars as pl
 import pytest
 from click.testing import CliRunner
 
 pytest.importorskip("sklearn")
 
-from conftest import synthetic_sample, trace_subset, synthetic_trace  # noqa: E402
-from sectrace.cli import main  # noqa: E402
+from conftest import synthetic_sample, synthetic_trace, trace_subset  # noqa: E402
+
 from sectrace.analysis.evaluate import default_thresholds, dominates, frontier, pareto, signal_table  # noqa: E402
+from sectrace.cli import main  # noqa: E402
 from sectrace.gates import parse_gate  # noqa: E402
 from sectrace.protocol import Accept, Policy  # noqa: E402
 from sectrace.simulate import Replayer  # noqa: E402
@@ -58,8 +58,8 @@ def test_extend_fills_what_the_trie_lacks_and_agrees_where_it_has_it(tmp_path):
     utterances the trie does cover, the extended and the replayed runs are the same runs, so every mean is
     equal. The two arms really read different sources here (model vs. written trie)."""
     import polars as pl
-
     from conftest import make_trace
+
     from sectrace.protocol import cloud_only, drafter_only, lossless
     from sectrace.trace import load_trace
 

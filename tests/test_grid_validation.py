@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sectrace.trace import sample_trace_path
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
 from sectrace.protocol import Policy
@@ -17,7 +16,7 @@ from sectrace.simulate import CostModel, Network, Replayer, budget, simulate, su
 from sectrace.simulate.grid import SCHEMA, grid_trace, read_grid
 from sectrace.simulate.results import coverage_note
 from sectrace.simulate.sweep import breakeven, load_grid, product_axes, run_sweep, run_sweep_parallel
-from sectrace.trace import load_trace
+from sectrace.trace import load_trace, sample_trace_path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "grid.toml"

@@ -168,8 +168,7 @@ def test_hand_world_latency_on_paper(hand):
 def case(request, small_trace):
     if request.param == "synthetic":
         return Replayer(small_trace), _policies(48)
-    from sectrace.trace import sample_trace_path
-    from sectrace.trace import load_trace
+    from sectrace.trace import load_trace, sample_trace_path
 
     tr = load_trace(sample_trace_path())
     assert not tr.synthetic

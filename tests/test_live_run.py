@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sectrace.protocol import CloudUnavailable, Fallback, Verify, cloud_only, drafter_only, lossless, run
 from sectrace.explore.synth import AlphaModel, AlphaSource
+from sectrace.protocol import CloudUnavailable, Fallback, Verify, cloud_only, drafter_only, lossless, run
 
 
 # --- the protocol's fallback, on a pure source (fast) --------------------------------------------
@@ -151,9 +151,9 @@ pytest.importorskip("fastapi")
 def live(tmp_path_factory):
     from tiny_models import make_pair
 
-    from sectrace.models.pair import load_pair
     from sectrace.live.service import BackgroundServer, create_app
     from sectrace.live.verifier import load_cloud_model
+    from sectrace.models.pair import load_pair
 
     root = tmp_path_factory.mktemp("live")
     _, d, v = make_pair(root)
@@ -164,8 +164,8 @@ def live(tmp_path_factory):
 
 
 def _session(pair, url, policy, prompt, timeout=30.0):
-    from sectrace.models.lm import CachedLM
     from sectrace.live.client import CloudClient, CloudInputs, LiveSession
+    from sectrace.models.lm import CachedLM
 
     client = CloudClient(url, "e" * 24, timeout)
     return LiveSession(CachedLM(pair.drafter, pair.shared_vocab, slots=1), prompt, pair.eos, client, policy,

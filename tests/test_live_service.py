@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from tiny_models import make_pair  # noqa: E402
 
-from sectrace.models.lm import CachedLM  # noqa: E402
-from sectrace.models.pair import load_pair  # noqa: E402
 from sectrace.live import wire  # noqa: E402
 from sectrace.live.client import CloudClient, CloudInputs, LiveSession, decode_live  # noqa: E402
 from sectrace.live.service import BackgroundServer, Limits, create_app  # noqa: E402
 from sectrace.live.verifier import load_cloud_model  # noqa: E402
+from sectrace.models.lm import CachedLM  # noqa: E402
+from sectrace.models.pair import load_pair  # noqa: E402
 from sectrace.protocol import Accept, Always, Policy, cloud_only  # noqa: E402
 
 KEYS = {"alice": "a" * 20, "bob": "b" * 20, "carol": "c" * 20, "dave": "d" * 20, "zoë": "z" * 20,

@@ -137,9 +137,8 @@ def _sim(tmp_path, *args):
 
 
 def test_results_rebuild_their_runs_with_any_flags(tmp_path):
-    from sectrace.simulate import cost_vector, latency
+    from sectrace.simulate import Replayer, cost_vector, latency
     from sectrace.simulate.results import from_row
-    from sectrace.simulate import Replayer
     from sectrace.trace import load_trace
 
     flags = ["--gate-cost", "5ms", "--overhead", "300B", "--edge-speedup", "3", "--cloud-tps", "30",

@@ -5,8 +5,8 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 import pytest
-
 from conftest import synthetic_replayer
+
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Commit, Draft, GateCall, Policy, Verify, cloud_only, drafter_only
 from sectrace.simulate import CostModel, Network, latency, simulate

@@ -2,12 +2,18 @@ import numpy as np
 import pytest
 
 from sectrace.errors import UserError
-from sectrace.simulate import CostModel, Network
-from sectrace.simulate.profiles import (CLOUD_DEVICES, EDGE_DEVICES, NETWORK_PRESETS, cloud_device, edge_device,
-                                        network_preset)
 from sectrace.network import parse_jitter
-from sectrace.simulate.timing import cost_vector
+from sectrace.simulate import CostModel, Network
+from sectrace.simulate.profiles import (
+    CLOUD_DEVICES,
+    EDGE_DEVICES,
+    NETWORK_PRESETS,
+    cloud_device,
+    edge_device,
+    network_preset,
+)
 from sectrace.simulate.replay import FI
+from sectrace.simulate.timing import cost_vector
 
 
 def test_every_preset_has_a_source():

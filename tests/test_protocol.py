@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sectrace.explore.synth import AlphaModel, AlphaSource
 from sectrace.gates import RandomGate, parse_gate
 from sectrace.protocol import Accept, Always, Block, Never, Policy, Verify, cloud_only, drafter_only, lossless, run
 from sectrace.simulate import Replayer
 from sectrace.trace import TrieRecorder, TrieSession
-from sectrace.explore.synth import AlphaModel, AlphaSource
 
 
 def _greedy(source, mode, max_new):

@@ -10,8 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from conftest import synthetic_sample as sample_trace_path
+from conftest import synthetic_trace
 
-from conftest import synthetic_sample as sample_trace_path, synthetic_trace
 from sectrace.cli import main
 from sectrace.reports.pareto import pareto_mask
 from sectrace.reports.tables import policy_points, table1, table2

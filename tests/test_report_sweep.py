@@ -14,8 +14,8 @@ import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
-
 from conftest import synthetic_sample
+
 from sectrace.cli import main
 from sectrace.trace import sample_trace_path
 

@@ -7,8 +7,8 @@ import json
 import polars as pl
 import pytest
 from click.testing import CliRunner
-
 from conftest import synthetic_sample as sample_trace_path
+
 from sectrace.cli import main
 
 SAMPLE = str(sample_trace_path())

@@ -3,8 +3,9 @@
 import numpy as np
 import polars as pl
 import pytest
+from conftest import synthetic_replayer
+from conftest import synthetic_sample as sample_trace_path
 
-from conftest import synthetic_sample as sample_trace_path, synthetic_replayer
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
 from sectrace.protocol import Policy

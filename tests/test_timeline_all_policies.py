@@ -15,15 +15,14 @@ import pytest
 from click.testing import CliRunner
 
 from sectrace.cli import main
-from sectrace.trace import sample_trace_path
 from sectrace.errors import UserError
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Policy, cloud_only, drafter_only
 from sectrace.reports.inputs import normalise_configs
-from sectrace.simulate.replay import FI
 from sectrace.simulate import CostModel, Network, Replayer, cost_vector, fit_costs, schedule_features
+from sectrace.simulate.replay import FI
 from sectrace.simulate.spans import event_features, run_timeline
-from sectrace.trace import load_trace
+from sectrace.trace import load_trace, sample_trace_path
 
 REAL = str(sample_trace_path())
 

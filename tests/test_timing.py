@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 
 from sectrace.protocol import (
-    Accept, Always, CloudStart, CloudStep, Commit, Draft, GateCall, Policy, Prefill, Verify, cloud_only, drafter_only,
+    Accept,
+    Always,
+    CloudStart,
+    CloudStep,
+    Commit,
+    Draft,
+    GateCall,
+    Policy,
+    Prefill,
+    Verify,
+    cloud_only,
+    drafter_only,
 )
 from sectrace.simulate import CostModel, Network, Replayer, cost_matrix, latency
 from sectrace.simulate.replay import DOWN_PAYLOAD_BYTES, TOKEN_BYTES

@@ -15,8 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from sectrace.cli import main
-from sectrace.trace import sample_trace_path
-from sectrace.trace import TraceError, load_trace, write_trace
+from sectrace.trace import TraceError, load_trace, sample_trace_path, write_trace
 from sectrace.trace import schema as S
 from sectrace.trace.io import check_manifest
 

@@ -68,8 +68,11 @@ def make_audio_tokenizer(path: Path):
 def make_thinker(path: Path, tok, seed: int, layers: int = 2, hidden: int = 32, dtype="float64"):
     """A tiny Qwen2.5-Omni thinker (audio encoder of one layer, 128 mels) plus its WhisperFeatureExtractor."""
     import torch
-    from transformers import (Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration,
-                              WhisperFeatureExtractor)
+    from transformers import (
+        Qwen2_5OmniThinkerConfig,
+        Qwen2_5OmniThinkerForConditionalGeneration,
+        WhisperFeatureExtractor,
+    )
 
     torch.manual_seed(seed)
     ids = {t: tok.convert_tokens_to_ids(t) for t in AUDIO_SPECIALS}

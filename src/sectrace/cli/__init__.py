@@ -32,6 +32,7 @@ COMMANDS = {
     "validate": ("live", "validate"),
     "data": ("demo", "data"),
     "weights": ("demo", "weights"),
+    "demo": ("demo", "demo"),
 }
 
 

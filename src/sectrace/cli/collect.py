@@ -16,10 +16,11 @@ from ._common import require_extra
 
 
 @click.command("collect")
-@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("manifest", required=False, type=click.Path(path_type=Path))
 @click.option("--drafter", required=True, help="Edge model: a local directory (or a hub id).")
 @click.option("--verifier", required=True, help="Cloud model: a local directory (or a hub id); same tokenizer.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Trace directory to write.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Trace directory to write (with --reprobe: write the re-probed trace here instead of in place).")
 @click.option("--backend", type=click.Choice(["omni-thinker", "qwen2-audio", "causal-lm"]), default="omni-thinker",
               show_default=True, help="Model kind: omni-thinker = Qwen2.5-Omni's thinker (audio in), qwen2-audio = "
                                       "Qwen2-Audio, causal-lm = any AutoModelForCausalLM pair with a text prompt "
@@ -49,9 +50,14 @@ from ._common import require_extra
               help="Extra drafter-side signals per drafted node, comma-separated (off by default; each costs "
                    "drafter passes): mc-dropout[:n=8:p=0.1:seed=0], stability[:k=8], audio-shift. "
                    "Definitions: docs/trace-format.md.")
+@click.option("--reprobe", type=click.Path(path_type=Path),
+              help="Re-measure this trace's timing probes on this machine (its models, its first utterance), "
+                   "without exploring again; MANIFEST or --data finds the utterance if the trace's record does not.")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="With --reprobe: a folder holding the trace's dataset manifest (by its recorded file name).")
 def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_new_tokens, max_nodes, policies, extend,
                 edge_device, edge_threads, cloud_device, dtype, edge_dtype, shard, limit, timing_repeats, no_probes,
-                signals):
+                signals, reprobe, data):
     """Decode MANIFEST's utterances with a real drafter and verifier and write a trace.
 
     Every exploration policy (default: edge-only, cloud greedy, always-escalate with
@@ -65,6 +71,7 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
       sectrace collect data.jsonl ... --out traces/t1.s0 --shard 0/4
       sectrace collect data.jsonl ... --signals mc-dropout:n=8:p=0.1,stability,audio-shift
       sectrace trace merge traces/t1.s0 traces/t1.s1 traces/t1.s2 traces/t1.s3 --out traces/t1
+      sectrace collect --reprobe traces/t1 --drafter models/small --verifier models/large   # quiet machine
     """
     from tqdm import tqdm
 
@@ -73,6 +80,19 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
     from ..gates import parse_policy
     from ..models.dataset import parse_shard
     from ..models.signals import parse_signals
+
+    def log(line):  # plain lines on stderr: model loading and probes say what they do, on a terminal or not
+        click.echo(line, err=True)
+
+    if reprobe is not None:
+        _reprobe(reprobe, manifest, data, drafter, verifier, out, edge_device, edge_threads, cloud_device, dtype,
+                 edge_dtype, timing_repeats, log)
+        return
+    if manifest is None or out is None:
+        raise UserError("give the dataset MANIFEST and --out TRACE (or --reprobe TRACE to re-measure an existing "
+                        "trace's timing probes)")
+    if data is not None:
+        raise UserError("--data only goes with --reprobe; a collection reads the MANIFEST it is given")
 
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     if not mode_list or any(m not in ("audio", "blind") for m in mode_list):
@@ -106,7 +126,7 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
     def bar(total, initial):
         return tqdm(total=total, initial=initial, desc="collecting", unit="utt", disable=None)
 
-    res = collect(cfg, progress_factory=bar, echo=click.echo)
+    res = collect(cfg, progress_factory=bar, echo=click.echo, log=log)
     if res.get("skipped"):
         return
     c = res["compute"]
@@ -119,3 +139,24 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
         click.echo(f"signals {signal_spec.label()}: extra drafter seconds per drafted node "
                    + ", ".join(f"{s} {sc[s]['seconds_per_drafted_node'] * 1e3:.1f} ms" for s in signal_spec.names)
                    + f" (the draft itself: {sc['drafter_seconds_per_drafted_node'] * 1e3:.1f} ms)")
+
+
+def _reprobe(trace, manifest, data, drafter, verifier, out, edge_device, edge_threads, cloud_device, dtype, edge_dtype,
+             timing_repeats, log):
+    from ..collect.collector import CollectConfig, reprobe
+
+    if not trace.exists():
+        raise UserError(f"no trace at {trace} to re-probe")
+    if cloud_device is None:
+        import torch
+
+        cloud_device = "cuda" if torch.cuda.is_available() else "cpu"
+    require_extra("collect --reprobe", "collect")
+    cfg = CollectConfig(manifest=manifest, drafter=drafter, verifier=verifier, out=out or trace, policies=[],
+                        edge_device=edge_device, edge_threads=edge_threads, cloud_device=cloud_device, dtype=dtype,
+                        edge_dtype=edge_dtype, timing_repeats=timing_repeats)
+    res = reprobe(trace, cfg, out=out, data=data, log=log)
+    load = res["load"]
+    click.echo(f"wrote {res['out']}: {res['timings']} timings (was {res['previous_timings']}); other processes used "
+               f"{load['other_processes_cores']:.2f} of {load['cpus']} CPUs meanwhile"
+               + (" (busy: see the warning above)" if load["busy"] else " (quiet)"))

@@ -124,3 +124,199 @@ def weights_status():
     for row in status():
         click.echo(f"{row['role']:9s} {row['name']}: parts {row['parts']}; "
                    f"{'ready' if row['ready'] else 'not converted (run: sectrace weights setup)'} at {row['path']}")
+
+
+DEFAULT_DATA = Path("build/demo-data")
+DEFAULT_WORK = Path("build/demo-work")
+DEFAULT_TRACE = Path("build/demo-trace")
+#: The policies docs/live.md's validation runs (the edge and cloud baselines and two hybrids).
+VALIDATE_POLICIES = "edge-only;cloud-only;k=5 gate=always accept=top1 token-only;" \
+                    "k=5 gate=entropy:2.5 accept=rank:20 features"
+
+
+def _log(line):
+    click.echo(line, err=True)
+
+
+@click.group()
+def demo():
+    """Collect and validate the demo trace, one command each (see docs/demo.md).
+
+    `demo collect` makes a trace like the bundled one from scratch (speech, front end,
+    both models, timing probes); `demo validate` measures the simulator's error on a demo
+    trace (the bundled one by default) against the live system; `demo data` writes the
+    exact dataset manifest a demo trace was collected from.
+    """
+
+
+@demo.command("data")
+@click.argument("out", required=False, default=DEFAULT_DATA, type=click.Path(path_type=Path))
+@click.option("--trace", "trace_path", type=click.Path(path_type=Path),
+              help="A demo trace (default: the bundled sample trace).")
+def demo_data(out, trace_path):
+    """Write into OUT the exact dataset a demo trace was collected from: speech and manifest.
+
+    The clips are spoken again by `sectrace data synth` with the seed the trace records,
+    and each row gets the front-end text the trace records (Whisper's transcripts are
+    not reproducible across machines, so they are never recomputed); the result is
+    checked against the trace's content hash and audio lengths. OUT/collect.jsonl is
+    what `sectrace validate TRACE --data OUT` looks for. Needs espeak-ng and sox.
+
+    \b
+    Examples:
+      sectrace demo data                           # build/demo-data, for the bundled trace
+      sectrace demo data my-data --trace build/demo-trace
+    """
+    from ._common import load_trace_or_sample
+
+    tr = load_trace_or_sample(trace_path)
+    t0 = time.perf_counter()
+    path = _remake(tr, out)
+    click.echo(f"wrote {path}: the {tr.utterances.height} utterances of {tr.path}, audio under {out / 'data'}, "
+               f"checked against the trace ({time.perf_counter() - t0:.1f}s)")
+
+
+@demo.command("collect")
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_TRACE, show_default=True,
+              help="The trace to write.")
+@click.option("--work", type=click.Path(path_type=Path), default=DEFAULT_WORK, show_default=True,
+              help="Speech, front-end texts and collect.jsonl go here (kept: the trace refers to it).")
+@click.option("--clips", default=12, show_default=True, help="How many clips (emotions take turns).")
+@click.option("--policy", "--policies", "policies", multiple=True,
+              help="Exploration policies (repeatable, or several with ;); default: the bundled trace's 19.")
+@click.option("--no-probes", is_flag=True, help="Skip the timing probes (saves ~1 minute; simulate then needs "
+                                                 "costs by flag).")
+@click.option("--max-new-tokens", default=32, show_default=True, help="Longest caption explored.")
+@click.option("--timing-repeats", default=3, show_default=True, help="Repeats per timing probe.")
+@click.option("--signals", default=None,
+              help="Also record the optional RQ1 signals, e.g. mc-dropout,stability,audio-shift (see `collect`).")
+@click.option("--replace-bundled", is_flag=True,
+              help="Write the result over the bundled sample trace inside the package (src/sectrace/data).")
+def demo_collect(out, work, clips, policies, no_probes, max_new_tokens, timing_repeats, signals, replace_bundled):
+    """Make a demo trace from scratch: speech, front end, both models, probes (see docs/demo.md for costs).
+
+    The settings of the bundled trace: Qwen2.5-Coder 0.5B drafter and 1.5B verifier
+    (`sectrace weights setup` first) in float32 on 2 CPU threads, a cascaded prompt from
+    the front end's text, verifier modes audio and blind. The trace records how to make
+    its dataset again (`sectrace demo data`). Writes OUT, never the bundled trace unless
+    --replace-bundled.
+
+    \b
+    Examples:
+      sectrace demo collect                                  # build/demo-trace, 12 clips, ~15 min on 2 cores
+      sectrace demo collect --clips 2 --no-probes --policy "k=1 gate=never;k=5 gate=always accept=top1 token-only"
+      sectrace demo collect --replace-bundled                # regenerate src/sectrace/data/sample-trace
+    """
+    from ..errors import UserError
+    from ..trace import sample_trace_path
+
+    bundled = sample_trace_path()
+    if replace_bundled:
+        dest = bundled
+    elif Path(out).resolve() == bundled.resolve() or bundled.resolve() in Path(out).resolve().parents:
+        raise UserError(f"--out {out} is inside the package's bundled trace; pass --replace-bundled to replace it")
+    else:
+        dest = Path(out)
+    if dest != bundled and dest.exists():
+        raise UserError(f"{dest} already exists; choose another --out or remove it")
+    require_extra("demo collect", "demo", "collect")
+    import shutil
+
+    from ..collect.collector import CollectConfig, collect
+    from ..demo.recipe import DATASET_NAME, POLICIES, PROMPT, build, relabel
+    from ..demo.weights import require
+    from ..gates import parse_policy
+    from ..models.signals import parse_signals
+    from ..trace import load_trace, rebase_paths, write_trace
+    specs = [t.strip() for text in (policies or POLICIES) for t in text.split(";") if t.strip()]
+    pols = [parse_policy(p, max_new_tokens) for p in specs]
+    drafter, verifier = str(require("drafter")), str(require("verifier"))
+    manifest, recipe = build(work, clips, log=_log)
+    target = work / "trace" if dest == bundled else dest
+    cfg = CollectConfig(manifest=manifest, drafter=drafter, verifier=verifier, out=target, policies=pols,
+                        backend="causal-lm", prompt=PROMPT, max_new_tokens=max_new_tokens, dtype="float32",
+                        edge_threads=2, cloud_device="cpu", timing_repeats=timing_repeats, probes=not no_probes,
+                        dataset_name=DATASET_NAME, extra={"dataset": relabel_dataset(recipe)},
+                        signals=parse_signals(signals))
+    res = collect(cfg, echo=click.echo, log=_log)
+    relabel(target)
+    if dest == bundled:
+        tr = load_trace(target)
+        write_trace(bundled, rebase_paths(tr.manifest, target, bundled), tr.utterances, tr.nodes, tr.timings,
+                    tr.vocab, overwrite=True)
+        shutil.rmtree(target)
+    click.echo(f"wrote {dest}: {res.get('utterances')} utterances, {res.get('nodes')} trie nodes, {len(pols)} "
+               f"policies; its dataset is {manifest} (remake it anywhere with `sectrace demo data DIR "
+               f"--trace {dest}`)")
+
+
+def _remake(tr, folder: Path) -> Path:
+    """The trace's dataset written into ``folder`` from its recipe, and found there as `validate` will find it
+    (by name and content hash): one sentence if the rows differ from the collection's."""
+    from ..demo.recipe import regenerate
+    from ..errors import UserError
+    from ..models.dataset import locate_dataset
+
+    ds = tr.manifest.get("dataset", {})
+    path = regenerate(ds, folder, tr.utterances, log=_log)
+    look = locate_dataset(ds, tr.path, tr.utterances["utt_id"].to_list(), manifest=path)
+    if not look.ok:
+        raise UserError(f"{path} was written but is not the trace's dataset ({look.tried[-1][1]}); the synthesised "
+                        "references differ: check `sectrace data synth`'s seed and version")
+    return path
+
+
+def relabel_dataset(recipe: dict) -> dict:
+    """The dataset fields a demo trace records beyond what `collect` writes: what it is and how to remake it."""
+    return {"description": "espeak-ng emotional speech (synthetic audio, 6 emotions, 3 references each), cascaded: "
+                           "Whisper tiny.en transcript + prosody text on the device; models are stand-ins for "
+                           "Qwen2.5-Omni 3B/7B on MER2024",
+            "source": "sectrace data synth (data), sectrace demo collect", "recipe": recipe}
+
+
+@demo.command("validate")
+@click.option("--trace", "trace_path", type=click.Path(path_type=Path),
+              help="A demo trace (default: the bundled sample trace).")
+@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True,
+              help="Where the trace's dataset is, or is remade (`sectrace demo data`) when absent.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("build/demo-validation/val.parquet"),
+              show_default=True, help="Per-utterance results (Parquet) and the run's facts beside them (JSON).")
+@click.option("--utterances", "-n", default=6, show_default=True, help="The first N utterances.")
+@click.option("--policy", "--policies", "policies", default=VALIDATE_POLICIES, show_default=True,
+              help="Policies, separated by ;.")
+@click.option("--rtt", "rtts", default="20ms,50ms,100ms", show_default=True, help="Round-trip times to shape.")
+@click.option("--repeats", default=3, show_default=True, help="Calibration rounds.")
+@click.option("--force", is_flag=True, help="Replace --out.")
+@click.option("--dry-run", is_flag=True, help="Find or remake the data and say what would run; load no model.")
+@click.pass_context
+def demo_validate(ctx, trace_path, data, out, utterances, policies, rtts, repeats, force, dry_run):
+    """Measure the simulator's error on a demo trace against the live system (docs/live.md's run).
+
+    Finds the trace's dataset under --data, remaking it there when absent (speech and the
+    recorded front-end texts), then runs `sectrace validate` with the documented settings:
+    the demo models in float32, one thread each on their own cores, the first 6 utterances,
+    4 policies at 3 RTTs, 3 calibration rounds (~26 min on 2 cores; see docs/demo.md).
+
+    \b
+    Examples:
+      sectrace demo validate                                 # the bundled trace; build/demo-validation/
+      sectrace demo validate --dry-run                       # check the data and the plan, no model
+      sectrace demo validate --trace build/demo-trace --utterances 12 --out val12.parquet
+    """
+    from ..demo.weights import model_dir, require
+    from ..models.dataset import locate_dataset
+    from ._common import load_trace_or_sample
+    from .live import validate
+
+    tr = load_trace_or_sample(trace_path)
+    ds = tr.manifest.get("dataset", {})
+    if not locate_dataset(ds, tr.path, tr.utterances["utt_id"].to_list(), data=data).ok:
+        _log(f"the trace's dataset is not in {data}: making it there…")
+        _remake(tr, data)
+    if dry_run:
+        drafter, verifier = model_dir("drafter"), model_dir("verifier")
+    else:
+        drafter, verifier = require("drafter"), require("verifier")
+    ctx.invoke(validate, trace_path=Path(tr.path), drafter=str(drafter), verifier=str(verifier), policies=(policies,),
+               rtts=rtts, data=data, limit=utterances, dtype="float32", repeats=repeats, out=out, force=force,
+               dry_run=dry_run)

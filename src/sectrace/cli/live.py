@@ -185,7 +185,11 @@ def _policies(texts, max_new: int):
                                              "expon(scale=0.002).")
 @click.option("--loss", default=0.0, show_default=True, help="Probability a chunk costs a retransmission timeout.")
 @click.option("--rto", default="200ms", show_default=True, help="Retransmission timeout per loss.")
-@click.option("--manifest", type=click.Path(path_type=Path), help="Utterances (default: the trace's).")
+@click.option("--manifest", type=click.Path(path_type=Path),
+              help="The dataset manifest the trace was collected from (default: found as the trace records it).")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="A folder holding the trace's dataset manifest by its recorded file name (a trace copied "
+                   "without its data; `sectrace demo data DIR` remakes the demo's).")
 @click.option("--utterances", "-n", "limit", type=int, help="Only the first N utterances.")
 @click.option("--edge-threads", default=1, show_default=True, help="Torch threads of the drafter.")
 @click.option("--cloud-threads", default=1, show_default=True, help="Torch threads of the verifier service.")
@@ -199,8 +203,11 @@ def _policies(texts, max_new: int):
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Per-utterance results (Parquet); the run's facts go beside it as JSON.")
 @click.option("--force", is_flag=True, help="Replace --out.")
-def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, jitter, loss, rto, manifest, limit,
-             edge_threads, cloud_threads, edge_cpus, cloud_cpus, dtype, repeats, timeout, out, force):
+@click.option("--dry-run", is_flag=True,
+              help="Check the options, find the dataset and say what would run (utterances, calibration prompts, "
+                   "what they can identify); load no model.")
+def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, jitter, loss, rto, manifest, data, limit,
+             edge_threads, cloud_threads, edge_cpus, cloud_cpus, dtype, repeats, timeout, out, force, dry_run):
     """Measure the simulator's error: run the live system on the trace's utterances and compare.
 
     Starts `sectrace serve` on its own cores, shapes the path to each RTT with a TCP
@@ -218,12 +225,11 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
       sectrace validate trace/ --drafter D --verifier V --rtt 20ms,50ms,100ms --out val.parquet
       sectrace report ... --validation val.parquet     # the error table in the report
     """
-    require_extra("validate", "live", "collect")
-    from tqdm import tqdm
-
+    if not dry_run:
+        require_extra("validate", "live", "collect")
     from ..network import parse_jitter
     from ..units import parse_duration, parse_rate
-    from ..validate.run import TARGET_MEDIAN_APE, ValidateConfig, write
+    from ..validate.run import TARGET_MEDIAN_APE, ValidateConfig, plan, write
     from ..validate.run import validate as run_validate
 
     if not trace_path.exists():
@@ -247,7 +253,12 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
     cfg = ValidateConfig(trace_path, drafter, verifier, pols, rtt_list, out, parse_rate(uplink, "--uplink"),
                          parse_rate(downlink, "--downlink"), jitter, loss, parse_duration(rto, "--rto", True),
                          manifest, limit, edge_threads, cloud_threads, e, c, dtype, repeats,
-                         parse_duration(timeout, "--timeout", True), force=force)
+                         parse_duration(timeout, "--timeout", True), force=force, data=data)
+    if dry_run:
+        _print_plan(plan(cfg), cfg)
+        return
+    from tqdm import tqdm
+
     df, summary, facts = run_validate(cfg, echo=lambda s: click.echo(s, err=True),
                                       progress_factory=lambda total: tqdm(total=total, desc="live runs", unit="run",
                                                                           disable=None))
@@ -280,3 +291,26 @@ def _print_summary(summary, facts, target):
     if facts.get("noise_median_ad") is not None:
         click.echo(f"noise: identical edge-only runs differ from their mean by {pct(facts['noise_median_ad'])} "
                    f"(median; at most {pct(facts['noise_max_ad'])}); bias is the mean signed error per condition")
+    else:  # said, never dropped: a missing line read as "no noise"
+        click.echo("noise: not measured; " + (facts.get("noise_note") or "no edge-only run was repeated without "
+                                                                          "a fallback"))
+    for w in facts.get("calibration_warnings") or []:
+        click.echo(f"warning: {w}")
+
+
+def _print_plan(p, cfg):
+    """What `validate --dry-run` found: enough to see the command is right before minutes of model loading."""
+    tr = p["trace"]
+    lengths = dict(zip(tr.utterances["utt_id"].to_list(), tr.utterances["edge_prompt_tokens"].to_list()))
+    click.echo(f"trace        {tr.path} ({tr.utterances.height} utterances, modes {', '.join(tr.modes)})")
+    click.echo(f"dataset      {p['manifest']}")
+    click.echo(f"utterances   {len(p['utterances'])}: {', '.join(u.utt_id for u in p['utterances'])}")
+    click.echo("calibration  " + ", ".join(f"{u.utt_id} ({lengths[u.utt_id]} tokens)" for u in p["calibration"]))
+    click.echo(f"policies     {len(cfg.policies)}: {'; '.join(x.label for x in cfg.policies)}")
+    click.echo(f"rtts         {', '.join(f'{1e3 * r:g}ms' for r in cfg.rtts)}; {cfg.repeats} calibration round(s)")
+    click.echo(f"runs         {len(p['utterances']) * len(cfg.policies) * len(cfg.rtts)} live decodes")
+    if p["noise_note"]:
+        click.echo(p["noise_note"])
+    for w in p["warnings"]:
+        click.echo(f"warning: {w}")
+    click.echo("dry run: no model loaded")

@@ -69,14 +69,21 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
 
 @trace.command("info")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="Also look for the dataset manifest in this folder.")
+@click.option("--manifest", type=click.Path(path_type=Path), help="Check this file as the trace's dataset manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON instead.")
-def trace_info(path, as_json):
+def trace_info(path, data, manifest, as_json):
     """Validate a trace and describe it (the bundled sample if PATH is omitted).
+
+    The `needs` line says what replaying does not need but validating and re-probing do:
+    the dataset manifest the trace was collected from (found by the path the trace records,
+    relative to itself, or by name and content under --data) and the audio it names.
 
     \b
     Examples:
       sectrace trace info                # the bundled sample trace
       sectrace trace info my-trace --json
+      sectrace trace info my-trace --data ../datasets
     """
     tr = load_trace_or_sample(path)
     m = tr.manifest
@@ -100,8 +107,45 @@ def trace_info(path, as_json):
                f"modes {', '.join(tr.modes)}")
     click.echo(f"dataset     {m['dataset'].get('name')}: {tr.utterances.height} utterances")
     click.echo(f"trie        {tr.nodes.height} nodes ({per_utt.min()}–{per_utt.max()} per utterance)")
-    click.echo(f"timings     {tr.timings.height} measured calls")
+    click.echo(f"timings     {tr.timings.height} measured calls" + _load_note(m))
+    for line in _needs(tr, data, manifest):
+        click.echo(line)
     click.echo("valid       yes")
+
+
+def _load_note(m: dict) -> str:
+    load = (m.get("hardware") or {}).get("probe_load")
+    if not load:
+        return ""
+    state = "BUSY" if load.get("busy") else "quiet"
+    return f"; machine {state} while probing (other processes {load.get('other_processes_cores', 0):.2f} CPUs)"
+
+
+def _needs(tr, data, manifest) -> list[str]:
+    """What the trace needs beyond itself (for validate and --reprobe), and whether it is here."""
+    from ..models.dataset import locate_dataset
+
+    ds = tr.manifest.get("dataset") or {}
+    if tr.synthetic or not (ds.get("manifest") or ds.get("file")):
+        return ["needs       nothing beyond itself (no dataset recorded)"]
+    look = locate_dataset(ds, tr.path, tr.utterances["utt_id"].to_list(), manifest=manifest, data=data)
+    what = f"needs       dataset manifest {look.file}" + (f" ({look.content})" if look.content else "")
+    if look.ok:
+        audio = [u for u in look.utterances if u.audio is not None]
+        lines = [f"{what}: found at {look.found}"]
+        if audio:
+            miss = len(look.audio_missing)
+            lines.append(f"            audio: {len(audio) - miss} of {len(audio)} files present"
+                         + (f" (missing e.g. {look.audio_missing[0]})" if miss else ""))
+        return lines
+    from ..trace import sample_trace_path
+
+    remake = ""
+    if (ds.get("recipe") or {}).get("texts"):
+        bundled = tr.path is not None and Path(tr.path).resolve() == sample_trace_path().resolve()
+        remake = "; `sectrace demo data DIR" + ("" if bundled else f" --trace {tr.path}") + "` remakes it"
+    return [f"{what}: not here ({'; '.join(f'{p}: {why}' for p, why in look.tried) or 'no location recorded'})",
+            f"            give --data DIR or --manifest FILE to validate or re-probe{remake}"]
 
 
 @trace.command("merge")

@@ -43,7 +43,7 @@ from ..errors import UserError
 from ..explore.recorder import BudgetRecorder, explore, seed_recorder
 from ..fsio import atomic_path, fsync_dir
 from ..models.dataset import Utterance, read_manifest, shard_of
-from ..trace import load_trace, write_trace
+from ..trace import load_trace, rebase_paths, trace_relative, write_trace
 from ..trace import schema as S
 from ..trace.io import publish_trace, stage_trace, staging_dirs
 from ..version import __version__
@@ -306,11 +306,16 @@ def model_card(path: str, model, tok_fp: str) -> dict:
             "parameters": int(sum(p.numel() for p in model.parameters()))}
 
 
-def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
-    """Run (or resume) one shard of a collection; returns a summary dict."""
-    from ..models.audio import DEFAULT_INSTRUCTION, AudioChatBackend, load_feature_extractor
-    from ..models.backends import DEFAULT_TEXT_PROMPT, CausalLMBackend
-    from ..models.pair import load_pair, tokenizer_fingerprint
+def collect(cfg: CollectConfig, progress_factory=None, echo=print, log=None) -> dict:
+    """Run (or resume) one shard of a collection; returns a summary dict.
+
+    ``log`` gets plain progress lines (model loading, probes, and each utterance when the progress bar is
+    hidden, as it is off a terminal), so a run in a batch job or a pipe is never silent for minutes."""
+    from ..models.audio import DEFAULT_INSTRUCTION
+    from ..models.backends import DEFAULT_TEXT_PROMPT
+    from ..models.pair import tokenizer_fingerprint
+
+    log = log or (lambda line: None)
 
     if not cfg.policies:
         raise UserError("no exploration policies to run; give at least one --policy")
@@ -343,17 +348,12 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
     out = Path(cfg.out)
     parts = out.with_name(out.name + ".parts")
     # Cheap checks before the heavy load: tokenizers first.
-    pair = load_pair(cfg.drafter, cfg.verifier, cfg.edge_device, cfg.cloud_device, cfg.dtype, cfg.edge_threads,
-                     cfg.backend, cfg.edge_dtype)
+    pair = _load(cfg, log)
     tok_fp = tokenizer_fingerprint(pair.tokenizer)
     if cfg.prompt is None:
         cfg.prompt = DEFAULT_TEXT_PROMPT if cfg.backend == "causal-lm" else DEFAULT_INSTRUCTION
     # The backend (prompt template, feature extractor) before any file is written, too.
-    if cfg.backend == "causal-lm":
-        backend = CausalLMBackend(pair.tokenizer, cfg.prompt)
-    else:
-        backend = AudioChatBackend(cfg.backend, pair.tokenizer, pair.verifier, load_feature_extractor(cfg.drafter),
-                                   cfg.prompt)
+    backend = _backend(cfg, pair)
     prepared_first = backend.prepare(utts[0], cfg.modes, cfg.edge_device, cfg.cloud_device)
     ident = collection_identity(cfg, tok_fp, base_id)
     coll_id = _id_of(ident)
@@ -371,7 +371,7 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print) -> dict:
         _clean_leftovers(out, parts)
         legacy_ok = _adopt_parts(parts, mine, echo)
         return _run(cfg, pair, backend, prepared_first, utts, parts, out, mine, ident, tok_fp, base, legacy_ok,
-                    progress_factory)
+                    progress_factory, log)
 
 
 def _finish_cleanup(out: Path, parts: Path, coll_id: str, echo):
@@ -386,22 +386,15 @@ def _finish_cleanup(out: Path, parts: Path, coll_id: str, echo):
 
 
 def _run(cfg, pair, backend, prepared_first, utts, parts, out, mine, ident, tok_fp, base, legacy_ok,
-         progress_factory) -> dict:
-    from ..trace.schema import TIMINGS
-    from .probes import GpuSampler, hardware, peaks, probe, verify_sizes
+         progress_factory, log) -> dict:
+    from .probes import GpuSampler, hardware, peaks
 
     hw_path = parts / "hardware.json"
     tpath = parts / "timings.parquet"
     if cfg.probes and not tpath.exists():
-        rows = []
-        edge_ctx = prepared_first.edge_prompt
-        rows += probe(pair.drafter, pair.shared_vocab, edge_ctx, "edge", cfg.edge_device, cfg.edge_threads,
-                      cfg.timing_repeats, prepared_first.edge_kwargs)
-        cmode = "audio" if "audio" in cfg.modes else cfg.modes[0]
-        rows += probe(pair.verifier, pair.shared_vocab, prepared_first.cloud_prompts[cmode], "cloud",
-                      cfg.cloud_device, None, cfg.timing_repeats, prepared_first.cloud_kwargs.get(cmode),
-                      verify=True, ns=verify_sizes(p.k for p in cfg.policies))
-        _atomic_parquet(pl.DataFrame(rows, schema=TIMINGS, orient="row"), tpath)
+        timings, load = run_probes(cfg, pair, prepared_first, log)
+        _atomic_write_bytes(parts / "probe_load.json", json.dumps(load).encode())
+        _atomic_parquet(timings, tpath)
     if not hw_path.exists():
         _atomic_write_bytes(hw_path, json.dumps({"edge": hardware(cfg.edge_device, cfg.edge_threads),
                                                  "cloud": hardware(cfg.cloud_device, None)}).encode())
@@ -409,6 +402,10 @@ def _run(cfg, pair, backend, prepared_first, utts, parts, out, mine, ident, tok_
     done = _finished(parts, mine["id"], legacy_ok)
     todo = [u for u in utts if _utt_stem(parts, u.utt_id).name not in done]
     bar = progress_factory(total=len(utts), initial=len(utts) - len(todo)) if progress_factory else None
+    plain = bar is None or getattr(bar, "disable", False)  # tqdm hides itself off a terminal: say it in lines
+    if plain and todo:
+        log(f"exploring {len(todo)} utterance(s) with {len(cfg.policies)} policies"
+            + (f" ({len(utts) - len(todo)} already done)" if len(todo) < len(utts) else "") + "…")
     t_start = time.perf_counter()
     nodes_made = 0
     with GpuSampler(cfg.cloud_device) as gpu:
@@ -423,15 +420,78 @@ def _run(cfg, pair, backend, prepared_first, utts, parts, out, mine, ident, tok_
             _atomic_parquet(stats.pop("nodes"), nodes_path)  # the nodes first: the JSON marks the pair done
             _atomic_write_bytes(json_path, json.dumps(stats).encode())
             nodes_made += stats["nodes_new"]
+            rate = nodes_made / max(time.perf_counter() - t_start, 1e-9)
             if bar:
-                rate = nodes_made / max(time.perf_counter() - t_start, 1e-9)
                 bar.set_postfix_str(f"{rate:.1f} nodes/s")
                 bar.update(1)
+            if plain:
+                done_n = len(utts) - len(todo) + count + 1
+                log(f"utterance {done_n}/{len(utts)} {u.utt_id}: {stats['n_nodes']} nodes in {stats['seconds']:.1f}s "
+                    f"({rate:.1f} nodes/s so far)")
     if bar:
         bar.close()
     usage = {**peaks(cfg.cloud_device), **gpu.summary(), "nodes_per_s_this_session": round(
         nodes_made / max(time.perf_counter() - t_start, 1e-9), 2)}
     return _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, usage)
+
+
+def _load(cfg, log):
+    """Both models, with a line before and after: loading takes minutes for real models."""
+    from ..models.pair import load_pair
+
+    log(f"loading the drafter ({cfg.drafter}, {cfg.edge_device}) and the verifier ({cfg.verifier}, "
+        f"{cfg.cloud_device})…")
+    t0 = time.perf_counter()
+    pair = load_pair(cfg.drafter, cfg.verifier, cfg.edge_device, cfg.cloud_device, cfg.dtype, cfg.edge_threads,
+                     cfg.backend, cfg.edge_dtype)
+    log(f"models loaded in {time.perf_counter() - t0:.1f}s")
+    return pair
+
+
+def _backend(cfg, pair):
+    from ..models.audio import AudioChatBackend, load_feature_extractor
+    from ..models.backends import CausalLMBackend
+
+    if cfg.backend == "causal-lm":
+        return CausalLMBackend(pair.tokenizer, cfg.prompt)
+    return AudioChatBackend(cfg.backend, pair.tokenizer, pair.verifier, load_feature_extractor(cfg.drafter),
+                            cfg.prompt)
+
+
+def run_probes(cfg, pair, prepared, log=None) -> tuple[pl.DataFrame, dict]:
+    """The timing probes of both sides on one prepared utterance, and how busy the machine was meanwhile.
+
+    A busy machine is said at once (``log``) and recorded with the timings, never silently stored as if quiet."""
+    from ..trace.schema import TIMINGS
+    from .probes import CAPTION_CTX, LoadMonitor, load_warning, probe, verify_sizes
+
+    log = log or (lambda line: None)
+    rows = []
+    cmode = "audio" if "audio" in cfg.modes else cfg.modes[0]
+    sides = [("edge", pair.drafter, prepared.edge_prompt, cfg.edge_device, cfg.edge_threads, prepared.edge_kwargs,
+              False),
+             ("cloud", pair.verifier, prepared.cloud_prompts[cmode], cfg.cloud_device, None,
+              prepared.cloud_kwargs.get(cmode), True)]
+    with LoadMonitor() as mon:
+        for side, model, prompt, device, threads, kwargs, verify in sides:
+            what = "prefill, decode" + (", verify of every block size" if verify else "")
+            log(f"timing probes, {side} ({what}; {cfg.timing_repeats} repeats at {len(CAPTION_CTX)} contexts)…")
+            t0 = time.perf_counter()
+            done = [0]
+
+            def step(side=side, t0=t0, done=done):
+                done[0] += 1
+                log(f"timing probes, {side}: context {done[0]}/{len(CAPTION_CTX)} done "
+                    f"({time.perf_counter() - t0:.1f}s)")
+
+            rows += probe(model, pair.shared_vocab, prompt, side, device, threads, cfg.timing_repeats, kwargs,
+                          verify=verify, progress=step,
+                          **({"ns": verify_sizes(p.k for p in cfg.policies)} if verify else {}))
+    load = mon.result
+    warning = load_warning(load)
+    if warning:
+        log(f"warning: {warning}")
+    return pl.DataFrame(rows, schema=TIMINGS, orient="row"), load
 
 
 def _collect_one(cfg, pair, backend, u: Utterance, base) -> dict:
@@ -487,6 +547,11 @@ def _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, peak) -> d
                                                                 pl.DataFrame(schema=S.TIMINGS))
     hw = json.loads((parts / "hardware.json").read_text())
     hw["usage"] = peak  # peak RSS of the collecting process (both sides), GPU peaks and sampled utilisation
+    lpath = parts / "probe_load.json"
+    if lpath.exists():
+        hw["probe_load"] = json.loads(lpath.read_text())
+    elif not tpath.exists() and base is not None and "probe_load" in base.manifest.get("hardware", {}):
+        hw["probe_load"] = base.manifest["hardware"]["probe_load"]  # the timings kept are the base's
     n_nodes = sum(s["n_nodes"] for s in stats)
     drafted = sum(s["source_calls"]["draft"] for s in stats)
     new_nodes = sum(s["nodes_new"] for s in stats)
@@ -513,11 +578,10 @@ def _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, peak) -> d
         "backend": cfg.backend,
         "decoding": {"greedy": True, "max_new_tokens": cfg.max_new_tokens, "topk_logged": S.TOPK},
         "hardware": hw,
-        "dataset": {"name": cfg.dataset_name or Path(cfg.manifest).stem, "manifest": str(cfg.manifest),
-                    "manifest_sha": ident["manifest_sha"], "n_utterances": len(utts)},
+        "dataset": None,  # below, once the rows are final
         "exploration": {"policies": policies, "nodes": n_nodes, "max_nodes_per_utterance": cfg.max_nodes,
                         "truncated_utterances": [s["row"]["utt_id"] for s in stats if s["truncated"]],
-                        "extended_from": str(cfg.extend) if cfg.extend else None},
+                        "extended_from": trace_relative(cfg.extend, out) if cfg.extend else None},
         "compute": {
             "drafter_tokens_per_node": round(d_tokens / max(new_nodes, 1), 4),
             "drafter_tokens_per_drafted_node": round(d_tokens / max(drafted, 1), 4),
@@ -543,6 +607,7 @@ def _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, peak) -> d
                               how="diagonal_relaxed")
     # Step 4 (module docstring): stage, mark done, publish, discard. A kill between any two
     # leaves either whole parts and no OUT (resume) or OUT complete (cleaned on the next run).
+    manifest["dataset"] = _dataset_record(cfg, out, ident, utts, rows)
     staged = stage_trace(out, manifest, rows, nodes, timings, vocab)
     _atomic_write_bytes(parts / DONE, json.dumps({"id": mine["id"], "trace": out.name}).encode())
     publish_trace(staged, out)
@@ -550,6 +615,27 @@ def _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, peak) -> d
     return {"complete": True, "out": str(out), "utterances": len(rows), "nodes": nodes.height,
             "compute": manifest["compute"], "truncated": len(manifest["exploration"]["truncated_utterances"]),
             **({"signals": manifest["signals"]["compute"]} if "signals" in manifest else {})}
+
+
+def _dataset_record(cfg, out: Path, ident: dict, utts: list, rows: list) -> dict:
+    """Which data set the trace was collected from, recorded so the trace can be moved and its data found again.
+
+    ``manifest`` is the path relative to the trace directory and ``file`` its name (looked for under
+    ``--data DIR`` when the trace travels alone); ``content_sha`` identifies the rows of the trace's
+    utterances (ids, texts, references, emotions, audio file names) wherever they lie; ``manifest_sha`` is
+    the file's hash, part of the collection's identity. ``cfg.extra["dataset"]`` adds fields a recipe
+    knows (the demo records how to regenerate its data)."""
+    from ..models.dataset import content_sha, read_manifest
+
+    by_id = {u.utt_id: u for u in utts}
+    if any(r["utt_id"] not in by_id for r in rows):  # an extension keeps rows from the base's other shards
+        by_id.update({u.utt_id: u for u in read_manifest(cfg.manifest)})
+    mine = [by_id[r["utt_id"]] for r in rows if r["utt_id"] in by_id]
+    record = {"name": cfg.dataset_name or Path(cfg.manifest).stem, "manifest": trace_relative(cfg.manifest, out),
+              "file": Path(cfg.manifest).name, "manifest_sha": ident["manifest_sha"],
+              "content_sha": content_sha(mine) if len(mine) == len(rows) else None, "n_utterances": len(rows)}
+    record.update((cfg.extra or {}).get("dataset", {}))
+    return record
 
 
 def _piece(tok, t: int) -> bytes:
@@ -581,7 +667,10 @@ def merge_traces(paths: list[Path], out: Path, force: bool = False) -> dict:
         raise UserError("two shards hold the same utterance; give each shard once")
     nodes = pl.concat([t.nodes for t in traces], how="diagonal_relaxed")
     timings = pl.concat([t.timings for t in traces], how="diagonal_relaxed")
-    m = json.loads(json.dumps(traces[0].manifest))
+    m = rebase_paths(traces[0].manifest, paths[0], out)  # its paths are relative to the first shard's directory
+    from ..models.dataset import add_content
+
+    m["dataset"]["content_sha"] = add_content([t.manifest.get("dataset", {}).get("content_sha") for t in traces])
     m["hardware_by_shard"] = {f"{i}/{n}": t.manifest["hardware"] for (i, n), t in zip(shards, traces)}
     m["collection"]["shard"] = "merged"
     m["collection"]["shards"] = sorted([list(s) for s in shards])
@@ -596,3 +685,62 @@ def merge_traces(paths: list[Path], out: Path, force: bool = False) -> dict:
     write_trace(out, m, utt, nodes, timings, traces[0].vocab, overwrite=force)
     return {"utterances": utt.height, "nodes": nodes.height, "shards": len(shards),
             "complete": m["collection"]["complete"]}
+
+
+def reprobe(trace_path: Path, cfg: CollectConfig, out: Path | None = None, data: Path | None = None,
+            log=None) -> dict:
+    """Re-measure an existing trace's timing probes on this machine, without exploring again.
+
+    Why: probes taken on a busy machine (``hardware.probe_load.busy``) or on another machine than the one
+    to be simulated price every replay wrongly, while the trie itself (what the models said) is still
+    right; re-exploring would cost the whole collection again. The models must be the trace's (same
+    tokenizer), and the trace's first utterance must be found (``cfg.manifest``, ``data`` or the trace's
+    own record) so the probes run on the prompt the collection probed. Backend, prompt, verifier modes
+    and, unless given, dtypes come from the trace. Only ``timings.parquet`` and the hardware description
+    change; the trace is rewritten atomically in place, or written to ``out``.
+    """
+    from ..models.dataset import locate_dataset
+    from ..models.pair import tokenizer_fingerprint
+    from .probes import hardware
+
+    log = log or (lambda line: None)
+    trace_path = Path(trace_path)
+    tr = load_trace(trace_path)
+    m = tr.manifest
+    ident = m.get("collection", {}).get("identity", {})
+    cfg.backend = m.get("backend", cfg.backend)
+    cfg.prompt = m.get("prompt_template") or None
+    cfg.modes = tuple(tr.modes)
+    if cfg.dtype == "auto" and ident.get("dtype"):
+        cfg.dtype, cfg.edge_dtype = ident["dtype"], cfg.edge_dtype or ident.get("edge_dtype")
+    if out is not None and Path(out).exists():
+        raise UserError(f"{out} already exists; choose another --out, or leave --out away to update {trace_path} "
+                        "in place")
+    ids = tr.utterances["utt_id"].to_list()
+    look = locate_dataset(m.get("dataset", {}), tr.path, ids, manifest=cfg.manifest, data=data)
+    if not look.ok:
+        raise UserError(look.problem() + " (the probes run on the trace's first utterance)")
+    first = look.utterances[0]
+    pair = _load(cfg, log)
+    fp = tokenizer_fingerprint(pair.tokenizer)
+    if fp != m["drafter"]["tokenizer_fingerprint"]:
+        raise UserError(f"these models' tokenizer ({fp}) is not the trace's ({m['drafter']['tokenizer_fingerprint']}); "
+                        "re-probe with the models the trace was collected with")
+    prep = _backend(cfg, pair).prepare(first, cfg.modes, cfg.edge_device, cfg.cloud_device)
+    want = int(tr.utterances["edge_prompt_tokens"][0])
+    if len(prep.edge_prompt) != want:
+        raise UserError(f"utterance {first.utt_id}: the edge prompt has {len(prep.edge_prompt)} tokens here but {want} "
+                        "in the trace; the manifest or prompt differ from the collection's")
+    timings, load = run_probes(cfg, pair, prep, log)
+    dest = Path(out) if out is not None else trace_path
+    manifest = rebase_paths(m, trace_path, dest) if out is not None else json.loads(json.dumps(m))
+    hw = manifest.setdefault("hardware", {})
+    previous = hw.get("probe_load")
+    hw.update(edge=hardware(cfg.edge_device, cfg.edge_threads), cloud=hardware(cfg.cloud_device, None),
+              probe_load=load)
+    hw["reprobed"] = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "timing_repeats": cfg.timing_repeats, "dtype": cfg.dtype, "edge_dtype": cfg.edge_dtype,
+                      "utterance": first.utt_id, "previous_probe_load": previous,
+                      "previous_timings": tr.timings.height}
+    write_trace(dest, manifest, tr.utterances, tr.nodes, timings, tr.vocab, overwrite=out is None)
+    return {"out": str(dest), "timings": timings.height, "load": load, "previous_timings": tr.timings.height}

@@ -76,6 +76,93 @@ def probe(model, vocab, prompt: list[int], side: str, device: str, threads: int 
     return rows
 
 
+#: Other processes using more than this share of the machine's CPUs while probes run make the machine "busy".
+BUSY_SHARE = 0.10
+
+
+class LoadMonitor:
+    """How busy the machine was while timing probes ran: the load average at both ends, and the CPU that
+    *other* processes used over the window (all CPU time the system spent, less this process's), with the
+    busiest of them by name.
+
+    Why: a probe times a forward pass; another process on the same cores stretches it, and the trace would
+    then price every replay with a machine that was busy only while it was measured. The reading goes into
+    the manifest (``hardware.probe_load``) so a reader can tell, and ``busy`` triggers a warning and the
+    advice to re-measure (``sectrace collect --reprobe``).
+    """
+
+    def __init__(self, busy_share: float = BUSY_SHARE):
+        self.busy_share = busy_share
+        self.result: dict | None = None
+
+    def __enter__(self):
+        import psutil
+
+        self._me = psutil.Process()
+        self._procs = {}
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid != self._me.pid:
+                    proc.cpu_percent(None)  # primes the per-process counter
+                    self._procs[proc.pid] = proc
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        self._load0 = _loadavg()
+        self._sys0, self._me0 = psutil.cpu_times(), self._me.cpu_times()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        import psutil
+
+        wall = max(time.perf_counter() - self._t0, 1e-9)
+        sys1, me1 = psutil.cpu_times(), self._me.cpu_times()
+        ncpu = psutil.cpu_count() or 1
+        busy_sys = _busy(sys1) - _busy(self._sys0)
+        mine = (me1.user + me1.system) - (self._me0.user + self._me0.system)
+        other_cores = max(busy_sys - mine, 0.0) / wall
+        top = []
+        for pid, proc in self._procs.items():
+            try:
+                pct = proc.cpu_percent(None)
+                if pct >= 5.0:
+                    top.append((pct, proc.name(), pid))
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        top.sort(reverse=True)
+        share = other_cores / ncpu
+        self.result = {
+            "seconds": round(wall, 2), "cpus": ncpu, "loadavg_before": self._load0, "loadavg_after": _loadavg(),
+            "other_processes_cores": round(other_cores, 3), "other_processes_share": round(share, 3),
+            "busiest_others": [{"name": n, "pid": pid, "cpu_pct": round(p, 1)} for p, n, pid in top[:3]],
+            "busy": share >= self.busy_share, "busy_threshold_share": self.busy_share,
+        }
+        return False
+
+
+def _busy(t) -> float:
+    return sum(getattr(t, f, 0.0) for f in t._fields if f not in ("idle", "iowait", "guest", "guest_nice"))
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):  # not on every platform
+        return None
+
+
+def load_warning(load: dict | None, what: str = "the timing probes") -> str | None:
+    """One sentence when the machine was busy during ``what``; None when it was quiet or not measured."""
+    if not load or not load.get("busy"):
+        return None
+    names = ", ".join(f"{b['name']} ({b['cpu_pct']:.0f}%)" for b in load.get("busiest_others", [])) or "unnamed"
+    avg = load.get("loadavg_after")
+    return (f"other processes used {load['other_processes_cores']:.2f} of {load['cpus']} CPUs while {what} ran "
+            f"({100 * load['other_processes_share']:.0f}% of the machine; busiest: {names}"
+            + (f"; load average {avg[0]:.2f}" if avg else "") + "), so the timings overstate the costs; "
+            "re-measure on a quiet machine with `sectrace collect --reprobe TRACE`")
+
+
 def hardware(device: str, threads: int | None) -> dict:
     """What the side ran on: CPU model, cores, RAM; the GPU's name and memory when on CUDA."""
     import psutil

@@ -120,8 +120,12 @@ def load_audio(path: Path) -> np.ndarray:
 
 
 def transcribe(audio: np.ndarray) -> tuple[str, str]:
+    """Greedy, temperature 0 only: faster-whisper's default falls back to *sampling* (temperatures 0.2…1.0) when
+    a greedy transcript looks degenerate, which made the same clip come out differently on every run (seven
+    transcripts of one fearful clip in a row). Without the fallback a run repeats on one machine; across CPUs
+    the int8 kernels still differ, which is why traces record the texts (demo/recipe.py)."""
     segments, info = whisper().transcribe(audio, language="en", beam_size=1, vad_filter=False,
-                                          condition_on_previous_text=False)
+                                          condition_on_previous_text=False, temperature=0.0)
     text = " ".join(s.text.strip() for s in segments).strip()
     return text, info.language
 

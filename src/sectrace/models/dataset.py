@@ -12,6 +12,7 @@ JSONL keys: the same, with ``references`` a list of strings.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,3 +141,115 @@ def parse_shard(text: str | None, env: dict) -> tuple[int, int]:
     if not 0 <= i < n:
         raise UserError(f"shard {i}/{n} is out of range; the index runs from 0 to {n - 1}")
     return i, n
+
+
+# --- which dataset a trace was collected from, and finding it again -------------------------------------------
+CONTENT_BITS = 128
+
+
+def row_digest(u: Utterance) -> int:
+    """What a collection reads from one row (id, text, references, emotion, the audio file's name), as a number.
+
+    The audio's *name*, not its folder: the same data set unpacked elsewhere, or listed with absolute
+    paths instead of relative ones, is the same content."""
+    row = {"utt_id": u.utt_id, "audio": u.audio.name if u.audio is not None else None, "text": u.text,
+           "references": list(u.references), "emotion": u.emotion}
+    blob = json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(blob).digest()[: CONTENT_BITS // 8], "big")
+
+
+def content_sha(utts: list[Utterance]) -> str:
+    """The content hash of these rows: the sum of their digests modulo 2^128, so it depends on neither the rows'
+    order nor the manifest's other rows, and the shards of one collection add up to the whole
+    (:func:`add_content`)."""
+    total = sum(row_digest(u) for u in utts) % (1 << CONTENT_BITS)
+    return f"sum128:{total:032x}"
+
+
+def add_content(shas: list[str]) -> str | None:
+    """The content hash of disjoint row sets joined (shards merged); None when any is unknown."""
+    total = 0
+    for sha in shas:
+        if not sha or not str(sha).startswith("sum128:"):
+            return None
+        total += int(str(sha).split(":", 1)[1], 16)
+    return f"sum128:{total % (1 << CONTENT_BITS):032x}"
+
+
+@dataclass
+class DatasetLookup:
+    """Where a trace's dataset manifest was looked for and what was found (for `trace info` and `validate`)."""
+
+    name: str | None
+    file: str | None  # the manifest's file name
+    content: str | None  # the recorded content hash of the trace's rows
+    n_utterances: int
+    found: Path | None = None
+    tried: list = field(default_factory=list)  # (path, why it was not taken)
+    utterances: list[Utterance] = field(default_factory=list)  # the trace's rows, in the trace's order
+    audio_missing: list[str] = field(default_factory=list)  # utt ids whose audio file is not there
+
+    @property
+    def ok(self) -> bool:
+        return self.found is not None
+
+    def problem(self) -> str:
+        """One sentence: what the trace needs and how to give it."""
+        what = f"its dataset manifest {self.file or '(no name recorded)'}"
+        if self.name:
+            what += f" ({self.name}, {self.n_utterances} utterances)"
+        tried = "; ".join(f"{p}: {why}" for p, why in self.tried) or "no location recorded"
+        return (f"the trace needs {what}, which is not here (looked at {tried}); give the folder that holds it "
+                "with --data DIR, or the file with --manifest FILE")
+
+
+def locate_dataset(dataset: dict, trace_dir: Path | None, utt_ids: list[str], manifest: Path | None = None,
+                   data: Path | None = None) -> DatasetLookup:
+    """Find the manifest a trace was collected from: ``manifest`` if given, else in ``data`` (the file by its
+    recorded name, directly or under a folder named after the data set), else at the path recorded relative to
+    the trace, else at an absolute path an older trace recorded. A candidate counts only if it lists every one
+    of the trace's utterances and, where the trace recorded a content hash, with the same content: a
+    different manifest of the same name never slips in. Nothing heavy is loaded (no models, no audio)."""
+    recorded = dataset.get("manifest")
+    file = dataset.get("file") or (Path(str(recorded)).name if recorded else None)
+    look = DatasetLookup(dataset.get("name"), file, dataset.get("content_sha"), len(utt_ids))
+    cands: list[Path] = []
+    if manifest is not None:
+        cands.append(Path(manifest))
+    else:
+        if data is not None:
+            data = Path(data)
+            if data.is_file():
+                cands.append(data)
+            elif file:
+                cands.append(data / file)
+                if look.name:
+                    cands.append(data / look.name / file)
+            else:
+                look.tried.append((data, "the trace records no manifest file name to look for there"))
+        if recorded:
+            rec = Path(str(recorded))
+            cands.append(rec if rec.is_absolute() or trace_dir is None else Path(trace_dir) / rec)
+    for cand in cands:
+        if not cand.is_file():
+            look.tried.append((cand, "no such file"))
+            continue
+        try:
+            rows = {u.utt_id: u for u in read_manifest(cand)}
+        except UserError as exc:
+            look.tried.append((cand, f"unreadable ({exc})"))
+            continue
+        missing = [i for i in utt_ids if i not in rows]
+        if missing:
+            look.tried.append((cand, f"lacks utterance {missing[0]!r} of the trace"))
+            continue
+        mine = [rows[i] for i in utt_ids]
+        if look.content and content_sha(mine) != look.content:
+            why = ("lists other content for the trace's utterances (texts, references or audio names differ from "
+                   "the collection's)")
+            look.tried.append((cand, why))
+            continue
+        look.found, look.utterances = cand, mine
+        look.audio_missing = [u.utt_id for u in mine if u.audio is not None and not u.audio.is_file()]
+        break
+    return look

@@ -54,6 +54,7 @@ class CachedLM:
         # Multimodal rope (Qwen2.5-Omni thinker): positions are 3-D and offset by rope_deltas, which the
         # model computes on a first pass and keeps as state that goes stale between requests.
         self.mrope = hasattr(getattr(model, "model", None), "rope_deltas")
+        self.cache_arg = cache_argument(model)
         self.counters = Counters()
         self.reset()
 
@@ -151,7 +152,7 @@ class CachedLM:
         new = seq[keep:]
         t0 = time.perf_counter()
         ids = torch.tensor([new], dtype=torch.long, device=self.device)
-        kwargs = dict(input_ids=ids, past_key_values=slot[0], use_cache=True)
+        kwargs = {"input_ids": ids, self.cache_arg: slot[0], "use_cache": True}
         if keep == 0:
             if self.reset_hook is not None:
                 self.reset_hook(self.model)
@@ -168,7 +169,7 @@ class CachedLM:
         if keep == 0 and self.mrope:
             deltas = self.model.model.rope_deltas
             slot[3] = deltas.clone() if deltas is not None else torch.zeros(1, 1, dtype=torch.long)
-        slot[0] = out.past_key_values
+        slot[0] = out[self.cache_arg]
         fresh = out.logits[0, -min(len(new), KEEP_ROWS):, : self.vocab].double().cpu()
         fresh_p0 = len(seq) - fresh.shape[0]
         # Keep the last KEEP_ROWS rows of this slot's sequence for later requests.
@@ -191,6 +192,25 @@ class CachedLM:
         c.recomputed += max(0, common - keep)  # cached positions run again only to get their logits
         slot[1] = list(seq)
         return logits
+
+
+def cache_argument(model) -> str:
+    """The name ``model.forward`` takes its KV cache under: ``cache`` from transformers 5.24, before that
+    ``past_key_values``.
+
+    5.24 renamed the argument and the output field (the old names still work until 5.40, with a
+    FutureWarning on every collect and validate run); asking the model's own signature keeps both the
+    releases in the supported range quiet and correct, without comparing version strings. The output
+    field has the same name as the argument in both. The class's forward is asked, not the instance's:
+    hooks (accelerate's, a test's counter) replace the instance's with a ``*args, **kwargs`` wrapper.
+    """
+    import inspect
+
+    try:
+        params = inspect.signature(type(model).forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature: the long-standing name
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _cache_takes_config() -> bool:

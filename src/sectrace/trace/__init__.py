@@ -3,7 +3,7 @@
 from importlib import resources
 from pathlib import Path
 
-from .io import Trace, TraceError, load_trace, validate, write_trace
+from .io import Trace, TraceError, load_trace, rebase_paths, trace_relative, validate, write_trace
 from .schema import SCHEMA_VERSION
 from .trie import TrieRecorder, TrieSession
 
@@ -13,5 +13,5 @@ def sample_trace_path() -> Path:
     return Path(str(resources.files("sectrace") / "data" / "sample-trace"))
 
 
-__all__ = ["SCHEMA_VERSION", "Trace", "TraceError", "TrieRecorder", "TrieSession", "load_trace", "sample_trace_path",
-           "validate", "write_trace"]
+__all__ = ["SCHEMA_VERSION", "Trace", "TraceError", "TrieRecorder", "TrieSession", "load_trace", "rebase_paths",
+           "sample_trace_path", "trace_relative", "validate", "write_trace"]

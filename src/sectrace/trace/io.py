@@ -373,6 +373,29 @@ def validate(trace: Trace) -> None:
                              "Trace format v1 stores seconds")
 
 
+# --- paths inside a trace ----------------------------------------------------------------
+#: Manifest fields that name files outside the trace. They are stored relative to the trace directory (POSIX),
+#: so a trace copied together with its data still finds it, and one copied alone says what it lacks; an
+#: absolute path (older traces) is read as it is.
+PATH_FIELDS = (("dataset", "manifest"), ("exploration", "extended_from"))
+
+
+def trace_relative(path: str | os.PathLike, trace_dir: str | os.PathLike) -> str:
+    """``path`` relative to the directory ``trace_dir`` (which need not exist yet), as the manifest stores it."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(trace_dir).resolve())).as_posix()
+
+
+def rebase_paths(manifest: dict, old_dir: str | os.PathLike, new_dir: str | os.PathLike) -> dict:
+    """A copy of ``manifest`` whose relative path fields point at the same files from ``new_dir`` (a trace written
+    elsewhere from another one's manifest, as ``trace merge`` does)."""
+    out = json.loads(json.dumps(manifest))
+    for section, key in PATH_FIELDS:
+        value = (out.get(section) or {}).get(key)
+        if value and not Path(str(value)).is_absolute():
+            out[section][key] = trace_relative(Path(old_dir) / str(value), new_dir)
+    return out
+
+
 # --- writing -------------------------------------------------------------------------
 def _frame(rows_or_df, wanted: dict, where: str) -> pl.DataFrame:
     if isinstance(rows_or_df, pl.DataFrame):

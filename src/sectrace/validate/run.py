@@ -55,6 +55,7 @@ class ValidateConfig:
     timeout_s: float = 60.0
     force: bool = False
     extra: dict = field(default_factory=dict)
+    data: Path | None = None  # a folder holding the trace's dataset manifest (by its recorded file name)
 
 
 def default_cpus() -> tuple[list[int], list[int]]:
@@ -67,20 +68,104 @@ def default_cpus() -> tuple[list[int], list[int]]:
 
 
 def _utterances(cfg: ValidateConfig, tr):
-    from ..models.dataset import read_manifest
+    """(the utterances to run, every trace utterance, the manifest found): the dataset found as the trace
+    records it, under ``cfg.data`` or at ``cfg.manifest``, with the same content and the audio present."""
+    from ..models.dataset import locate_dataset
 
-    path = cfg.manifest or Path(tr.manifest.get("dataset", {}).get("manifest", ""))
-    if not str(path) or not Path(path).exists():
-        raise UserError(f"the trace's dataset manifest {str(path) or '(none recorded)'} is not here; give the "
-                        "utterances with --manifest (the CSV/JSONL the trace was collected from)")
-    by_id = {u.utt_id: u for u in read_manifest(Path(path))}
     ids = tr.utterances["utt_id"].to_list()
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise UserError(f"utterance {missing[0]!r} of the trace is not in {path}; give the manifest it was "
-                        "collected from with --manifest")
-    ids = ids[: cfg.limit] if cfg.limit else ids
-    return [by_id[i] for i in ids]
+    look = locate_dataset(tr.manifest.get("dataset", {}), tr.path, ids, manifest=cfg.manifest, data=cfg.data)
+    if not look.ok:
+        raise UserError(look.problem())
+    if look.audio_missing:
+        raise UserError(f"{look.found} names audio that is not there (utterance {look.audio_missing[0]!r}, "
+                        f"{len(look.audio_missing)} in all); the audio must lie where the manifest says")
+    return (look.utterances[: cfg.limit] if cfg.limit else look.utterances), look.utterances, look.found
+
+
+#: How many distinct prompt lengths a prefill fit needs: two fix a line (fixed cost + per token), a third checks it.
+PREFILL_LENGTHS = 3
+
+
+def calibration_choice(tr, candidates: list, n: int = PREFILL_LENGTHS) -> list:
+    """The utterances whose prompts calibrate the prefill costs: the shortest, the longest and ones between (by
+    the edge prompt lengths the trace recorded), so the fitted line spans every prompt the replay prices
+    instead of resting on whichever prompts come first (two neighbours 117 and 116 tokens long gave
+    intercepts from -26.8 to +7.0 s). The first is the one the draft-step calibration also uses."""
+    lengths = dict(zip(tr.utterances["utt_id"].to_list(), tr.utterances["edge_prompt_tokens"].to_list()))
+    order = sorted(candidates, key=lambda u: (lengths[u.utt_id], u.utt_id))
+    if len(order) <= n:
+        return order
+    picks = [order[round(i * (len(order) - 1) / (n - 1))] for i in range(n)]
+    seen, out = set(), []
+    for u in picks:  # prefer distinct lengths: replace a repeat by the nearest unused utterance of another length
+        if lengths[u.utt_id] in seen:
+            alt = [v for v in order if lengths[v.utt_id] not in seen and v not in out]
+            u = min(alt, key=lambda v: abs(lengths[v.utt_id] - lengths[u.utt_id])) if alt else u
+        seen.add(lengths[u.utt_id])
+        if u not in out:
+            out.append(u)
+    return out
+
+
+def calibration_checks(tr, cal: list, modes: list[str], rtts: list[float], policies: list[Policy],
+                       utts: list | None = None) -> dict:
+    """What this validation's calibration and schedule can and cannot identify, before anything runs.
+
+    Returns {"warnings": [sentences], "noise_note": sentence or None}. A prefill cost fitted from fewer than
+    :data:`PREFILL_LENGTHS` distinct prompt lengths has no identified per-token slope, so its fixed part is
+    noise (unless every prompt, calibrated or validated (``utts``), has one length: then there is nothing to
+    identify, as for the blind verifier's instruction-only prompts); the noise figure needs an edge-only policy
+    run at two or more RTTs (identical work to compare)."""
+    u = {r["utt_id"]: r for r in tr.utterances.iter_rows(named=True)}
+    col = {"audio": "cloud_prompt_tokens", "blind": "blind_prompt_tokens"}
+
+    def lengths(side, group):
+        if side == "edge":
+            return {u[x.utt_id]["edge_prompt_tokens"] for x in group}
+        return {u[x.utt_id][col[m]] for x in group for m in modes}
+
+    span = (min(tr.utterances["edge_prompt_tokens"]), max(tr.utterances["edge_prompt_tokens"]))
+    warnings = []
+    for side in ("edge", "cloud"):
+        cal_lengths = sorted(lengths(side, cal))
+        if len(set(cal_lengths) | lengths(side, utts or cal)) == 1:
+            continue
+        if len(cal_lengths) < PREFILL_LENGTHS:
+            n = len(cal_lengths)
+            warnings.append(
+                f"the {side} prefill cost is fitted from {n} distinct prompt length"
+                f"{'s' if n != 1 else ''} ({', '.join(map(str, cal_lengths))} tokens); its per-token slope "
+                f"needs at least {PREFILL_LENGTHS} (two fix the line, a third checks it), so the fitted fixed and "
+                "per-token parts are not identified and prompts of other lengths are mispriced: validate a trace "
+                f"with more utterances whose prompts differ in length (this trace's run from {span[0]} to "
+                f"{span[1]} tokens)")
+    note = None
+    if not any(p.gate_spec == "never" for p in policies):
+        note = ("no noise figure: it compares identical edge-only runs, and this run has no edge-only policy "
+                "(add --policy edge-only)")
+    elif len(rtts) < 2:
+        note = ("no noise figure: it compares identical edge-only runs at different RTTs, and this run has one RTT "
+                "(give two or more, e.g. --rtt 20ms,50ms)")
+    return {"warnings": warnings, "noise_note": note}
+
+
+def plan(cfg: ValidateConfig) -> dict:
+    """Everything `validate` decides before loading a model: the trace, its dataset, the utterances, the
+    calibration prompts and what they can identify. `validate --dry-run` prints it; a test runs it on the
+    bundled trace so the documented command cannot rot."""
+    from ..trace import load_trace
+
+    tr = load_trace(cfg.trace)
+    modes = set(tr.modes)
+    for p in cfg.policies:
+        if p.verifier_mode not in modes:
+            raise UserError(f"policy {p.label!r} needs the {p.verifier_mode} verifier, which the trace did not "
+                            f"record (it has {', '.join(sorted(modes))})")
+    utts, every, path = _utterances(cfg, tr)
+    used = sorted({p.verifier_mode for p in cfg.policies}) or sorted(modes)
+    cal = calibration_choice(tr, every)
+    checks = calibration_checks(tr, cal, used, cfg.rtts, cfg.policies, utts)
+    return {"trace": tr, "manifest": path, "utterances": utts, "calibration": cal, "modes": used, **checks}
 
 
 def _cloud_inputs(prep, policy: Policy, utt):
@@ -129,25 +214,25 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
     from ..models.lm import CachedLM
     from ..models.pair import eos_ids, load_model, load_tokenizer, tokenizer_fingerprint
     from ..simulate import Network, Replayer, cost_vector, fit_costs, latency
-    from ..trace import load_trace
     from ..trace.schema import TIMINGS
 
     if cfg.out.exists() and not cfg.force:
         raise UserError(f"{cfg.out} exists; choose another --out or pass --force to replace it")
-    tr = load_trace(cfg.trace)
+    planned = plan(cfg)
+    tr, utts, cal_utts = planned["trace"], planned["utterances"], planned["calibration"]
+    for w in planned["warnings"]:
+        echo(f"warning: {w}")
+    if planned["noise_note"]:
+        echo(planned["noise_note"])
     m = tr.manifest
     backend = m.get("backend", "causal-lm")
     modes = set(tr.modes)
-    for p in cfg.policies:
-        if p.verifier_mode not in modes:
-            raise UserError(f"policy {p.label!r} needs the {p.verifier_mode} verifier, which the trace did not "
-                            f"record (it has {', '.join(sorted(modes))})")
-    utts = _utterances(cfg, tr)
     if cfg.edge_cpus:
         from ..live.process import pin
 
         pin(cfg.edge_cpus)  # every thread, torch's pools included
     torch.set_num_threads(cfg.edge_threads)
+    echo(f"loading the drafter {cfg.drafter}…")
     tok = load_tokenizer(cfg.drafter, "drafter")
     fp = tokenizer_fingerprint(tok)
     if fp != m["drafter"]["tokenizer_fingerprint"]:
@@ -164,7 +249,7 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
         be = AudioChatBackend(backend, tok, drafter, load_feature_extractor(cfg.drafter), m.get("prompt_template"))
     urow = {r["utt_id"]: r for r in tr.utterances.iter_rows(named=True)}
     preps = {}
-    for u in utts:
+    for u in [*utts, *(c for c in cal_utts if c not in utts)]:
         prep = be.prepare(u, tuple(sorted(modes)))
         want = urow[u.utt_id]
         if len(prep.edge_prompt) != want["edge_prompt_tokens"]:
@@ -176,7 +261,7 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
     rp = Replayer(tr)
     reps = {p.label: rp.replay(p) for p in cfg.policies}
     used = sorted({p.verifier_mode for p in cfg.policies}) or sorted(modes)
-    cal_preps = [preps[u.utt_id] for u in utts[:3]]
+    cal_preps = [preps[u.utt_id] for u in cal_utts]
     sizes = verify_sizes(p.k for p in cfg.policies)  # every block size the policies can send, not only k
     rounds = max(cfg.repeats, 1)
     # Calibration rounds sit before, between and after the live runs, and each caption runs every RTT
@@ -286,7 +371,8 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
              "jitter": cfg.jitter, "loss": cfg.loss, "shaper": "tcp-proxy", "cost_model": _cost_dict(cost),
              "hardware": hardware("cpu", cfg.edge_threads), "service": info,
              "median_ape_latency": _median(df["ape_latency"]), "median_ape_ttft": _median(df["ape_ttft"]),
-             **noise_floor(df),
+             **noise_floor(df), "noise_note": planned["noise_note"], "calibration_warnings": planned["warnings"],
+             "calibration_utterances": [u.utt_id for u in cal_utts],
              "target_median_ape_latency": TARGET_MEDIAN_APE,
              "captions_match": int(df["caption_match"].sum()), "runs": df.height,
              "schedule": f"{rounds} calibration round(s) (after a warm-up) before, between and after the live "
