@@ -29,7 +29,7 @@ def test_simulate_sweep_json_and_parquet(small_trace_path, tmp_path):
                  "--rtt", "20ms,0.1s", "--out", str(out), "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
-    assert doc["synthetic"] is True
+    assert doc["provenance"]["synthetic"] is True
     assert len(doc["summary"]) == (2 + 4) * 2  # baselines + k×gate, per RTT
     df = pl.read_parquet(out)
     assert df.height == 6 * 2 * 6  # policies × RTTs × utterances
