@@ -46,6 +46,7 @@ from ..models.dataset import Utterance, read_manifest, shard_of
 from ..trace import load_trace, rebase_paths, trace_relative, write_trace
 from ..trace import schema as S
 from ..trace.io import publish_trace, stage_trace, staging_dirs
+from ..trace.schema import TIMINGS
 from ..version import __version__
 
 
@@ -462,7 +463,6 @@ def run_probes(cfg, pair, prepared, log=None) -> tuple[pl.DataFrame, dict]:
     """The timing probes of both sides on one prepared utterance, and how busy the machine was meanwhile.
 
     A busy machine is said at once (``log``) and recorded with the timings, never silently stored as if quiet."""
-    from ..trace.schema import TIMINGS
     from .probes import CAPTION_CTX, LoadMonitor, load_warning, probe, verify_sizes
 
     log = log or (lambda line: None)

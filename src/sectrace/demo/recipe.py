@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
+from ..trace import load_trace, write_trace
 
 PROMPT = "{transcript}\nDescribe the speaker's emotion in one short sentence, saying what in the voice shows it."
 # A compact exploration: the baselines, lossless and the study's rank:20 rule at a few k, and the
@@ -148,7 +149,6 @@ def regenerate(dataset: dict, folder: Path, utterances=None, log=None) -> Path:
 def relabel(trace_dir: Path) -> None:
     """Name the models in a demo trace's manifest as the weights' marker files do (the collector records the local
     folders they were loaded from), with the part packages they come from."""
-    from ..trace import load_trace, write_trace
     from .weights import require
 
     tr = load_trace(trace_dir)

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 
 import polars as pl
 
+from ..errors import UserError
 from ..protocol import DraftToken, Judgement, Policy, run
 from ..trace import schema as S
 from ..trace.trie import TrieRecorder
@@ -66,7 +67,6 @@ class AlphaModel:
     seed: int = 0
 
     def __post_init__(self):
-        from ..errors import UserError
 
         if not 0.0 < self.alpha < 1.0:
             raise UserError(f"alpha={self.alpha} must lie strictly between 0 and 1")
@@ -282,7 +282,6 @@ def synth_recorders(manifest: dict, utt_ids) -> dict:
     exactly instead of counted as a coverage miss: this is how gate frontiers on synthetic
     traces cover every threshold.
     """
-    from ..errors import UserError
 
     spec = manifest.get("synthetic_model") or {}
     if spec.get("kind") != "alpha":

@@ -23,8 +23,10 @@ import numpy as np
 import polars as pl
 
 from ..errors import UserError
+from ..gates import parse_gate
 from ..network import Network
 from ..protocol import Accept, Policy, cloud_only, drafter_only
+from ..trace import load_trace
 from .costs import CostModel, verify_table_text
 from .grid import GridSpec
 from .metrics import SWEEP_CI, SWEEP_RESAMPLES, summary_columns, utterance_counts
@@ -176,7 +178,6 @@ def load_grid(path: Path, max_new_tokens: int, *, trace=None, utterances: int | 
     The grid is validated and its size counted before anything is built: past the bounds of
     :mod:`.budget` (rows, and memory when ``utterances`` or ``trace`` gives the trace's size) it is
     refused unless ``force``. ``trace`` also lets content and learned gates check against it."""
-    from ..gates import parse_gate
     from .budget import check_sweep
     from .grid import read_grid
 
@@ -269,7 +270,6 @@ def check_theta_grid(cost: CostModel, nets: Sequence[Network], ax: Axes) -> floa
 
 def _sweep_chunk(trace_path: str, policies: Sequence[Policy], cost: CostModel, ax: Axes,
                  breakdown: bool, ci: bool, provenance: dict) -> pl.DataFrame:
-    from ..trace import load_trace
 
     return run_sweep(Replayer(load_trace(trace_path)), policies, cost, ax, breakdown=breakdown, ci=ci,
                      provenance=provenance)
@@ -283,7 +283,6 @@ def run_sweep_parallel(trace_path, policies: Sequence[Policy], cost: CostModel, 
     the CPUs available and the number of policies (:func:`.budget.cap_jobs`)."""
     from joblib import Parallel, delayed
 
-    from ..trace import load_trace
     from .budget import cap_jobs
     from .provenance import provenance_columns
 

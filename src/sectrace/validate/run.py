@@ -26,7 +26,11 @@ import numpy as np
 import polars as pl
 
 from ..errors import UserError
+from ..fsio import write_json, write_table
 from ..protocol import Policy
+from ..simulate import Network, Replayer, cost_vector, fit_costs, latency
+from ..trace import load_trace
+from ..trace.schema import TIMINGS
 
 TARGET_MEDIAN_APE = 0.05
 
@@ -153,7 +157,6 @@ def plan(cfg: ValidateConfig) -> dict:
     """Everything `validate` decides before loading a model: the trace, its dataset, the utterances, the
     calibration prompts and what they can identify. `validate --dry-run` prints it; a test runs it on the
     bundled trace so the documented command cannot rot."""
-    from ..trace import load_trace
 
     tr = load_trace(cfg.trace)
     modes = set(tr.modes)
@@ -213,8 +216,6 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
     from ..models.backends import CausalLMBackend
     from ..models.lm import CachedLM
     from ..models.pair import eos_ids, load_model, load_tokenizer, tokenizer_fingerprint
-    from ..simulate import Network, Replayer, cost_vector, fit_costs, latency
-    from ..trace.schema import TIMINGS
 
     if cfg.out.exists() and not cfg.force:
         raise UserError(f"{cfg.out} exists; choose another --out or pass --force to replace it")
@@ -511,7 +512,6 @@ def summarise(df: pl.DataFrame) -> pl.DataFrame:
 
 def write(df: pl.DataFrame, facts: dict, out: Path) -> None:
     """Per-utterance rows as Parquet, the run's facts beside them as JSON; both atomic."""
-    from ..fsio import write_json, write_table
 
     write_table(df, out)
     write_json(facts, out.with_suffix(".json"), indent=2)
