@@ -180,3 +180,58 @@ def test_edge_only_policy_is_never_and_k1():
     pol = drafter_only(10)
     assert pol.k == 1 and isinstance(pol.gate, Never)
     assert parse_gate("never") == Never()
+
+
+class _CountingSession:
+    """A hand-written session: the state is the number of tokens written so far; the cloud writes 100 + state,
+    the drafter 200 + state. The cloud answers ``cloud_calls`` times, then raises CloudUnavailable; token
+    ``eos_at`` (either side's) ends the caption."""
+
+    root = 0
+
+    def __init__(self, cloud_calls: int = 10**9, eos_at: int = -1):
+        self.cloud_calls, self.eos_at, self.calls = cloud_calls, eos_at, 0
+
+    def draft(self, state):
+        from sectrace.protocol.engine import DraftToken
+        return DraftToken(200 + state, -0.1, 0.5, 0.9, state == self.eos_at)
+
+    def advance(self, state, token):
+        return state + 1
+
+    def judge(self, state, tokens, mode):
+        from sectrace.protocol.engine import CloudUnavailable, Judgement
+        self.calls += 1
+        if self.calls > self.cloud_calls:
+            raise CloudUnavailable("down")
+        return [Judgement(0, float("nan"), 100 + state, 0.9, state == self.eos_at)]
+
+
+def test_cloud_only_schedule_and_counters_by_hand():
+    """k = 0 streams one cloud request: one CloudStep and one Commit per token, every token a bonus."""
+    from sectrace.protocol.engine import CloudStart, CloudStep, Commit
+    seen = []
+    r = run(_CountingSession(), cloud_only(max_new_tokens=3), observe=seen.append)
+    assert r.tokens == [100, 101, 102]
+    assert r.events == [CloudStart(), CloudStep(0), Commit(1, 1), CloudStep(1), Commit(1, 2), CloudStep(2), Commit(1, 3)]
+    assert seen == r.events
+    assert (r.escalations, r.bonus, r.drafted, r.fallbacks, r.eos) == (1, 3, 0, 0, False)
+
+
+def test_cloud_only_stops_at_the_clouds_eos():
+    r = run(_CountingSession(eos_at=1), cloud_only(max_new_tokens=8))
+    assert r.tokens == [100, 101] and r.eos and r.bonus == 2
+
+
+def test_cloud_only_falls_back_to_the_drafter_when_the_cloud_stops_answering():
+    """After two answered steps the cloud fails: one Fallback(0, ...), the edge prefills, then drafts the rest."""
+    from sectrace.protocol.engine import CloudStart, CloudStep, Commit, Draft, Fallback, Prefill
+    sess = _CountingSession(cloud_calls=2)
+    r = run(sess, cloud_only(max_new_tokens=4))
+    assert r.tokens == [100, 101, 202, 203]
+    assert r.events == [CloudStart(), CloudStep(0), Commit(1, 1), CloudStep(1), Commit(1, 2),
+                        Fallback(0, 2, "down"), Prefill(), Draft(2), Commit(1, 3), Draft(3), Commit(1, 4)]
+    assert (r.escalations, r.bonus, r.drafted, r.fallbacks, r.eos) == (1, 2, 2, 1, False)
+    assert sess.calls == 3  # the cloud is not asked again after it failed
+    r = run(_CountingSession(cloud_calls=1, eos_at=2), cloud_only(max_new_tokens=9))
+    assert r.tokens == [100, 201, 202] and r.eos and r.drafted == 2
