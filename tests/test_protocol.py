@@ -235,3 +235,9 @@ def test_cloud_only_falls_back_to_the_drafter_when_the_cloud_stops_answering():
     assert sess.calls == 3  # the cloud is not asked again after it failed
     r = run(_CountingSession(cloud_calls=1, eos_at=2), cloud_only(max_new_tokens=9))
     assert r.tokens == [100, 201, 202] and r.eos and r.drafted == 2
+
+
+def test_coverage_miss_names_what_and_where():
+    from sectrace.protocol.engine import CoverageMiss
+    e = CoverageMiss(3, "judge")
+    assert (e.depth, e.what, str(e)) == (3, "judge", "judge at depth 3")
