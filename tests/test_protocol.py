@@ -241,3 +241,37 @@ def test_coverage_miss_names_what_and_where():
     from sectrace.protocol.engine import CoverageMiss
     e = CoverageMiss(3, "judge")
     assert (e.depth, e.what, str(e)) == (3, "judge", "judge at depth 3")
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("top1", "top1", 1), (" Exact ", "top1", 1), ("TOP-1", "top1", 1),
+    ("rank:20", "rank", 20), ("rank:3.0", "rank", 3), ("prob:0.1", "prob", 0.1), ("prob:1", "prob", 1.0),
+])
+def test_accept_parse_reads_every_spelling(text, kind, value):
+    a = Accept.parse(text)
+    assert a == Accept(kind, value) and a.kind == kind and a.value == value
+    assert type(a.value) is (int if kind == "top1" or (kind == "rank" and value == int(value)) else float)
+
+
+def test_accept_parse_prints_back_and_refuses_with_one_sentence():
+    from sectrace.protocol.policy import PolicyError
+    assert [str(Accept.parse(t)) for t in ("exact", "rank:20", "prob:0.25")] == ["top1", "rank:20", "prob:0.25"]
+    for bad in ("rank", "rank:", "foo:1", "prob0.1"):
+        with pytest.raises(PolicyError, match="cannot read acceptance rule .*write top1, rank:20 or prob:0.1"):
+            Accept.parse(bad)
+    for bad in ("rank:x", "rank:1:2"):  # the first colon splits kind from number
+        with pytest.raises(PolicyError, match="cannot read the number in acceptance rule"):
+            Accept.parse(bad)
+
+
+def test_baseline_policies_by_field():
+    """The baselines' fields are what reports label and the simulator prices: write them all down."""
+    d, c, ll = drafter_only(32), cloud_only(40), lossless(3)
+    assert (d.k, d.gate_spec, d.max_new_tokens, d.name, d.label, d.bonus) == (1, "never", 32, "edge-only", "edge-only", True)
+    assert isinstance(d.gate, Never) and d.accept == Accept("rank", 20) and d.privacy == "token-only"
+    assert (c.k, c.gate_spec, c.accept, c.bonus, c.privacy, c.max_new_tokens, c.name, c.label) == (
+        0, "always", Accept("top1", 1), True, "raw", 40, "cloud-only", "cloud-only")
+    assert isinstance(c.gate, Always)
+    assert (ll.k, ll.gate_spec, ll.accept, ll.privacy, ll.max_new_tokens, ll.name) == (
+        3, "always", Accept("top1", 1), "features", 64, "")
+    assert ll.label == "k=3 gate=always accept=top1 features" and isinstance(ll.gate, Always)
