@@ -190,13 +190,14 @@ class _CountingSession:
     root = 0
 
     def __init__(self, cloud_calls: int = 10**9, eos_at: int = -1):
-        self.cloud_calls, self.eos_at, self.calls = cloud_calls, eos_at, 0
+        self.cloud_calls, self.eos_at, self.calls, self.advances = cloud_calls, eos_at, 0, 0
 
     def draft(self, state):
         from sectrace.protocol.engine import DraftToken
         return DraftToken(200 + state, -0.1, 0.5, 0.9, state == self.eos_at)
 
     def advance(self, state, token):
+        self.advances += 1
         return state + 1
 
     def judge(self, state, tokens, mode):
@@ -210,8 +211,9 @@ class _CountingSession:
 def test_cloud_only_schedule_and_counters_by_hand():
     """k = 0 streams one cloud request: one CloudStep and one Commit per token, every token a bonus."""
     from sectrace.protocol.engine import CloudStart, CloudStep, Commit
-    seen = []
-    r = run(_CountingSession(), cloud_only(max_new_tokens=3), observe=seen.append)
+    seen, sess = [], _CountingSession()
+    r = run(sess, cloud_only(max_new_tokens=3), observe=seen.append)
+    assert sess.advances == 2  # no state is built past the last token (a trie may not have it)
     assert r.tokens == [100, 101, 102]
     assert r.events == [CloudStart(), CloudStep(0), Commit(1, 1), CloudStep(1), Commit(1, 2), CloudStep(2), Commit(1, 3)]
     assert seen == r.events
@@ -275,3 +277,8 @@ def test_baseline_policies_by_field():
     assert (ll.k, ll.gate_spec, ll.accept, ll.privacy, ll.max_new_tokens, ll.name) == (
         3, "always", Accept("top1", 1), "features", 64, "")
     assert ll.label == "k=3 gate=always accept=top1 features" and isinstance(ll.gate, Always)
+
+
+def test_a_policy_without_a_gate_object_is_refused():
+    with pytest.raises(ValueError, match="^policy has no gate object; build it with sectrace.gates.parse_gate$"):
+        run(_CountingSession(), Policy(k=2, gate=None))
