@@ -282,3 +282,32 @@ def test_baseline_policies_by_field():
 def test_a_policy_without_a_gate_object_is_refused():
     with pytest.raises(ValueError, match="^policy has no gate object; build it with sectrace.gates.parse_gate$"):
         run(_CountingSession(), Policy(k=2, gate=None))
+
+
+def test_policy_label_names_every_non_default_field():
+    p = Policy(k=4, gate=Always(), gate_spec="entropy:2", accept=Accept("prob", 0.25), adaptive=0.3, bonus=False,
+               privacy="features", cloud_cache="stateless")
+    assert p.label == "k=4 gate=entropy:2 accept=prob:0.25 adaptive=0.3 no-bonus features stateless"
+    assert Policy(k=2, gate=Always()).label == "k=2 gate=always accept=rank:20 token-only"
+    assert Policy(k=2, gate=Always(), name="mine").label == "mine"
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"k": -1}, "block size k=-1 must be >= 0"),
+    ({"privacy": "nope"}, "unknown privacy mode 'nope'; use one of "),
+    ({"cloud_cache": "warm"}, "unknown cloud cache 'warm'; use stateful or stateless"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
+    ({"adaptive": 1.0}, "adaptive threshold 1.0 must be a probability in (0, 1)"),
+    ({"adaptive": 0.0}, "adaptive threshold 0.0 must be a probability in (0, 1)"),
+    ({"k": 0, "bonus": False}, "k=0 (cloud decoding) needs the bonus token on"),
+])
+def test_policy_refuses_with_one_sentence(kw, msg):
+    from sectrace.protocol.policy import PolicyError
+    with pytest.raises(PolicyError) as e:
+        Policy(**kw)
+    assert str(e.value).startswith(msg)
+
+
+def test_policy_accepts_its_boundaries():
+    for kw in ({"k": 0}, {"max_new_tokens": 1}, {"adaptive": 0.5}):
+        assert Policy(**kw)  # no error
