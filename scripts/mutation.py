@@ -84,12 +84,13 @@ def prepare(key: str, scratch: Path) -> Path:
     return work
 
 
-def run(key: str, work: Path, jobs: int) -> dict[str, str]:
+def run(key: str, work: Path, jobs: int, report_only: bool = False) -> dict[str, str]:
     _, glob, _ = MODULES[key]
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # mutmut puts its mutated copy of src/ first on sys.path itself
     mutmut = shutil.which("mutmut") or str(Path(sys.executable).with_name("mutmut"))
-    subprocess.run(["nice", "-n", "19", mutmut, "run", "--max-children", str(jobs), glob], cwd=work, env=env)
+    if not report_only:
+        subprocess.run(["nice", "-n", "19", mutmut, "run", "--max-children", str(jobs), glob], cwd=work, env=env)
     out = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True,
                          text=True).stdout
     status = {}
@@ -112,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scratch", type=Path, default=ROOT / ".mutation", help="scratch dir (default .mutation/)")
     ap.add_argument("--survivors", type=Path, default=ROOT / ".mutation" / "survivors.txt",
                     help="where to write the surviving mutants' names and diffs")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only tabulate what earlier (possibly interrupted) runs left in the scratch dir")
     ap.add_argument("--list", action="store_true", help="print the modules and their tests, run nothing")
     a = ap.parse_args(argv)
     if a.list:
@@ -124,13 +127,16 @@ def main(argv=None) -> int:
     keys = a.modules or list(MODULES)
     rows, survivors = [], []
     for key in keys:
-        work = prepare(key, a.scratch)
-        status = run(key, work, a.jobs)
+        work = a.scratch / key if a.report_only else prepare(key, a.scratch)
+        if a.report_only and not (work / "mutants").is_dir():
+            print(f"{key}: not run")
+            continue
+        status = run(key, work, a.jobs, a.report_only)
         counts = {s: sum(v == s for v in status.values()) for s in STATUSES}
         rows.append((key, counts))
         mutmut = shutil.which("mutmut") or str(Path(sys.executable).with_name("mutmut"))
         for name, s in sorted(status.items()):
-            if s not in ("killed", "caught by type check"):
+            if s not in ("killed", "caught by type check", "not checked", "skipped"):
                 diff = subprocess.run([mutmut, "show", name], cwd=work, capture_output=True, text=True).stdout
                 survivors.append(f"## {key} {name}: {s}\n{diff}\n")
     print(f"\n{'module':10}{'killed':>8}{'survived':>10}{'timeout':>9}{'other':>7}{'score':>8}")
