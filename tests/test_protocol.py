@@ -180,3 +180,134 @@ def test_edge_only_policy_is_never_and_k1():
     pol = drafter_only(10)
     assert pol.k == 1 and isinstance(pol.gate, Never)
     assert parse_gate("never") == Never()
+
+
+class _CountingSession:
+    """A hand-written session: the state is the number of tokens written so far; the cloud writes 100 + state,
+    the drafter 200 + state. The cloud answers ``cloud_calls`` times, then raises CloudUnavailable; token
+    ``eos_at`` (either side's) ends the caption."""
+
+    root = 0
+
+    def __init__(self, cloud_calls: int = 10**9, eos_at: int = -1):
+        self.cloud_calls, self.eos_at, self.calls, self.advances = cloud_calls, eos_at, 0, 0
+
+    def draft(self, state):
+        from sectrace.protocol.engine import DraftToken
+        return DraftToken(200 + state, -0.1, 0.5, 0.9, state == self.eos_at)
+
+    def advance(self, state, token):
+        self.advances += 1
+        return state + 1
+
+    def judge(self, state, tokens, mode):
+        from sectrace.protocol.engine import CloudUnavailable, Judgement
+        self.calls += 1
+        if self.calls > self.cloud_calls:
+            raise CloudUnavailable("down")
+        return [Judgement(0, float("nan"), 100 + state, 0.9, state == self.eos_at)]
+
+
+def test_cloud_only_schedule_and_counters_by_hand():
+    """k = 0 streams one cloud request: one CloudStep and one Commit per token, every token a bonus."""
+    from sectrace.protocol.engine import CloudStart, CloudStep, Commit
+    seen, sess = [], _CountingSession()
+    r = run(sess, cloud_only(max_new_tokens=3), observe=seen.append)
+    assert sess.advances == 2  # no state is built past the last token (a trie may not have it)
+    assert r.tokens == [100, 101, 102]
+    assert r.events == [CloudStart(), CloudStep(0), Commit(1, 1), CloudStep(1), Commit(1, 2), CloudStep(2), Commit(1, 3)]
+    assert seen == r.events
+    assert (r.escalations, r.bonus, r.drafted, r.fallbacks, r.eos) == (1, 3, 0, 0, False)
+
+
+def test_cloud_only_stops_at_the_clouds_eos():
+    r = run(_CountingSession(eos_at=1), cloud_only(max_new_tokens=8))
+    assert r.tokens == [100, 101] and r.eos and r.bonus == 2
+
+
+def test_cloud_only_falls_back_to_the_drafter_when_the_cloud_stops_answering():
+    """After two answered steps the cloud fails: one Fallback(0, ...), the edge prefills, then drafts the rest."""
+    from sectrace.protocol.engine import CloudStart, CloudStep, Commit, Draft, Fallback, Prefill
+    sess = _CountingSession(cloud_calls=2)
+    r = run(sess, cloud_only(max_new_tokens=4))
+    assert r.tokens == [100, 101, 202, 203]
+    assert r.events == [CloudStart(), CloudStep(0), Commit(1, 1), CloudStep(1), Commit(1, 2),
+                        Fallback(0, 2, "down"), Prefill(), Draft(2), Commit(1, 3), Draft(3), Commit(1, 4)]
+    assert (r.escalations, r.bonus, r.drafted, r.fallbacks, r.eos) == (1, 2, 2, 1, False)
+    assert sess.calls == 3  # the cloud is not asked again after it failed
+    r = run(_CountingSession(cloud_calls=1, eos_at=2), cloud_only(max_new_tokens=9))
+    assert r.tokens == [100, 201, 202] and r.eos and r.drafted == 2
+
+
+def test_coverage_miss_names_what_and_where():
+    from sectrace.protocol.engine import CoverageMiss
+    e = CoverageMiss(3, "judge")
+    assert (e.depth, e.what, str(e)) == (3, "judge", "judge at depth 3")
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("top1", "top1", 1), (" Exact ", "top1", 1), ("TOP-1", "top1", 1),
+    ("rank:20", "rank", 20), ("rank:3.0", "rank", 3), ("prob:0.1", "prob", 0.1), ("prob:1", "prob", 1.0),
+])
+def test_accept_parse_reads_every_spelling(text, kind, value):
+    a = Accept.parse(text)
+    assert a == Accept(kind, value) and a.kind == kind and a.value == value
+    assert type(a.value) is (int if kind == "top1" or (kind == "rank" and value == int(value)) else float)
+
+
+def test_accept_parse_prints_back_and_refuses_with_one_sentence():
+    from sectrace.protocol.policy import PolicyError
+    assert [str(Accept.parse(t)) for t in ("exact", "rank:20", "prob:0.25")] == ["top1", "rank:20", "prob:0.25"]
+    for bad in ("rank", "rank:", "foo:1", "prob0.1"):
+        with pytest.raises(PolicyError, match="cannot read acceptance rule .*write top1, rank:20 or prob:0.1"):
+            Accept.parse(bad)
+    for bad in ("rank:x", "rank:1:2"):  # the first colon splits kind from number
+        with pytest.raises(PolicyError, match="cannot read the number in acceptance rule"):
+            Accept.parse(bad)
+
+
+def test_baseline_policies_by_field():
+    """The baselines' fields are what reports label and the simulator prices: write them all down."""
+    d, c, ll = drafter_only(32), cloud_only(40), lossless(3)
+    assert (d.k, d.gate_spec, d.max_new_tokens, d.name, d.label, d.bonus) == (1, "never", 32, "edge-only", "edge-only", True)
+    assert isinstance(d.gate, Never) and d.accept == Accept("rank", 20) and d.privacy == "token-only"
+    assert (c.k, c.gate_spec, c.accept, c.bonus, c.privacy, c.max_new_tokens, c.name, c.label) == (
+        0, "always", Accept("top1", 1), True, "raw", 40, "cloud-only", "cloud-only")
+    assert isinstance(c.gate, Always)
+    assert (ll.k, ll.gate_spec, ll.accept, ll.privacy, ll.max_new_tokens, ll.name) == (
+        3, "always", Accept("top1", 1), "features", 64, "")
+    assert ll.label == "k=3 gate=always accept=top1 features" and isinstance(ll.gate, Always)
+
+
+def test_a_policy_without_a_gate_object_is_refused():
+    with pytest.raises(ValueError, match="^policy has no gate object; build it with sectrace.gates.parse_gate$"):
+        run(_CountingSession(), Policy(k=2, gate=None))
+
+
+def test_policy_label_names_every_non_default_field():
+    p = Policy(k=4, gate=Always(), gate_spec="entropy:2", accept=Accept("prob", 0.25), adaptive=0.3, bonus=False,
+               privacy="features", cloud_cache="stateless")
+    assert p.label == "k=4 gate=entropy:2 accept=prob:0.25 adaptive=0.3 no-bonus features stateless"
+    assert Policy(k=2, gate=Always()).label == "k=2 gate=always accept=rank:20 token-only"
+    assert Policy(k=2, gate=Always(), name="mine").label == "mine"
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"k": -1}, "block size k=-1 must be >= 0"),
+    ({"privacy": "nope"}, "unknown privacy mode 'nope'; use one of "),
+    ({"cloud_cache": "warm"}, "unknown cloud cache 'warm'; use stateful or stateless"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
+    ({"adaptive": 1.0}, "adaptive threshold 1.0 must be a probability in (0, 1)"),
+    ({"adaptive": 0.0}, "adaptive threshold 0.0 must be a probability in (0, 1)"),
+    ({"k": 0, "bonus": False}, "k=0 (cloud decoding) needs the bonus token on"),
+])
+def test_policy_refuses_with_one_sentence(kw, msg):
+    from sectrace.protocol.policy import PolicyError
+    with pytest.raises(PolicyError) as e:
+        Policy(**kw)
+    assert str(e.value).startswith(msg)
+
+
+def test_policy_accepts_its_boundaries():
+    for kw in ({"k": 0}, {"max_new_tokens": 1}, {"adaptive": 0.5}):
+        assert Policy(**kw)  # no error
