@@ -52,7 +52,7 @@ def _join(src: str, extra: str) -> str:
     return f"{src}, {extra}" if src else extra
 
 
-_STUDY = "the study's Table 1 (MER2024 subset, 332 files; /work/shared/reference/study-tables.csv)"
+_STUDY = "the study's Table 1 (MER2024 subset, 332 files; the team's shared/reference/study-tables.csv)"
 # Decoding a 7B model at batch 1 is memory-bandwidth bound, so a GPU of another kind is
 # approximated by scaling the study's A100 by the ratio of memory bandwidths (vendor datasheets).
 # The study's A100 held 42.5 GB of GPU memory, so it was an 80 GB card: 2.04 TB/s (A100 80GB SXM).
