@@ -16,23 +16,22 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 
+from ..fsio import write_table
 from ..version import __version__
 from . import figures
 from .inputs import check_results, normalise_configs, results_kind
 from .pareto import pareto_table
 from .privacy import modes_side_by_side, privacy_table
+from .render import render
 from .style import PolicyStyle, assign
 from .sweep import has_agreement, pick_configs, sweep_points
 from .tables import column_format, fmt, policy_points, quality_x100, table1, table2
-
-TEMPLATES = Path(__file__).parent / "templates"
 
 
 @dataclass
@@ -135,36 +134,8 @@ def make_table(df: pl.DataFrame, cols: list[str] | None = None, grey_col: str | 
 
 
 def write_csv(df: pl.DataFrame, path: Path) -> None:
-    """CSV of a table; list columns (e.g. acceptance per draft position) become space-separated text."""
-    nested = [c for c, t in df.schema.items() if t.is_nested()]
-    if nested:
-        df = df.with_columns(pl.col(c).cast(pl.List(pl.Utf8)).list.join(" ") for c in nested)
-    df.write_csv(path)
-
-
-def _env():
-    import jinja2
-    import markupsafe
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson_safe"] = lambda v: markupsafe.Markup(json.dumps(v, default=str).replace("<", "\\u003c"))
-    env.globals["raw"] = _raw
-    return env
-
-
-def _raw(name: str):
-    """A CSS or JS file of templates/ inlined as it is (not parsed as a template; no closing tag inside)."""
-    import markupsafe
-
-    text = (TEMPLATES / name).read_text(encoding="utf-8")
-    if re.search(r"</(script|style)", text, re.I):
-        raise RuntimeError(f"templates/{name} may not contain </script or </style")
-    return markupsafe.Markup(text)
-
-
-def render(template: str, **data) -> str:
-    return _env().get_template(template).render(**data)
+    """CSV of a table; list columns (e.g. acceptance per draft position) become space-separated text (fsio's rule)."""
+    write_table(df, path)
 
 
 # --- shared facts ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from .render import render
 from .style import BASELINES, MODE_COLOURS
 from .tables import column_format
 
@@ -128,7 +129,6 @@ def interactive_data(ctx) -> dict:
 
 
 def write_interactive(path: Path, ctx) -> Path:
-    from .build import render
 
     data = interactive_data(ctx)
     cap = ("Filled points are on this configuration's 4-D front (quality ↑, latency ↓, cloud tokens ↓, bytes up ↓), "
