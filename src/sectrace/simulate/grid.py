@@ -31,6 +31,7 @@ from ..network import parse_jitter
 from ..protocol import Accept
 from ..protocol.policy import CLOUD_CACHES, PRIVACY_MODES
 from ..units import parse_duration, parse_rate, parse_size
+from .profiles import cloud_device, edge_device, network_preset
 
 
 class _Bad(UserError):
@@ -142,12 +143,13 @@ def _adaptive(v, _trace=None):
     return x
 
 
-def _preset(v, _trace=None):
-    from .profiles import network_preset
-
-    s = _string(v)
-    network_preset(s)
-    return s
+def _named(lookup):
+    """A preset's name, checked by the lookup that will use it (an unknown one raises its own sentence)."""
+    def parse(v, _trace=None):
+        s = _string(v)
+        lookup(s)
+        return s
+    return parse
 
 
 def _duration(what):
@@ -191,22 +193,6 @@ def _loss(v, _trace=None):
     return x
 
 
-def _edge(v, _trace=None):
-    from .profiles import edge_device
-
-    s = _string(v)
-    edge_device(s)
-    return s
-
-
-def _cloud(v, _trace=None):
-    from .profiles import cloud_device
-
-    s = _string(v)
-    cloud_device(s)
-    return s
-
-
 def _speedup(v, _trace=None):
     x = _number(v)
     if x <= 0:
@@ -238,7 +224,7 @@ SCHEMA: dict[str | None, dict[str, Key]] = {
         "adaptive": Key(_adaptive, '["off", 0.3]', '"off" or a drafter probability in (0, 1) (default "off")'),
     },
     "network": {
-        "preset": Key(_preset, '["wifi", "4g"]', "network presets the keys below override (default: the "
+        "preset": Key(_named(network_preset), '["wifi", "4g"]', "network presets the keys below override (default: the "
                                                  "built-in 50 ms, 20/50 Mbit/s path)"),
         "rtt": Key(_duration("rtt"), '["20ms", "0.1s"]', "round-trip times, with a unit"),
         "uplink": Key(_rate("uplink"), '["20Mbit/s", "2.5MB/s"]', "edge → cloud bandwidths, with a unit"),
@@ -249,8 +235,8 @@ SCHEMA: dict[str | None, dict[str, Key]] = {
         "loss": Key(_loss, "[0, 0.01]", "message loss probability in [0, 1) (default: the preset's)"),
     },
     "device": {
-        "edge": Key(_edge, '"study-cpu-2core"', "one edge device preset", many=False),
-        "cloud": Key(_cloud, '"study-a100"', "one cloud device preset", many=False),
+        "edge": Key(_named(edge_device), '"study-cpu-2core"', "one edge device preset", many=False),
+        "cloud": Key(_named(cloud_device), '"study-a100"', "one cloud device preset", many=False),
         "edge_speedup": Key(_speedup, "[1, 2, 4]", "edge speed-ups, finite and > 0 (default 1)"),
         "cloud_speedup": Key(_speedup, "[1, 2]", "cloud speed-ups, finite and > 0 (default 1)"),
     },
