@@ -18,8 +18,9 @@ import polars as pl
 from ..errors import UserError
 from ..gates.learned import GateFiles
 from ..gates.spec import GateFileNotGiven, parse_gate
-from ..protocol import Accept, CloudStep, Policy, Verify, cloud_only, drafter_only, run
+from ..protocol import CloudStep, Policy, Verify, run
 from ..protocol.engine import CoverageMiss
+from ..simulate.results import policy_from_row
 from ..trace import Trace, TrieSession
 from .emotion import emotion_words
 
@@ -55,15 +56,7 @@ def _report_gates(gates, trace: Trace | None = None) -> ReportGates:
 
 def _policy_from_row(row: dict, gates: ReportGates | None = None) -> Policy:
     """The policy a results row was simulated with; raises GateFileNotGiven for a learned gate not passed."""
-    if row["policy"] == "edge-only":
-        return drafter_only(int(row["max_new_tokens"]))
-    if row["policy"] == "cloud-only":
-        return cloud_only(int(row["max_new_tokens"]))
-    make_gate = _report_gates(gates)
-    return Policy(k=int(row["k"]), gate=make_gate(row["gate"]), gate_spec=row["gate"],
-                  accept=Accept.parse(row["accept"]), bonus=bool(row["bonus"]), privacy=row["privacy"],
-                  cloud_cache=row["cloud_cache"], max_new_tokens=int(row["max_new_tokens"]),
-                  adaptive=row["adaptive"])
+    return policy_from_row(row, _report_gates(gates))
 
 
 def rebuild_policies(results: pl.DataFrame, gates: ReportGates | None = None) -> tuple[dict[str, Policy], list[str]]:
