@@ -148,6 +148,43 @@ def _needs(tr, data, manifest) -> list[str]:
             f"            give --data DIR or --manifest FILE to validate or re-probe{remake}"]
 
 
+@trace.command("adopt-probes")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--from", "source", required=True, type=click.Path(path_type=Path),
+              help="The trace whose timing probes to take: same models, backend, prompt and edge threads.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the result here instead of updating PATH in place.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def trace_adopt_probes(path, source, out, force):
+    """Give the trace at PATH the timing probes of another trace of the same models.
+
+    The trie (what the models said) does not depend on how busy the machine was; the
+    probes that price it do. A trace explored beside other work, or re-collected only
+    to add signals (`collect --no-probes`), can take the probes a quiet collection of
+    the same models measured. Refused unless both traces record the same models (name,
+    architecture, parameters, dtype, tokenizer), backend, prompt and edge threads; the
+    manifest records where the probes came from (`hardware.timings_from`).
+
+    \b
+    Examples:
+      sectrace trace adopt-probes build/demo-trace --from src/sectrace/data/sample-trace
+      sectrace trace adopt-probes busy-trace --from quiet-trace --out priced-trace
+    """
+    from ..fsio import check_output
+    from ..trace import load_trace, rebase_paths, write_trace
+    from ..trace.adopt import adopt_timings
+
+    tr, src = load_trace(path), load_trace(source)
+    if out is not None:
+        check_output(out, force, suffixes=None, directory=True)
+    manifest, timings = adopt_timings(tr, src)
+    dest = Path(out) if out is not None else Path(path)
+    if out is not None:
+        manifest = rebase_paths(manifest, path, dest)
+    write_trace(dest, manifest, tr.utterances, tr.nodes, timings, tr.vocab, overwrite=out is None or force)
+    click.echo(f"wrote {dest}: {timings.height} timings from {source} (was {tr.timings.height}); trie unchanged "
+               f"({tr.nodes.height} nodes)")
+
+
 @trace.command("merge")
 @click.argument("shards", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Merged trace directory.")
