@@ -102,6 +102,27 @@ def test_demo_data_remakes_the_exact_rows(demo_data):
     assert "found at" in r.output and "audio: 12 of 12 files present" in r.output
 
 
+def test_demo_collect_on_the_remade_data_keeps_the_recorded_texts(demo_data, tmp_path):
+    """docs/demo.md's regeneration: `sectrace demo collect --work DIR` on what `sectrace demo data DIR` wrote picks
+    the bundled trace's clips and keeps its recorded front-end texts; the front end never runs, so the collection
+    reads the bundled trace's exact rows (its content hash, recomputed here by hand)."""
+    from sectrace.demo.recipe import build
+
+    work = tmp_path / "work"
+    shutil.copytree(demo_data, work)
+
+    def front_end_must_not_run(path):
+        raise AssertionError(f"the front end ran on {path}")
+
+    manifest, recipe = build(work, describe=front_end_must_not_run)
+    tr = load_trace(sample_trace_path())
+    assert recipe["utt_ids"] == tr.utterances["utt_id"].to_list()
+    assert recipe["texts"] == tr.manifest["dataset"]["recipe"]["texts"]
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+    hand = [{**r, "audio": Path(r["audio"]).name} for r in rows]
+    assert _hand_content(hand) == tr.manifest["dataset"]["content_sha"]
+
+
 def _doc_block(doc: str, first: str) -> list[str]:
     """The `sectrace` command lines of the fenced block in ``doc`` that holds a line starting with ``first``."""
     text = (ROOT / "docs" / doc).read_text(encoding="utf-8")

@@ -106,6 +106,24 @@ def load_trace_or_sample(path):
     return load_trace(path or sample_trace_path())
 
 
+def grid_policies(paths, max_new_tokens: int) -> list:
+    """The policies of sweep grid files (their [policy] tables and baselines), for exploring what a sweep will ask:
+    `trace synth --explore GRID` and `collect --explore GRID` record every state those policies visit, so the
+    sweep replays with no coverage miss. Only the policies are read; the grid's size bounds are the sweep's."""
+    from ..simulate.sweep import load_grid
+
+    out = []
+    for path in paths:
+        out += load_grid(Path(path), max_new_tokens, force=True)[0]
+    return out
+
+
+EXPLORE_OPTION = click.option(
+    "--explore", "explore_grids", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also explore every policy of this sweep grid file (its [policy] table), so `sectrace sweep GRID` on the "
+         "result has no coverage miss; repeatable.")
+
+
 def split_list(values, what, parse):
     """Flatten repeated and comma-separated option values (``--k 3,5 --k 8``) and parse each."""
     out = []

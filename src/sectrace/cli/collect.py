@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from ._common import require_extra
+from ._common import EXPLORE_OPTION, grid_policies, require_extra
 
 
 @click.command("collect")
@@ -34,6 +34,7 @@ from ._common import require_extra
 @click.option("--policy", "policies", multiple=True,
               help="Explore these policies instead of the default set, e.g. 'k=5 gate=entropy:2.0 accept=rank:10 "
                    "token-only'. Repeatable.")
+@EXPLORE_OPTION
 @click.option("--extend", type=click.Path(path_type=Path),
               help="Start from this trace and add the states the --policy runs need (its coverage misses).")
 @click.option("--edge-device", default="cpu", show_default=True)
@@ -55,7 +56,8 @@ from ._common import require_extra
                    "without exploring again; MANIFEST or --data finds the utterance if the trace's record does not.")
 @click.option("--data", type=click.Path(path_type=Path),
               help="With --reprobe: a folder holding the trace's dataset manifest (by its recorded file name).")
-def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_new_tokens, max_nodes, policies, extend,
+def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_new_tokens, max_nodes, policies,
+                explore_grids, extend,
                 edge_device, edge_threads, cloud_device, dtype, edge_dtype, shard, limit, timing_repeats, no_probes,
                 signals, reprobe, data):
     """Decode MANIFEST's utterances with a real drafter and verifier and write a trace.
@@ -70,6 +72,7 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
       sectrace collect data.jsonl --drafter models/small --verifier models/large --out traces/t1
       sectrace collect data.jsonl ... --out traces/t1.s0 --shard 0/4
       sectrace collect data.jsonl ... --signals mc-dropout:n=8:p=0.1,stability,audio-shift
+      sectrace collect data.jsonl ... --extend traces/t1 --explore examples/grid.toml --out traces/t2
       sectrace trace merge traces/t1.s0 traces/t1.s1 traces/t1.s2 traces/t1.s3 --out traces/t1
       sectrace collect --reprobe traces/t1 --drafter models/small --verifier models/large   # quiet machine
     """
@@ -105,9 +108,11 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
         if value is not None and value < lo:
             raise UserError(f"{name} {value} is out of range: it is {what}, so give a whole number of at least {lo}")
     signal_spec = parse_signals(signals)
-    if extend and not policies:
-        raise UserError("--extend needs the policies to add: give one or more --policy")
-    pols = [parse_policy(p, max_new_tokens) for p in policies] if policies else default_exploration(max_new_tokens)
+    if extend and not (policies or explore_grids):
+        raise UserError("--extend needs the policies to add: give one or more --policy or --explore GRID")
+    pols = [parse_policy(p, max_new_tokens) for p in policies] + grid_policies(explore_grids, max_new_tokens)
+    if not pols:
+        pols = default_exploration(max_new_tokens)
     if cloud_device is None:
         try:
             import torch

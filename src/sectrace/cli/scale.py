@@ -78,7 +78,7 @@ def sweep(grid, out, trace_path, cost_mode, jobs, ci, as_json, force):
                                     provenance=prov)
     dt = time.perf_counter() - t0
     write_table(df, out)
-    note = coverage_note(df, trace_path, tr.synthetic)
+    note = coverage_note(df, trace_path, tr.synthetic, grid=grid)
     if as_json:
         from ..simulate.metrics import BOOTSTRAP, DEFINITIONS
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from ._common import load_trace_or_sample, to_json
+from ._common import EXPLORE_OPTION, grid_policies, load_trace_or_sample, to_json
 
 
 @click.group()
@@ -29,8 +29,10 @@ def trace():
 @click.option("--policy", "policies", multiple=True,
               help="Also explore this policy (as labelled in results, e.g. 'k=4 gate=margin:0.2 accept=rank:5 "
                    "token-only'); repeatable. Fills the coverage misses that simulate and sweep report.")
+@EXPLORE_OPTION
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_new_tokens, seed, policies, force):
+def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_new_tokens, seed, policies,
+                explore_grids, force):
     """Write a synthetic trace to OUT from a stated statistical model.
 
     At every decoding state the verifier keeps the drafter's token with probability
@@ -45,6 +47,7 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
       sectrace trace synth my-trace --utterances 40 --seed 0
       sectrace trace synth hard-trace --alpha 0.5 --coupling 0.9 --force
       sectrace trace synth wide-trace --policy 'k=4 gate=entropy:2.5 accept=rank:20 features'
+      sectrace trace synth grid-trace --explore examples/grid.toml   # every policy the sweep asks for
     """
     from tqdm import tqdm
 
@@ -58,13 +61,21 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
     if out.exists() and not force:
         raise UserError(f"{out} already exists; choose another path or pass --force to replace it")
     model = AlphaModel(alpha=alpha, alpha_blind=alpha_blind, coupling=coupling, mean_length=mean_length, seed=seed)
-    extra = [parse_policy(p, max_new_tokens) for p in policies]
-    policies = default_exploration(max_new_tokens) + extra
+    extra = [parse_policy(p, max_new_tokens) for p in policies] + grid_policies(explore_grids, max_new_tokens)
+    policies = _unique(default_exploration(max_new_tokens) + extra)
     with tqdm(total=utterances, desc="exploring", unit="utt", disable=None) as bar:
         manifest, utts, nodes, timings, vocab = synth_trace(model, utterances, policies, progress=bar.update)
     write_trace(out, manifest, utts, nodes, timings, vocab, overwrite=force)
     click.echo(f"wrote synthetic trace {out}: {utterances} utterances, {nodes.height} trie nodes, "
                f"{len(policies)} exploration policies")
+
+
+def _unique(policies: list) -> list:
+    """Each policy once (a grid repeats the baselines the default exploration has), first occurrence kept."""
+    seen = {}
+    for p in policies:
+        seen.setdefault(p.label, p)
+    return list(seen.values())
 
 
 @trace.command("info")

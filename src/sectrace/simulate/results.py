@@ -243,7 +243,7 @@ def from_row(row: dict, gate=None, with_policy: bool = True) -> RowSetup:
     return RowSetup(policy_from_row(row, gate) if with_policy else None, cost_from_row(row), network_from_row(row))
 
 
-def coverage_note(frame: pl.DataFrame, trace_path=None, synthetic: bool = False) -> str | None:
+def coverage_note(frame: pl.DataFrame, trace_path=None, synthetic: bool = False, grid=None) -> str | None:
     """One sentence on coverage misses and how to fill them, or None when every row covers all its utterances.
 
     ``frame``: a sweep result or a ``summarise`` table (one row per policy and configuration, with
@@ -251,7 +251,8 @@ def coverage_note(frame: pl.DataFrame, trace_path=None, synthetic: bool = False)
     A miss is an utterance whose run leaves the explored trie: it is left out of the row's means, so a
     row with misses averages fewer utterances than its neighbours, which is easy to overlook in a big
     table. Real traces are filled by collecting the missing states (``collect --extend``); synthetic
-    ones by generating them again with those policies explored."""
+    ones by generating them again with those policies explored. With ``grid`` (a sweep's grid file) the
+    command explores the whole grid (``--explore GRID``) instead of naming policies one by one."""
     if frame.height == 0 or not {"policy", "covered"} <= set(frame.columns):
         return None
     if frame.schema["covered"] == pl.Boolean:
@@ -271,11 +272,13 @@ def coverage_note(frame: pl.DataFrame, trace_path=None, synthetic: bool = False)
             f"{len(policies):,} of {frame['policy'].n_unique():,} policies) miss some utterances"
             f"{f' ({n_none:,} cover none)' if n_none else ''}, so their means average fewer utterances "
             "(see the covered column)")
+    which = f"--explore {grid}" if grid is not None else f"--policy '{worst}'"
     if synthetic:
+        per = "" if grid is not None else "one --policy per policy that misses, and "
         how = (f"this trace is synthetic, so generate it again with those policies explored: "
-               f"`sectrace trace synth NEW --policy '{worst}'` (one --policy per policy that misses, and the "
-               f"model options in {trace}'s manifest)")
+               f"`sectrace trace synth NEW {which}` ({per}the model options in {trace}'s manifest)")
     else:
+        per = "" if grid is not None else " (one --policy per policy that misses)"
         how = (f"record the missing decoding states with `sectrace collect MANIFEST --drafter D --verifier V "
-               f"--extend {trace} --out NEW --policy '{worst}'` (one --policy per policy that misses)")
+               f"--extend {trace} --out NEW {which}`{per}")
     return f"{what}; {how}."
