@@ -151,3 +151,25 @@ def test_a_mismatched_caption_is_not_timed():
         caption_match=pl.col("utt_id") == "u0")
     assert stats.cells(df)["utt_id"].to_list() == ["u0"]
     assert np.isclose(stats.cells(df)["error_latency"][0], 0.01)
+
+
+def test_no_timed_run_leaves_the_targets_unmeasured():
+    df = _cells({(0.02, "a"): [0.01, 0.02]}).with_columns(caption_match=pl.lit(False))
+    cell = stats.cells(df)
+    cond = stats.conditions(cell)
+    assert cell.is_empty() and cond.is_empty()
+    t = stats.targets(cell, cond)
+    assert all(t[k]["value"] is None and not t[k]["met"] for k in t)
+    assert stats.noise(cell)["noise_repeats"] is None
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--calibrations"])
+def test_validate_refuses_fewer_than_one_repeat_or_calibration(flag, tmp_path):
+    from click.testing import CliRunner
+
+    from sectrace.cli import main
+    from sectrace.trace import sample_trace_path
+
+    r = CliRunner().invoke(main, ["validate", str(sample_trace_path()), "--drafter", "d", "--verifier", "v", flag, "0",
+                                  "--out", str(tmp_path / "v.parquet"), "--dry-run"])
+    assert r.exit_code == 2 and "must be at least 1" in r.output and "Traceback" not in r.output
