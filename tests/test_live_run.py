@@ -313,14 +313,14 @@ def test_validate_end_to_end(validated):
     for rtt in (0.03, 0.01):  # every call crossed its own shaped path
         hybrid = df.filter((pl.col("policy") == pols[2].label) & (pl.col("rtt_s") == rtt))
         assert (hybrid["latency_s"] >= hybrid["calls"] * rtt).all()
-    # interleaved: a caption's repeats follow one another, each running every policy at both RTTs back to back;
-    # the first RTT alternates between repeats and captions, the policy order rotates between repeats
+    # interleaved: each caption runs every policy at both RTTs back to back, the first RTT alternating between
+    # captions and repeats; the repeats go round the captions again (not back to back), the policy order rotated
     assert df["seq"].to_list() == list(range(32)) and df["started_s"].is_sorted()
-    assert df["utt_id"].to_list() == ["u0"] * 16 + ["u1"] * 16 and df["repeat"].to_list()[:16] == [0] * 8 + [1] * 8
+    assert df["utt_id"].to_list() == (["u0"] * 8 + ["u1"] * 8) * 2 and df["repeat"].to_list() == [0] * 16 + [1] * 16
     assert df["rtt_s"].to_list()[:4] == [0.03, 0.01, 0.03, 0.01] and df["rtt_s"].to_list()[8:10] == [0.01, 0.03]
     assert df["rtt_s"].to_list()[16:18] == [0.01, 0.03] and df["rtt_s"].to_list()[24:26] == [0.03, 0.01]
     labels = [p.label for p in pols]
-    assert df["policy"].to_list()[0:8:2] == labels and df["policy"].to_list()[8:16:2] == labels[1:] + labels[:1]
+    assert df["policy"].to_list()[0:8:2] == labels and df["policy"].to_list()[16:24:2] == labels[1:] + labels[:1]
     assert df.group_by("rtt_s", "policy", "utt_id").len()["len"].to_list() == [2] * 16
     facts = json.loads(out.with_suffix(".json").read_text())
     assert facts["runs"] == 32 and facts["captions_match"] == 32 and facts["repeats"] == 2

@@ -4,9 +4,9 @@ One run: the verifier service in its own process (pinned to its own cores), the 
 this one (pinned to the others), a shaped path between them per condition. Costs are fitted
 to timings taken through the very code paths of a live run with that pinning (edge draft
 steps here, calls to the service on the unshaped path), then the simulator prices the trace's replay of
-each policy with them. Calibration rounds are spread before, between and after the live runs, and
-the conditions of one caption (and its repeats) run back to back, because a shared machine drifts by
-several per cent over a run: measured in one block, drift would show up as simulator error. Per cell
+each policy with them. Calibration rounds are spread before, between and after the live runs, the
+conditions of one caption run back to back and its repeats are spread out, because a shared machine
+drifts by several per cent over a run: measured in one block, drift would show up as simulator error. Per cell
 (utterance × policy × RTT) we compare the median of its repeats' measured latency and time to first
 token with the prediction (validate.stats), and the live caption against the replay's, token for token:
 a mismatch means the trace does not describe what the live models do, and that run's timing is not
@@ -280,8 +280,10 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
     rounds = max(cfg.calibrations, 1)
     # Calibration rounds sit before, between and after the live runs, and each caption runs every RTT
     # back to back (the order rotating), so slow drift of a shared machine falls alike on the costs
-    # and on every condition instead of biasing whichever ran first. A caption's repeats follow one
-    # another, each running every policy and RTT once, the policy order rotating too.
+    # and on every condition instead of biasing whichever ran first. Repeats go round the utterances
+    # between two calibration rounds N times (each pass every policy and RTT once, the policy order
+    # rotating too), not back to back: slow drift moves runs close in time together, and a median of
+    # runs that share it would keep it.
     chunks = [c for c in np.array_split(np.arange(len(utts)), max(rounds - 1, 1)) if len(c)]
     with tempfile.TemporaryDirectory(prefix="sectrace-validate-") as tmp, contextlib.ExitStack() as stack:
         echo(f"starting the verifier service (cores {cfg.cloud_cpus or 'any'}, {cfg.cloud_threads} threads)…")
@@ -328,7 +330,7 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
         cal(0, keep=False)
         cal(1, keep=True)
         for j, chunk in enumerate(chunks):
-            for ui, r_i in ((ui, r_i) for ui in chunk for r_i in range(cfg.repeats)):
+            for ui, r_i in ((ui, r_i) for r_i in range(cfg.repeats) for ui in chunk):
                 u = utts[ui]
                 prep = preps[u.utt_id]
                 n_pol = len(cfg.policies)
