@@ -4,11 +4,12 @@ and the bootstrap summary of made-up cells (the live end-to-end run is in tests/
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import polars as pl
 import pytest
 
-from sectrace.live.client import CallTimes, LiveRun
 from sectrace.protocol import Commit, Draft, GateCall, Prefill, Verify, drafter_only
 from sectrace.validate import events as E
 from sectrace.validate import stats
@@ -38,13 +39,19 @@ def test_same_events_tells_types_apart():
     assert not E.same_events(EVENTS, EVENTS[:-1])
 
 
+def _call(start, sent, received, end, ok, compute_ms, queue_ms):
+    """Stands in for live.client.CallTimes (the live extra is not needed here; the end-to-end test uses the real one)."""
+    return SimpleNamespace(start=start, sent=sent, received=received, end=end, ok=ok, compute_ms=compute_ms,
+                           queue_ms=queue_ms)
+
+
 def _live(latency=1.0):
     """A made-up clock: each event 0.05 s after the one before; the two calls start 0.01 s after their gate."""
     times = [0.05 * (i + 1) for i in range(len(EVENTS))]
-    calls = [CallTimes(times[4] + 0.01, times[4] + 0.012, times[5] - 0.002, times[5] - 0.001, True, 20.0, 1.0),
-             CallTimes(times[12] + 0.01, times[12] + 0.011, times[13] - 0.003, times[13] - 0.001, True, 5.0, 0.0)]
-    run_ = type("R", (), {"events": EVENTS})()
-    return LiveRun(run_, latency, 0.3, 2, 0, 0, 0, 0, list(zip(times, EVENTS)), calls), times
+    calls = [_call(times[4] + 0.01, times[4] + 0.012, times[5] - 0.002, times[5] - 0.001, True, 20.0, 1.0),
+             _call(times[12] + 0.01, times[12] + 0.011, times[13] - 0.003, times[13] - 0.001, True, 5.0, 0.0)]
+    run_ = SimpleNamespace(events=EVENTS)
+    return SimpleNamespace(run=run_, latency_s=latency, marks=list(zip(times, EVENTS)), call_times=calls), times
 
 
 def test_live_stretches_add_up_and_split_the_gate_off_each_call():

@@ -53,8 +53,11 @@ def bootstrap_ci(x, statistic) -> tuple[float | None, float | None]:
         return None, None
     if np.all(x == x[0]):
         return float(x[0]), float(x[0])
-    res = bootstrap((x,), statistic, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile",
-                    rng=np.random.default_rng(0))
+    kw = dict(confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile")
+    try:
+        res = bootstrap((x,), statistic, rng=np.random.default_rng(0), **kw)
+    except TypeError:  # scipy < 1.15 names the generator random_state
+        res = bootstrap((x,), statistic, random_state=np.random.default_rng(0), **kw)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
