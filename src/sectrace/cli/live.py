@@ -205,7 +205,8 @@ def _policies(texts, max_new: int):
                    "median, and their spread is the machine's noise floor.")
 @click.option("--timeout", default="60s", show_default=True, help="Per call; a call past it falls back to the edge.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Per-utterance results (Parquet); the run's facts go beside it as JSON.")
+              help="Per-run results (Parquet); the run's facts (.json) and per-event residuals (.events.parquet) "
+                   "go beside it.")
 @click.option("--force", is_flag=True, help="Replace --out.")
 @click.option("--dry-run", is_flag=True,
               help="Check the options, find the dataset and say what would run (utterances, calibration prompts, "
@@ -221,11 +222,11 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
     what the simulator predicts for the same trace, policies and network; live captions
     must equal the replay's token for token (mismatches are reported, not timed).
     Calibration rounds (--calibrations) sit before, between and after the live runs,
-    and each caption runs every RTT back to back (--repeats times), so a machine that
-    drifts biases no one condition. The output gives each condition's median error of
-    the repeats' median, its bias (mean signed error) with a bootstrap 95 % interval,
-    the targets met or not, the machine's noise floor, and which event type carries
-    the error (the per-event table, OUT.events.parquet).
+    each caption runs every RTT back to back, and --repeats N runs every cell N times,
+    spread out, so a machine that drifts biases no one condition. The output gives each
+    condition's median error of the repeats' median, its bias (mean signed error) with
+    a bootstrap 95 % interval, the targets met or not, the machine's noise floor, and
+    which event type carries the error (the per-event table, OUT.events.parquet).
 
     \b
     Examples:
@@ -237,8 +238,7 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
         require_extra("validate", "live", "collect")
     from ..network import parse_jitter
     from ..units import parse_duration, parse_rate
-    from ..validate.run import ValidateConfig, plan, write
-    from ..validate.run import events_path
+    from ..validate.run import ValidateConfig, events_path, plan, write
     from ..validate.run import validate as run_validate
 
     if not trace_path.exists():
