@@ -266,9 +266,10 @@ def test_an_evicted_session_is_reopened(live):
 
 
 # --- sectrace validate, end to end (a service process, the proxy, the simulator) -------------------
-def test_validate_end_to_end(live, tmp_path):
+@pytest.fixture(scope="module")
+def validated(live, tmp_path_factory):
+    """One `sectrace validate` run on a tiny collected trace: 2 utterances × 4 policies × 2 RTTs, 2 repeats each."""
     import numpy as np
-    import polars as pl
     import soundfile as sf
     from click.testing import CliRunner
 
@@ -277,6 +278,7 @@ def test_validate_end_to_end(live, tmp_path):
     from sectrace.gates import parse_policy
 
     pair, srv, app, root, d, v = live
+    tmp_path = tmp_path_factory.mktemp("validate")
     rows = []
     for i, text in enumerate(["i cannot believe you did that", "that is wonderful news"]):
         wav = tmp_path / f"a{i}.wav"
@@ -290,26 +292,121 @@ def test_validate_end_to_end(live, tmp_path):
                           max_new_tokens=12, edge_threads=None, timing_repeats=1, probes=False))
     out = tmp_path / "val.parquet"
     args = ["validate", str(tmp_path / "trace"), "--drafter", str(d), "--verifier", str(v), "--rtt", "30ms,10ms",
-            "--policy", ";".join(["edge-only", "cloud-only"] + specs), "--repeats", "2", "--out", str(out)]
+            "--policy", ";".join(["edge-only", "cloud-only"] + specs), "--calibrations", "2", "--repeats", "2",
+            "--out", str(out)]
     res = CliRunner().invoke(main, args)
+    return res, args, out, pols
+
+
+def test_validate_end_to_end(validated):
+    import polars as pl
+    from click.testing import CliRunner
+
+    from sectrace.cli import main
+
+    res, args, out, pols = validated
     assert res.exit_code == 0, res.output
     df = pl.read_parquet(out)
-    assert df.height == 2 * 4 * 2
+    assert df.height == 2 * 4 * 2 * 2
     assert df["caption_match"].all() and df["covered"].all() and (df["fallbacks"] == 0).all()
     assert df["predicted_latency_s"].is_not_null().all() and (df["latency_s"] > 0).all()
     for rtt in (0.03, 0.01):  # every call crossed its own shaped path
         hybrid = df.filter((pl.col("policy") == pols[2].label) & (pl.col("rtt_s") == rtt))
         assert (hybrid["latency_s"] >= hybrid["calls"] * rtt).all()
-    # interleaved: each caption runs both RTTs back to back, the first RTT alternating between captions
-    assert df["seq"].to_list() == list(range(16)) and df["started_s"].is_sorted()
+    # interleaved: each caption runs every policy at both RTTs back to back, the first RTT alternating between
+    # captions and repeats; the repeats go round the captions again (not back to back), the policy order rotated
+    assert df["seq"].to_list() == list(range(32)) and df["started_s"].is_sorted()
+    assert df["utt_id"].to_list() == (["u0"] * 8 + ["u1"] * 8) * 2 and df["repeat"].to_list() == [0] * 16 + [1] * 16
     assert df["rtt_s"].to_list()[:4] == [0.03, 0.01, 0.03, 0.01] and df["rtt_s"].to_list()[8:10] == [0.01, 0.03]
+    assert df["rtt_s"].to_list()[16:18] == [0.01, 0.03] and df["rtt_s"].to_list()[24:26] == [0.03, 0.01]
+    labels = [p.label for p in pols]
+    assert df["policy"].to_list()[0:8:2] == labels and df["policy"].to_list()[16:24:2] == labels[1:] + labels[:1]
+    assert df.group_by("rtt_s", "policy", "utt_id").len()["len"].to_list() == [2] * 16
     facts = json.loads(out.with_suffix(".json").read_text())
-    assert facts["runs"] == 16 and facts["captions_match"] == 16 and "median absolute error" in res.output
+    assert facts["runs"] == 32 and facts["captions_match"] == 32 and facts["repeats"] == 2
     assert sorted({r["round"] for r in facts["calibration"]}) == [1, 2]  # before and after the live runs
     assert "30ms" in res.output and "10ms" in res.output and "noise: identical edge-only runs" in res.output
     assert 0 <= facts["noise_median_ad"] <= facts["noise_max_ad"]
     again = CliRunner().invoke(main, args)  # never clobbers without --force
     assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_validate_reports_medians_of_repeats_with_intervals(validated):
+    """Per cell the error is the simulator's against the median of its repeats; per condition the bias is their
+    mean, its interval brackets it; the targets are recorded and printed with theirs."""
+    import polars as pl
+
+    res, args, out, pols = validated
+    df = pl.read_parquet(out)
+    facts = json.loads(out.with_suffix(".json").read_text())
+    conds = {(c["rtt_s"], c["policy"]): c for c in facts["conditions"]}
+    assert len(conds) == 8
+    for (rtt, pol), c in conds.items():
+        runs = df.filter((pl.col("rtt_s") == rtt) & (pl.col("policy") == pol))
+        errs = []
+        for _, g in runs.group_by("utt_id"):
+            a, b = sorted(g["latency_s"].to_list())
+            errs.append(g["predicted_latency_s"][0] / ((a + b) / 2) - 1)  # the median of two runs is their mean
+        assert c["bias_latency"] == pytest.approx(sum(errs) / 2, rel=1e-9)
+        assert c["median_ape_latency"] == pytest.approx((abs(errs[0]) + abs(errs[1])) / 2, rel=1e-9)
+        lo, hi = c["bias_latency_ci"]
+        assert lo <= c["bias_latency"] <= hi and c["repeats"] == 2 and c["utterances"] == 2
+        assert c["noise"] is not None and c["noise"] >= 0
+    t = facts["targets"]
+    assert t["median_ape_latency"]["target"] == 0.02 and t["median_ape_ttft"]["target"] == 0.05
+    assert t["abs_bias_latency"]["target"] == 0.02
+    worst = max(abs(c["bias_latency"]) for c in conds.values())
+    assert t["abs_bias_latency"]["value"] == pytest.approx(worst)
+    assert t["abs_bias_latency"]["met"] == (worst <= 0.02)
+    for name in ("median_ape_latency", "median_ape_ttft"):
+        lo, hi = t[name]["ci"]
+        assert lo <= t[name]["value"] <= hi and t[name]["met"] == (t[name]["value"] <= t[name]["target"])
+    assert facts["median_ape_latency"] == t["median_ape_latency"]["value"]
+    assert facts["noise_repeats"] is not None and facts["noise_repeats"] <= facts["noise_repeats_max"]
+    out_text = res.output
+    assert "target median |error| on total latency <= 2.0%" in out_text and "95% CI [" in out_text
+    assert "target every condition's |bias| <= 2.0%" in out_text and "noise floor: a cell's repeats" in out_text
+
+
+def test_validate_writes_per_event_residuals_that_add_up(validated):
+    """Every aligned run's event types: live stretches add up to its measured latency, simulated ones to its
+    predicted latency, and a verify call's round trip holds the service's time and at least the RTT."""
+    import polars as pl
+
+    res, args, out, pols = validated
+    df = pl.read_parquet(out)
+    ev = pl.read_parquet(out.with_suffix(".events.parquet"))
+    assert df["events_aligned"].all() and set(ev["seq"].unique()) == set(df["seq"])
+    per_run = ev.group_by("seq").agg(pl.col("live_s").sum(), pl.col("sim_s").sum(),
+                                     pl.col("residual_s").sum(), pl.col("share_of_error").sum())
+    both = df.join(per_run, on="seq", suffix="_ev")
+    assert (both["live_s"] - both["latency_s"]).abs().max() <= 1e-6  # events.SUM_TOLERANCE_S
+    assert (both["sim_s"] - both["predicted_latency_s"]).abs().max() <= 1e-6
+    assert (both["residual_s"] - (both["predicted_latency_s"] - both["latency_s"])).abs().max() <= 1e-6
+    assert (both["share_of_error"] - 1).abs().max() <= 1e-6
+    types = {p: set(ev.filter(pl.col("policy") == p)["event"]) for p in ev["policy"].unique()}
+    edge, cloud, always, stateless = (p.label for p in pols)
+    assert types[edge] == {"edge prefill", "draft step", "gate", "caption end"}
+    assert types[cloud] == {"cloud stream start", "cloud step"}
+    assert {"edge prefill", "draft step", "gate", "verify call (opens session)", "caption end"} <= types[always]
+    assert {"edge prefill", "gate", "caption end"} <= types[stateless] and "verify call (opens session)" not in \
+        types[stateless]
+    calls = df.filter(pl.col("policy") == always)
+    if (calls["escalations"] > 1).any():
+        assert "verify call" in types[always]
+    # counts: one edge prefill per run, a gate per block, a verify per escalation (both sides count alike)
+    for seq, g in ev.group_by("seq"):
+        row = df.filter(pl.col("seq") == seq[0]).row(0, named=True)
+        c = dict(zip(g["event"], g["count"]))
+        if row["policy"] != cloud:
+            assert c["edge prefill"] == 1 and c["caption end"] == 1
+            verify = sum(v for k, v in c.items() if k.startswith("verify call"))
+            assert verify == row["escalations"] == row["calls"]
+    v = ev.filter(pl.col("event").str.starts_with("verify call"))
+    assert (v["live_service_s"] > 0).all() and (v["live_service_s"] <= v["live_roundtrip_s"]).all()
+    assert (v["live_roundtrip_s"] <= v["live_s"]).all() and (v["live_roundtrip_s"] >= v["count"] * v["rtt_s"]).all()
+    assert (v["sim_network_s"] >= v["count"] * v["rtt_s"]).all()
+    assert "which event type carries the error" in res.output and always[:30] in res.output
 
 
 def test_validate_and_serve_refuse_bad_input(live, tmp_path):

@@ -285,11 +285,12 @@ def relabel_dataset(recipe: dict) -> dict:
 @click.option("--policy", "--policies", "policies", default=VALIDATE_POLICIES, show_default=True,
               help="Policies, separated by ;.")
 @click.option("--rtt", "rtts", default="20ms,50ms,100ms", show_default=True, help="Round-trip times to shape.")
-@click.option("--repeats", default=3, show_default=True, help="Calibration rounds.")
+@click.option("--calibrations", default=3, show_default=True, help="Calibration rounds (formerly --repeats).")
+@click.option("--repeats", default=1, show_default=True, help="Live runs of every utterance × policy × RTT.")
 @click.option("--force", is_flag=True, help="Replace --out.")
 @click.option("--dry-run", is_flag=True, help="Find or remake the data and say what would run; load no model.")
 @click.pass_context
-def demo_validate(ctx, trace_path, data, out, utterances, policies, rtts, repeats, force, dry_run):
+def demo_validate(ctx, trace_path, data, out, utterances, policies, rtts, calibrations, repeats, force, dry_run):
     """Measure the simulator's error on a demo trace against the live system (docs/live.md's run).
 
     Finds the trace's dataset under --data, remaking it there when absent (speech and the
@@ -301,6 +302,7 @@ def demo_validate(ctx, trace_path, data, out, utterances, policies, rtts, repeat
     Examples:
       sectrace demo validate                                 # the bundled trace; build/demo-validation/
       sectrace demo validate --dry-run                       # check the data and the plan, no model
+      sectrace demo validate --repeats 3                     # every condition 3 times (3x as long)
       sectrace demo validate --trace build/demo-trace --utterances 12 --out val12.parquet
     """
     from ..demo.weights import model_dir, require
@@ -318,5 +320,5 @@ def demo_validate(ctx, trace_path, data, out, utterances, policies, rtts, repeat
     else:
         drafter, verifier = require("drafter"), require("verifier")
     ctx.invoke(validate, trace_path=Path(tr.path), drafter=str(drafter), verifier=str(verifier), policies=(policies,),
-               rtts=rtts, data=data, limit=utterances, dtype="float32", repeats=repeats, out=out, force=force,
-               dry_run=dry_run)
+               rtts=rtts, data=data, limit=utterances, dtype="float32", calibrations=calibrations, repeats=repeats,
+               out=out, force=force, dry_run=dry_run)

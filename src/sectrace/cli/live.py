@@ -196,18 +196,24 @@ def _policies(texts, max_new: int):
 @click.option("--edge-cpus", default=None, help="Cores for the edge (default: first half).")
 @click.option("--cloud-cpus", default=None, help="Cores for the service (default: second half).")
 @click.option("--dtype", default="auto", show_default=True, help="Model dtype (the trace's, for exact captions).")
-@click.option("--repeats", default=3, show_default=True,
+@click.option("--calibrations", default=3, show_default=True,
               help="Calibration rounds (timing the edge and the service), spread before, between and after the "
-                   "live runs so that a drifting machine biases neither.")
+                   "live runs so that a drifting machine biases neither (called --repeats until the repeats "
+                   "below came; docs/live.md).")
+@click.option("--repeats", default=1, show_default=True,
+              help="Live runs of every utterance × policy × RTT; the error is the simulator's against their "
+                   "median, and their spread is the machine's noise floor.")
 @click.option("--timeout", default="60s", show_default=True, help="Per call; a call past it falls back to the edge.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Per-utterance results (Parquet); the run's facts go beside it as JSON.")
+              help="Per-run results (Parquet); the run's facts (.json) and per-event residuals (.events.parquet) "
+                   "go beside it.")
 @click.option("--force", is_flag=True, help="Replace --out.")
 @click.option("--dry-run", is_flag=True,
               help="Check the options, find the dataset and say what would run (utterances, calibration prompts, "
                    "what they can identify); load no model.")
 def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, jitter, loss, rto, manifest, data, limit,
-             edge_threads, cloud_threads, edge_cpus, cloud_cpus, dtype, repeats, timeout, out, force, dry_run):
+             edge_threads, cloud_threads, edge_cpus, cloud_cpus, dtype, calibrations, repeats, timeout, out, force,
+             dry_run):
     """Measure the simulator's error: run the live system on the trace's utterances and compare.
 
     Starts `sectrace serve` on its own cores, shapes the path to each RTT with a TCP
@@ -215,21 +221,24 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
     utterance live under every policy, and compares latency and time to first token with
     what the simulator predicts for the same trace, policies and network; live captions
     must equal the replay's token for token (mismatches are reported, not timed).
-    Calibration rounds (--repeats) sit before, between and after the live runs, and
-    each caption runs every RTT back to back, so a machine that drifts biases no one
-    condition. The output gives each condition's bias (mean signed error) and the
-    machine's noise (how much identical edge-only runs differ).
+    Calibration rounds (--calibrations) sit before, between and after the live runs,
+    each caption runs every RTT back to back, and --repeats N runs every cell N times,
+    spread out, so a machine that drifts biases no one condition. The output gives each
+    condition's median error of the repeats' median, its bias (mean signed error) with
+    a bootstrap 95 % interval, the targets met or not, the machine's noise floor, and
+    which event type carries the error (the per-event table, OUT.events.parquet).
 
     \b
     Examples:
       sectrace validate trace/ --drafter D --verifier V --rtt 20ms,50ms,100ms --out val.parquet
+      sectrace validate trace/ --drafter D --verifier V --repeats 3 --calibrations 3 --out val.parquet
       sectrace report ... --validation val.parquet     # the error table in the report
     """
     if not dry_run:
         require_extra("validate", "live", "collect")
     from ..network import parse_jitter
     from ..units import parse_duration, parse_rate
-    from ..validate.run import TARGET_MEDIAN_APE, ValidateConfig, plan, write
+    from ..validate.run import ValidateConfig, events_path, plan, write
     from ..validate.run import validate as run_validate
 
     if not trace_path.exists():
@@ -252,50 +261,27 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
         e, c = default_cpus()
     cfg = ValidateConfig(trace_path, drafter, verifier, pols, rtt_list, out, parse_rate(uplink, "--uplink"),
                          parse_rate(downlink, "--downlink"), jitter, loss, parse_duration(rto, "--rto", True),
-                         manifest, limit, edge_threads, cloud_threads, e, c, dtype, repeats,
-                         parse_duration(timeout, "--timeout", True), force=force, data=data)
+                         manifest, limit, edge_threads, cloud_threads, e, c, dtype, calibrations,
+                         parse_duration(timeout, "--timeout", True), force=force, data=data, repeats=repeats)
+    if repeats < 1 or calibrations < 1:
+        raise UserError(f"--repeats ({repeats}) and --calibrations ({calibrations}) must be at least 1")
     if dry_run:
         _print_plan(plan(cfg), cfg)
         return
     from tqdm import tqdm
 
-    df, summary, facts = run_validate(cfg, echo=lambda s: click.echo(s, err=True),
-                                      progress_factory=lambda total: tqdm(total=total, desc="live runs", unit="run",
-                                                                          disable=None))
-    write(df, facts, out)
-    _print_summary(summary, facts, TARGET_MEDIAN_APE)
-    click.echo(f"wrote {out} and {out.with_suffix('.json')}")
+    click.echo(f"every utterance × policy × RTT runs {repeats} time(s) (--repeats); {calibrations} calibration "
+               "round(s) (--calibrations)", err=True)
+    df, summary, facts, events = run_validate(cfg, echo=lambda s: click.echo(s, err=True),
+                                              progress_factory=lambda total: tqdm(total=total, desc="live runs",
+                                                                                  unit="run", disable=None))
+    write(df, facts, out, events)
+    from ._validate_out import print_carriers, print_summary
 
-
-def _print_summary(summary, facts, target):
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.1f}%"
-
-    def spct(x):
-        return "-" if x is None else f"{100 * x:+.1f}%"
-
-    click.echo(f"{'rtt':>6}  {'policy':<40} {'match':>7} {'live s':>8} {'sim s':>8} {'MAPE':>7} {'med APE':>8} "
-               f"{'bias':>6} {'TTFT live':>9} {'TTFT sim':>9} {'TTFT MAPE':>9}")
-    for r in summary.iter_rows(named=True):
-        click.echo(f"{1e3 * r['rtt_s']:>4.0f}ms  {r['policy'][:40]:<40} {r['captions_match']:>3}/{r['runs']:<3} "
-                   f"{r['latency_s']:>8.3f} {(r['predicted_latency_s'] or float('nan')):>8.3f} "
-                   f"{pct(r['mape_latency']):>7} {pct(r['median_ape_latency']):>8} {spct(r['bias_latency']):>6} "
-                   f"{r['ttft_s']:>9.3f} "
-                   f"{(r['predicted_ttft_s'] or float('nan')):>9.3f} {pct(r['mape_ttft']):>9}")
-    med = facts["median_ape_latency"]
-    verdict = "-" if med is None else ("meets" if med <= target else "misses")
-    shown = "-" if med is None else f"{100 * med:.2f}%"  # two decimals: 5.04 % must not read as 5.0 %
-    click.echo(f"median absolute error on total latency: {shown} ({verdict} the {pct(target)} target); "
-               f"TTFT {pct(facts['median_ape_ttft'])}; captions equal to the replay: "
-               f"{facts['captions_match']}/{facts['runs']}")
-    if facts.get("noise_median_ad") is not None:
-        click.echo(f"noise: identical edge-only runs differ from their mean by {pct(facts['noise_median_ad'])} "
-                   f"(median; at most {pct(facts['noise_max_ad'])}); bias is the mean signed error per condition")
-    else:  # said, never dropped: a missing line read as "no noise"
-        click.echo("noise: not measured; " + (facts.get("noise_note") or "no edge-only run was repeated without "
-                                                                          "a fallback"))
-    for w in facts.get("calibration_warnings") or []:
-        click.echo(f"warning: {w}")
+    print_summary(summary, facts)
+    print_carriers(facts, events_path(out) if events is not None else None)
+    written = [out, out.with_suffix(".json")] + ([events_path(out)] if events is not None else [])
+    click.echo(f"wrote {', '.join(map(str, written))}")
 
 
 def _print_plan(p, cfg):
@@ -307,8 +293,9 @@ def _print_plan(p, cfg):
     click.echo(f"utterances   {len(p['utterances'])}: {', '.join(u.utt_id for u in p['utterances'])}")
     click.echo("calibration  " + ", ".join(f"{u.utt_id} ({lengths[u.utt_id]} tokens)" for u in p["calibration"]))
     click.echo(f"policies     {len(cfg.policies)}: {'; '.join(x.label for x in cfg.policies)}")
-    click.echo(f"rtts         {', '.join(f'{1e3 * r:g}ms' for r in cfg.rtts)}; {cfg.repeats} calibration round(s)")
-    click.echo(f"runs         {len(p['utterances']) * len(cfg.policies) * len(cfg.rtts)} live decodes")
+    click.echo(f"rtts         {', '.join(f'{1e3 * r:g}ms' for r in cfg.rtts)}; {cfg.calibrations} calibration "
+               f"round(s); {cfg.repeats} repeat(s) of each")
+    click.echo(f"runs         {len(p['utterances']) * len(cfg.policies) * len(cfg.rtts) * cfg.repeats} live decodes")
     if p["noise_note"]:
         click.echo(p["noise_note"])
     for w in p["warnings"]:

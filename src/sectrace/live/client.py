@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgpack
 
@@ -49,6 +50,7 @@ class CloudClient:
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s, transport=transport)
         self.url = url
         self.traffic = Traffic()
+        self.last_call = (math.nan, math.nan)  # perf_counter when the last body left and its reply was read
 
     def close(self):
         self.http.close()
@@ -72,11 +74,14 @@ class CloudClient:
         import httpx
 
         data = msgpack.packb(obj, use_bin_type=True)
+        sent = time.perf_counter()
         try:
             r = self.http.post(path, content=data)
         except httpx.HTTPError as exc:
             self.traffic.failures += 1
+            self.last_call = (sent, time.perf_counter())
             raise CloudUnavailable(f"{type(exc).__name__} calling {self.url}{path}") from None
+        self.last_call = (sent, time.perf_counter())
         self.traffic.calls += 1
         self.traffic.bytes_up += len(data)
         self.traffic.bytes_down += len(r.content)
@@ -101,6 +106,20 @@ class CloudClient:
                             "`sectrace serve` running there?") from None
         self._check(r, "/v1/info")
         return r.json()
+
+
+class CallTimes(NamedTuple):
+    """One verify call as the edge's clock saw it (``perf_counter`` seconds; :func:`decode_live` makes them
+    relative to the caption's start), and the service's own time for it from the reply: how a live run's
+    round trip splits into the edge's work, the wire and the service (`validate`'s per-event table)."""
+
+    start: float  # judge() entered: the gate has decided to escalate
+    sent: float  # the request body is encoded and leaves
+    received: float  # the reply is read
+    end: float  # the reply is decoded into judgements
+    ok: bool  # False: the call failed (the protocol falls back)
+    compute_ms: float  # the service's forward pass and judgements
+    queue_ms: float  # waiting for the service's model lock
 
 
 @dataclass
@@ -131,6 +150,7 @@ class LiveSession:
         self.held: list[int] = []  # caption tokens the cloud session is known to hold
         self._stream = None
         self._records = None
+        self.call_log: list[CallTimes] | None = None  # set to a list to time every verify call (validate does)
 
     # --- the edge ----------------------------------------------------------------------
     def draft(self, prefix):
@@ -152,6 +172,18 @@ class LiveSession:
     def judge(self, prefix, tokens, mode):
         if not tokens:
             return [self._next_streamed(mode)]
+        if self.call_log is None:
+            return self._judge(prefix, tokens, mode)
+        start = time.perf_counter()
+        out: dict = {}
+        try:
+            return self._judge(prefix, tokens, mode, out)
+        finally:
+            sent, received = self.client.last_call
+            self.call_log.append(CallTimes(start, sent, received, time.perf_counter(), bool(out),
+                                           out.get("compute_ms", math.nan), out.get("queue_ms", math.nan)))
+
+    def _judge(self, prefix, tokens, mode, reply: dict | None = None):
         prefix = list(prefix)
         p = self.policy
         bonus = bonus_earned(p, tokens[-1] in self.eos, len(prefix), len(tokens))
@@ -162,6 +194,8 @@ class LiveSession:
         else:
             out = self._stateful(prefix, block, mode)
             self.held = prefix + committed_tokens(tokens, out["accepted"], out["top1"].__getitem__, bonus)
+        if reply is not None:
+            reply.update(out)
         return [Judgement(r, math.nan if pr is None else pr, t, tp, e, math.nan) for r, pr, t, tp, e in
                 zip(out["rank"], out["prob"], out["top1"], out["top1_prob"], out["top1_eos"])]
 
@@ -245,14 +279,21 @@ class LiveRun:
     fallbacks: int
     reopened: int
     marks: list = field(default_factory=list)  # (seconds since start, event) for every event
+    call_times: list = field(default_factory=list)  # CallTimes per verify call, seconds since start
 
 
 def decode_live(session: LiveSession, policy: Policy, keep_marks: bool = False) -> LiveRun:
-    """Run the protocol live and time it: latency until the last token is final, TTFT until the first."""
+    """Run the protocol live and time it: latency until the last token is final, TTFT until the first.
+
+    ``keep_marks`` also keeps every event's time and every verify call's :class:`CallTimes`, all read from
+    the clock that times the latency, so the stretches between them add up to it (`validate`'s per-event
+    table)."""
     before = session.client.traffic
     c0, u0, d0, r0 = before.calls, before.bytes_up, before.bytes_down, before.reopened
     marks: list = []
     first: list = []
+    if keep_marks:
+        session.call_log = []
     t0 = time.perf_counter()
 
     def observe(ev):
@@ -268,5 +309,7 @@ def decode_live(session: LiveSession, policy: Policy, keep_marks: bool = False) 
     finally:
         session.close()  # closing the session is not on the caption's clock
     t = session.client.traffic
+    calls = [CallTimes(c.start - t0, c.sent - t0, c.received - t0, c.end - t0, *c[4:]) for c in session.call_log or ()]
+    session.call_log = None
     return LiveRun(r, total, first[0] if first else total, t.calls - c0, t.bytes_up - u0, t.bytes_down - d0,
-                   r.fallbacks, t.reopened - r0, marks)
+                   r.fallbacks, t.reopened - r0, marks, calls)

@@ -4,12 +4,14 @@ One run: the verifier service in its own process (pinned to its own cores), the 
 this one (pinned to the others), a shaped path between them per condition. Costs are fitted
 to timings taken through the very code paths of a live run with that pinning (edge draft
 steps here, calls to the service on the unshaped path), then the simulator prices the trace's replay of
-each policy with them. Calibration rounds are spread before, between and after the live runs, and
-the conditions of one caption run back to back, because a shared machine drifts by several per cent
-over a run: measured in one block, drift would show up as simulator error. Per utterance we compare
-measured and predicted latency and time to first token, and the live caption against the replay's,
-token for token: a mismatch means the trace does not describe what the live models do, and that
-utterance's timing is not compared (it is counted and reported instead).
+each policy with them. Calibration rounds are spread before, between and after the live runs, the
+conditions of one caption run back to back and its repeats are spread out, because a shared machine
+drifts by several per cent over a run: measured in one block, drift would show up as simulator error. Per cell
+(utterance × policy × RTT) we compare the median of its repeats' measured latency and time to first
+token with the prediction (validate.stats), and the live caption against the replay's, token for token:
+a mismatch means the trace does not describe what the live models do, and that run's timing is not
+compared (it is counted and reported instead). Every aligned run is also compared event by event
+(validate.events), which says which kind of event carries the error.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from ..protocol import Policy
 from ..simulate import Network, Replayer, cost_vector, fit_costs, latency
 from ..trace import load_trace
 from ..trace.schema import TIMINGS
+from . import events as ev_table
+from . import stats
 
-TARGET_MEDIAN_APE = 0.05
+TARGET_MEDIAN_APE = stats.TARGETS["median_ape_latency"]
 
 
 @dataclass
@@ -55,11 +59,17 @@ class ValidateConfig:
     edge_cpus: list[int] | None = None
     cloud_cpus: list[int] | None = None
     dtype: str = "auto"
-    repeats: int = 3
+    calibrations: int = 3  # calibration rounds, before, between and after the live runs
     timeout_s: float = 60.0
     force: bool = False
     extra: dict = field(default_factory=dict)
     data: Path | None = None  # a folder holding the trace's dataset manifest (by its recorded file name)
+    repeats: int = 1  # live runs of every cell (utterance × policy × RTT)
+
+
+def events_path(out: Path) -> Path:
+    """The per-event residual table beside ``--out`` (val.parquet → val.events.parquet)."""
+    return out.with_suffix(".events.parquet")
 
 
 def default_cpus() -> tuple[list[int], list[int]]:
@@ -189,8 +199,8 @@ def _cloud_inputs(prep, policy: Policy, utt):
     return CloudInputs(prep.cloud_prompts["audio"], None, audio)
 
 
-def validate(cfg: ValidateConfig, echo=print, progress_factory=None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """Run everything; returns (per-utterance rows, per-condition summary, run facts).
+def validate(cfg: ValidateConfig, echo=print, progress_factory=None):
+    """Run everything; returns (per-run rows, per-condition summary, run facts, per-event residuals or None).
 
     This process is pinned to the edge cores and torch set to the edge's threads while it runs;
     both are restored afterwards."""
@@ -217,8 +227,11 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
     from ..models.lm import CachedLM
     from ..models.pair import eos_ids, load_model, load_tokenizer, tokenizer_fingerprint
 
-    if cfg.out.exists() and not cfg.force:
-        raise UserError(f"{cfg.out} exists; choose another --out or pass --force to replace it")
+    for path in (cfg.out, events_path(cfg.out)):
+        if path.exists() and not cfg.force:
+            raise UserError(f"{path} exists; choose another --out or pass --force to replace it")
+    if cfg.repeats < 1 or cfg.calibrations < 1:
+        raise UserError(f"--repeats ({cfg.repeats}) and --calibrations ({cfg.calibrations}) must be at least 1")
     planned = plan(cfg)
     tr, utts, cal_utts = planned["trace"], planned["utterances"], planned["calibration"]
     for w in planned["warnings"]:
@@ -264,10 +277,13 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
     used = sorted({p.verifier_mode for p in cfg.policies}) or sorted(modes)
     cal_preps = [preps[u.utt_id] for u in cal_utts]
     sizes = verify_sizes(p.k for p in cfg.policies)  # every block size the policies can send, not only k
-    rounds = max(cfg.repeats, 1)
+    rounds = max(cfg.calibrations, 1)
     # Calibration rounds sit before, between and after the live runs, and each caption runs every RTT
     # back to back (the order rotating), so slow drift of a shared machine falls alike on the costs
-    # and on every condition instead of biasing whichever ran first.
+    # and on every condition instead of biasing whichever ran first. Repeats go round the utterances
+    # between two calibration rounds N times (each pass every policy and RTT once, the policy order
+    # rotating too), not back to back: slow drift moves runs close in time together, and a median of
+    # runs that share it would keep it.
     chunks = [c for c in np.array_split(np.arange(len(utts)), max(rounds - 1, 1)) if len(c)]
     with tempfile.TemporaryDirectory(prefix="sectrace-validate-") as tmp, contextlib.ExitStack() as stack:
         echo(f"starting the verifier service (cores {cfg.cloud_cpus or 'any'}, {cfg.cloud_threads} threads)…")
@@ -291,10 +307,10 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
             client.info()  # the connection is set up once, before any caption's clock starts
             paths[rtt] = (proxy, client, proxy.counters.up_bytes, proxy.counters.down_bytes,
                           client.traffic.bytes_up, client.traffic.bytes_down, client.traffic.calls)
-        total = len(cfg.rtts) * len(cfg.policies) * len(utts)
+        total = len(cfg.rtts) * len(cfg.policies) * len(utts) * cfg.repeats
         bar = progress_factory(total=total) if progress_factory else None
         live_bar = bar is not None and not getattr(bar, "disable", False)  # tqdm hides itself off a terminal
-        cal_rows, out_rows = [], []
+        cal_rows, out_rows, lives = [], [], []
 
         def cal(r: int, keep: bool):
             what = "warming up" if not keep else f"calibration round {r} of {rounds}"
@@ -314,22 +330,24 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
         cal(0, keep=False)
         cal(1, keep=True)
         for j, chunk in enumerate(chunks):
-            for ui in chunk:
+            for ui, r_i in ((ui, r_i) for r_i in range(cfg.repeats) for ui in chunk):
                 u = utts[ui]
                 prep = preps[u.utt_id]
-                for pol in cfg.policies:
+                n_pol = len(cfg.policies)
+                for pol in [cfg.policies[(r_i + p) % n_pol] for p in range(n_pol)]:
                     rep = reps[pol.label]
                     i = rep.utt_ids.index(u.utt_id)
                     replay = rep.runs[i]
-                    for rtt in np.roll(cfg.rtts, -int(ui)).tolist():
+                    for rtt in np.roll(cfg.rtts, -int(ui + r_i)).tolist():
                         client = paths[rtt][1]
                         d = CachedLM(drafter, vocab, prep.edge_kwargs, slots=1)
                         sess = LiveSession(d, prep.edge_prompt, eos, client, pol, _cloud_inputs(prep, pol, u))
                         started = time.perf_counter() - t_start
-                        lr = decode_live(sess, pol)
+                        lr = decode_live(sess, pol, keep_marks=True)
+                        lives.append(lr)
                         out_rows.append({
-                            "rtt_s": rtt, "policy": pol.label, "utt_id": u.utt_id, "seq": len(out_rows),
-                            "started_s": started, "latency_s": lr.latency_s, "ttft_s": lr.ttft_s,
+                            "rtt_s": rtt, "policy": pol.label, "utt_id": u.utt_id, "repeat": r_i,
+                            "seq": len(out_rows), "started_s": started, "latency_s": lr.latency_s, "ttft_s": lr.ttft_s,
                             "tokens": len(lr.run.tokens), "calls": lr.calls, "escalations": lr.run.escalations,
                             "fallbacks": lr.fallbacks, "bytes_up": lr.bytes_up, "bytes_down": lr.bytes_down,
                             "covered": replay is not None,
@@ -353,34 +371,52 @@ def _validate(cfg: ValidateConfig, echo, progress_factory):
                                              overhead_bytes=framing[rtt], jitter=cfg.jitter, loss=cfg.loss,
                                              rto_s=cfg.rto_s))
               for rtt in cfg.rtts}
-    for row in out_rows:
+    pols = {p.label: p for p in cfg.policies}
+    event_rows = []
+    for row, lr in zip(out_rows, lives):
         rep, i, ok = reps[row["policy"]], row.pop("_i"), row["covered"]
         theta = thetas[row["rtt_s"]]
         row["predicted_latency_s"] = float(latency(rep.total[i:i + 1], theta)[0]) if ok else None
         row["predicted_ttft_s"] = float(latency(rep.first[i:i + 1], theta)[0]) if ok else None
         row["framing_bytes"] = framing[row["rtt_s"]]
+        table = ev_table.run_table(lr, rep.runs[i], pols[row["policy"]], urow[row["utt_id"]], theta) \
+            if row["caption_match"] else None
+        row["events_aligned"] = table is not None
+        if table is not None:
+            keys = {k: row[k] for k in ("rtt_s", "policy", "utt_id", "repeat", "seq")}
+            event_rows.append(table.select(*(pl.lit(v).alias(k) for k, v in keys.items()), pl.all()))
     df = pl.DataFrame(out_rows)
+    events = ev_table.finish(pl.concat(event_rows)) if event_rows else None
     df = df.with_columns(
         ape_latency=pl.when(pl.col("caption_match")).then(
             (pl.col("predicted_latency_s") - pl.col("latency_s")).abs() / pl.col("latency_s")),
         ape_ttft=pl.when(pl.col("caption_match")).then(
             (pl.col("predicted_ttft_s") - pl.col("ttft_s")).abs() / pl.col("ttft_s")))
-    summary = summarise(df)
+    cell = stats.cells(df)
+    cond = stats.conditions(cell)
+    summary = summarise(df).select("rtt_s", "policy", "runs", "captions_match", "fallbacks")
+    if cond.height:  # a condition without one timed run keeps its counts, with nulls for the errors
+        summary = summary.join(cond, on=stats.CONDITION, how="left", maintain_order="left")
     facts = {"trace": str(cfg.trace), "drafter": cfg.drafter, "verifier": cfg.verifier, "backend": backend,
              "edge_cpus": cfg.edge_cpus, "cloud_cpus": cfg.cloud_cpus, "edge_threads": cfg.edge_threads,
              "cloud_threads": cfg.cloud_threads, "uplink_Bps": cfg.up_Bps, "downlink_Bps": cfg.down_Bps,
              "jitter": cfg.jitter, "loss": cfg.loss, "shaper": "tcp-proxy", "cost_model": _cost_dict(cost),
              "hardware": hardware("cpu", cfg.edge_threads), "service": info,
-             "median_ape_latency": _median(df["ape_latency"]), "median_ape_ttft": _median(df["ape_ttft"]),
-             **noise_floor(df), "noise_note": planned["noise_note"], "calibration_warnings": planned["warnings"],
-             "calibration_utterances": [u.utt_id for u in cal_utts],
-             "target_median_ape_latency": TARGET_MEDIAN_APE,
+             "median_ape_latency": _median(cell["error_latency"].abs()),
+             "median_ape_ttft": _median(cell["error_ttft"].abs()),
+             **noise_floor(df), **stats.noise(cell), "noise_note": planned["noise_note"],
+             "calibration_warnings": planned["warnings"], "calibration_utterances": [u.utt_id for u in cal_utts],
+             "target_median_ape_latency": TARGET_MEDIAN_APE, "targets": stats.targets(cell, cond),
+             "conditions": cond.to_dicts(), "repeats": cfg.repeats, "calibrations": rounds,
              "captions_match": int(df["caption_match"].sum()), "runs": df.height,
+             "events_aligned": int(df["events_aligned"].sum()),
+             "event_carriers": [] if events is None else ev_table.carriers(events).to_dicts(),
              "schedule": f"{rounds} calibration round(s) (after a warm-up) before, between and after the live "
-                         "runs; each caption runs every RTT back to back, the order rotating",
+                         f"runs; each caption runs {cfg.repeats} repeat(s), each repeat every policy and RTT "
+                         "back to back, the orders rotating",
              "calibration": [dict(zip([*TIMINGS, "round"], r)) for r in cal_rows],
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    return df, summary, facts
+    return df, summary, facts, events
 
 
 def calibrate_round(drafter, vocab: int, eos: frozenset, preps: list, client, salt: int, modes: list[str],
@@ -510,8 +546,11 @@ def summarise(df: pl.DataFrame) -> pl.DataFrame:
                  mape_ttft=pl.col("ape_ttft").mean(), median_ape_ttft=pl.col("ape_ttft").median()))
 
 
-def write(df: pl.DataFrame, facts: dict, out: Path) -> None:
-    """Per-utterance rows as Parquet, the run's facts beside them as JSON; both atomic."""
+def write(df: pl.DataFrame, facts: dict, out: Path, events: pl.DataFrame | None = None) -> None:
+    """Per-run rows as Parquet, the run's facts beside them as JSON, the per-event residuals (if any run
+    aligned) as ``*.events.parquet``; each atomic."""
 
     write_table(df, out)
+    if events is not None:
+        write_table(events, events_path(out))
     write_json(facts, out.with_suffix(".json"), indent=2)
