@@ -148,6 +148,14 @@ def test_fleet_cli_writes_a_timeline(tmp_path):
     assert d["otherData"]["devices"] == 3 and d["otherData"]["policy"].startswith("k=3")
     done = [e for e in ev if e["name"] == "caption done"]
     assert len(done) == 6
+    tracks = defaultdict(list)
+    for e in ev:
+        if e["ph"] == "X":
+            tracks[(e["pid"], e["tid"])].append((e["ts"], e["ts"] + e["dur"]))
+    assert len(tracks) == 4  # three devices, one server
+    for spans in tracks.values():  # spans of one track follow one another, rounding included (Perfetto nests by ends)
+        spans.sort()
+        assert all(b[0] >= a[1] - 1e-6 for a, b in itertools.pairwise(spans))  # µs, to float error
     r = CliRunner().invoke(main, args)  # fsio: no silent replacement
     assert r.exit_code == 2 and "--force" in r.output
     r = CliRunner().invoke(main, [*args, "--arrival-rate", "0.1,0.2", "--force"])

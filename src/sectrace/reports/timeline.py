@@ -63,9 +63,12 @@ def _process(pid: int, name: str, threads: dict[str, int], sort_index: int | Non
 
 
 def complete(name: str, cat: str, pid: int, tid: int, start_s: float, dur_s: float, args: dict) -> dict:
-    """A complete event ("X"): a span of ``dur_s`` from ``start_s``, in microseconds."""
-    return {"name": name, "cat": cat, "ph": "X", "pid": pid, "tid": tid, "ts": _us(start_s), "dur": _us(dur_s),
-            "args": args}
+    """A complete event ("X"): a span of ``dur_s`` from ``start_s``, in microseconds. Its end is rounded, not its
+    length, so a span that starts where another ends does not overlap it by a rounding (Perfetto nests spans
+    of one thread by their ends)."""
+    ts = _us(start_s)
+    return {"name": name, "cat": cat, "ph": "X", "pid": pid, "tid": tid, "ts": ts,
+            "dur": round(_us(start_s + dur_s) - ts, 3), "args": args}
 
 
 def instant(name: str, cat: str, pid: int, tid: int, t_s: float, args: dict) -> dict:
