@@ -84,7 +84,9 @@ out = {sw: document.documentElement.scrollWidth, vw, bad: bad.slice(0, 8),
 @pytest.mark.parametrize("width", [1280, 900])
 def test_report_fits_the_window(rep20, tmp_path, width):
     rep, _ = rep20
-    out = _probe(tmp_path, (rep / "report.html").read_text(encoding="utf-8"), OVERFLOW, width)
+    html = (rep / "report.html").read_text(encoding="utf-8")
+    assert 'id="acceptance"' in html  # k 1, 3, 5: the acceptance figures and table are on the page measured
+    out = _probe(tmp_path, html, OVERFLOW, width)
     assert out["bad"] == [] and out["sw"] <= out["vw"], out
     assert len(out["images"]) >= 5 and all(out["images"])  # every embedded figure decoded
 

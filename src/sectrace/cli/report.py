@@ -172,9 +172,12 @@ def _read_validation(path: Path):
 @click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
 @click.option("--trace", "trace_path", type=click.Path(path_type=Path),
               help="The trace the results were simulated from (default: the one the results name, if it exists).")
-@click.option("--policy", required=True, help="Policy label as in the results, e.g. 'k=5 gate=entropy:2.5 "
-                                              "accept=rank:20 features' or edge-only / cloud-only.")
-@click.option("--utt", "utt_id", help="Utterance id (default: the first in the results).")
+@click.option("--policy", "policies", required=True, multiple=True,
+              help="Policy label as in the results, e.g. 'k=5 gate=entropy:2.5 accept=rank:20 features' or edge-only "
+                   "/ cloud-only; repeatable; `all`: every policy in the results.")
+@click.option("--utt", "utt_ids", multiple=True,
+              help="Utterance id; repeatable or a comma list; `all`: every utterance the policy covers (default: the "
+                   "first in the results).")
 @click.option("--config", default=0, show_default=True,
               help="Configuration index as numbered in the report (one per distinct network/cost profile).")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Chrome trace JSON to write.")
@@ -182,18 +185,20 @@ def _read_validation(path: Path):
               help="A learned gate (gates train) that policies in RESULTS use; repeatable. Results name gate files, "
                    "but only the files given here are opened; other learned-gate policies are left out with a note.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-def timeline(results_path, trace_path, policy, utt_id, config, out_path, gate_files, force):
-    """Export one utterance's simulated run as a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing).
+def timeline(results_path, trace_path, policies, utt_ids, config, out_path, gate_files, force):
+    """Export simulated runs as a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing).
 
     Spans: edge prefill, draft, gate on the edge lane; uplink/downlink on the network lane;
-    cloud prefill, verify, decode on the cloud lane. They add up to the result's latency.
+    cloud prefill, verify, decode on the cloud lane. They add up to the result's latency. Several
+    policies or utterances: one process per (policy, utterance) run, each from t = 0.
 
     \b
     Examples:
       sectrace simulate --out r.parquet
       sectrace timeline r.parquet --policy 'k=5 gate=entropy:2.5 accept=rank:20 features' --out run.json
+      sectrace timeline r.parquet --policy all --utt 0003_angry,0002_sad --out runs.json
     """
-    from ..reports.timeline import chrome_trace, timeline_spans, write_chrome_trace
+    from ..reports.timeline import chrome_trace_runs, pick_runs, timeline_runs, write_chrome_trace
     from ..trace import load_trace
 
     check_output(out_path, force, suffixes=(".json",))
@@ -206,12 +211,20 @@ def timeline(results_path, trace_path, policy, utt_id, config, out_path, gate_fi
     if trace_path is None:
         raise UserError("these results do not name their trace; pass --trace PATH")
     tr = load_trace(trace_path)
-    utt = utt_id or res["utt_id"][0]
+    utts = [u.strip() for v in utt_ids for u in v.split(",") if u.strip()] or [res["utt_id"][0]]
     from ..reports.privacy import ReportGates
 
-    spans, instants, meta = timeline_spans(tr, res, policy, utt, config, ReportGates(tr, gate_files))
-    write_chrome_trace(out_path, chrome_trace(spans, instants, meta, process=f"{policy} · {utt}"))
-    click.echo(f"wrote {out_path}: {len(spans)} spans, {meta['latency_s']:.3f} s; open it in ui.perfetto.dev")
+    pairs, notes = pick_runs(res, list(policies), utts, config)
+    runs = timeline_runs(tr, res, pairs, config, ReportGates(tr, gate_files))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    write_chrome_trace(out_path, chrome_trace_runs(runs))
+    if len(runs) == 1:
+        r = runs[0]
+        click.echo(f"wrote {out_path}: {len(r.spans)} spans, {r.meta['latency_s']:.3f} s; open it in ui.perfetto.dev")
+    else:
+        click.echo(f"wrote {out_path}: {len(runs)} runs (one process each, from t = 0), "
+                   f"{sum(len(r.spans) for r in runs)} spans; open it in ui.perfetto.dev")
 
 
 @click.command("study")

@@ -175,11 +175,14 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path),
               help="Per-utterance fleet results (.parquet or .csv), with policy, network, costs, seed and provenance.")
+@click.option("--timeline", "timeline_path", type=click.Path(path_type=Path),
+              help="Also write the run as a Chrome/Perfetto trace (.json): one track per device and per cloud server, "
+                   "at the engine's own times (one arrival rate only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (per rate) as JSON instead.")
 @FORCE_BIG_OPTION
 def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, devices,
           servers, max_batch, batch_window, batch_slowdown, arrival_rates, utterances_per_device, network_name, rtt,
-          seed, out, as_json, force):
+          seed, out, timeline_path, as_json, force):
     """Play one policy on a fleet (SimPy): devices share batching cloud servers; jitter and loss are sampled.
 
     \b
@@ -187,6 +190,7 @@ def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, e
       sectrace fleet --devices 100 --servers 2 --network 4g
       sectrace fleet --devices 20 --arrival-rate 0.05 --rtt 80ms --out fleet.parquet
       sectrace fleet --devices 20 --arrival-rate 0.01,0.02,0.05,0.1     # throughput vs latency
+      sectrace fleet --devices 4 --servers 2 --utterances-per-device 3 --timeline fleet.json
     """
     from dataclasses import replace
 
@@ -194,15 +198,27 @@ def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, e
 
     from ..simulate import Network, Replayer, profiles
     from ..simulate.budget import check_fleet
-    from ..simulate.fleet import FLEET_DEFINITIONS, Fleet, fleet_summary, fleet_table, plans, simulate_fleet
+    from ..simulate.fleet import (
+        FLEET_DEFINITIONS,
+        Fleet,
+        FleetRecord,
+        fleet_summary,
+        fleet_table,
+        plans,
+        simulate_fleet,
+    )
     from ..simulate.profiles import base_cost
     from ..simulate.provenance import provenance_columns
     from ..units import parse_duration
 
     if out:
         check_output(out, force)
+    if timeline_path:
+        check_output(timeline_path, force, suffixes=(".json",), flag="--timeline")
     rates = ([None] if arrival_rates is None else
              split_list([arrival_rates], "arrival rate", positive_float("arrival rate", "--arrival-rate 0.1,0.2")))
+    if timeline_path and len(rates) > 1:
+        raise UserError("--timeline draws one fleet run; give one --arrival-rate (or none) with it")
     tr = load_trace_or_sample(trace_path)
     max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
     pol = one_policy(k, gate, accept, bonus, privacy, cloud_cache, max_new)
@@ -219,10 +235,19 @@ def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, e
     rep = rp.replay(pol)
     plan = plans(rp, rep)
     prov = provenance_columns(tr, command_line())
-    runs = [fleet_table(simulate_fleet(plan, cost, net, fl, stateful=cloud_cache == "stateful"), rep, cost, net, fl,
-                        prov) for fl in fleets]
+    record = FleetRecord() if timeline_path else None
+    runs = [fleet_table(simulate_fleet(plan, cost, net, fl, stateful=cloud_cache == "stateful", record=record), rep,
+                        cost, net, fl, prov) for fl in fleets]
     if out:
         write_table(pl.concat(runs, how="diagonal_relaxed"), out)
+    if timeline_path:
+        from ..fsio import write_json
+        from ..reports.timeline import fleet_trace
+
+        meta = {**prov, "policy": pol.label, **fleets[0].__dict__, "network": net.__dict__, "cost_source": cost.source,
+                "stateful": cloud_cache == "stateful"}
+        write_json(fleet_trace(record, devices, servers, meta, arrivals=fleets[0].arrival_rate is not None),
+                   timeline_path)
     summaries = [{"arrival_rate": fl.arrival_rate, **fleet_summary(df)} for fl, df in zip(fleets, runs)]
     if as_json:
         click.echo(to_json({"provenance": prov, "policy": pol.label, "devices": devices, "servers": servers,
@@ -242,6 +267,9 @@ def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, e
         _throughput_table(summaries, devices)
     if out:
         click.echo(f"per-utterance fleet results: {out}")
+    if timeline_path:
+        click.echo(f"timeline: {timeline_path} ({len(record.device)} device stretches, {len(record.batches)} server "
+                   "batches); open it in ui.perfetto.dev")
 
 
 def _throughput_table(summaries, devices):

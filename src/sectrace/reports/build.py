@@ -332,6 +332,68 @@ def _latency(ctx: Ctx) -> dict:
     return {"tables": tables, "cdf": cdf, "kind": ctx.kind, "p": "p90" if ctx.kind == "simulate" else "p95"}
 
 
+def _acceptance(ctx: Ctx) -> dict | None:
+    """Acceptance by draft position, the accepted-length histogram and the metrics against k (reports.acceptance);
+    None when the results hold no policy that drafts and verifies."""
+    from . import acceptance_figures as af
+    from .acceptance import acceptance_data
+
+    pos, hist, vk, note = acceptance_data(ctx.res)
+    if note:
+        return {"figures": [], "note": f"acceptance figures left out: {note}", "table": None}
+    if not (pos.height or hist.height or vk.height):
+        return None
+    figs, files = [], "Files: figures/{0}.png/.svg/.pdf, tables/{0}.csv."
+    key = "one line per policy in its own colour and dash, numbered as everywhere in the report (key on the right)"
+    if pos.height:
+        write_csv(pos, ctx.tab_dir / "acceptance_by_position.csv")
+        figs.append(Figure("acceptance_by_position", figures.save(af.by_position(pos, ctx.styles), ctx.fig_dir,
+                                                                  "acceptance_by_position"),
+                           "acceptance rate by draft position, one panel per k",
+                           "Acceptance rate by draft position: for each policy that drafts and asks the cloud to verify, "
+                           "the share of its verify calls that accepted draft position i, i = 1..k (the results' "
+                           "acceptance_rate_per_pos: Σ calls that accepted position i / Σ verify calls over the covered "
+                           f"utterances); one panel per k, {key}, set a little apart along x so equal values stay "
+                           "visible. Acceptance is a prefix, so a line never rises. The counts do not depend on the "
+                           "network or devices; the results give this list no interval. "
+                           f"{files.format('acceptance_by_position')} {ctx.prov_line}."))
+    if hist.height:
+        write_csv(hist, ctx.tab_dir / "accepted_length_histogram.csv")
+        figs.append(Figure("accepted_length_histogram", figures.save(af.accepted_histogram(hist, ctx.styles),
+                                                                     ctx.fig_dir, "accepted_length_histogram"),
+                           "accepted-length histogram per policy, one panel per k",
+                           "Accepted-length histogram: for each policy, the share of its verify calls that accepted "
+                           "exactly j drafted tokens, j = 0..k (the correction or bonus token each call adds is not "
+                           "counted), from the per-utterance accepted_per_pos counts over the covered utterances "
+                           "(calls accepting at least j minus those accepting at least j + 1); points joined by lines, "
+                           f"one panel per k, {key}, set a little apart along x. A policy's mean acceptance length "
+                           f"is 1 + the mean of its histogram. {files.format('accepted_length_histogram')} {ctx.prov_line}."))
+    table = None
+    if vk.height:
+        write_csv(vk, ctx.tab_dir / "acceptance_vs_k.csv")
+        panels = [(c, ctx.panel_title(c)) for c in ctx.panels if c in set(vk["config"].to_list())][:3]
+        shown = "" if len(panels) == ctx.configs.height else (
+            f" {len(panels)} of the {ctx.configs.height} configurations have a row; every one is in "
+            "tables/acceptance_vs_k.csv.")
+        figs.append(Figure("acceptance_vs_k", figures.save(af.versus_k(vk, panels, ctx.styles), ctx.fig_dir,
+                                                           "acceptance_vs_k"),
+                           "mean acceptance length, latency and speedup against k, per gate and acceptance rule",
+                           "Against k, one line per family of policies equal in every knob but k (its own colour and "
+                           "dash; the legend names its gate and acceptance rule, and any other knob that varies): mean "
+                           "acceptance length (1 + Σ accepted / Σ verify calls; it does not depend on the configuration, "
+                           "so it is drawn once), mean latency per caption, and speedup vs edge-only (Σ edge-only "
+                           "latency / Σ this policy's latency over the utterances both cover; the dotted line is 1, as "
+                           "fast as edge-only), one row per configuration. Whiskers: 95 % bootstrap intervals over "
+                           "utterances (the results' _lo/_hi columns); a point without whiskers has no interval (e.g. "
+                           "a resample drew no verify call). Families are set slightly apart along k so whiskers do not "
+                           f"cover one another; each point carries its policy's number.{shown} "
+                           f"{files.format('acceptance_vs_k')} {ctx.prov_line}."))
+        c0 = panels[0][0] if panels else int(vk["config"][0])
+        table = {"config": c0, "text": ctx.conf_text(c0),
+                 "table": make_table(vk.filter(pl.col("config") == c0).drop("config"), styles=ctx.styles)}
+    return {"figures": figs, "note": "", "table": table}
+
+
 def _breakdown(ctx: Ctx) -> dict:
     inp = ctx.inp
     bd, note = inp.breakdown, inp.breakdown_note
@@ -460,7 +522,7 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
               pick_configs(configs, figures.MAX_PANELS), fig_dir, tab_dir, prov, prov_line)
     sections = {"key": _policy_key(ctx), "pareto": _pareto(ctx)}
     tick(1, "Pareto fronts")
-    sections.update(quality=_quality(ctx), latency=_latency(ctx))
+    sections.update(quality=_quality(ctx), latency=_latency(ctx), acceptance=_acceptance(ctx))
     tick(1, "tables 1-2 and latency CDFs")
     sections.update(breakdown=_breakdown(ctx), break_even=_break_even(ctx), validation=_validation(ctx))
     tick(1, "breakdown and break-even")

@@ -12,7 +12,7 @@ and no batching window the two engines agree on every utterance (tests/test_flee
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +20,7 @@ import polars as pl
 
 from ..errors import UserError
 from ..network import Network
+from ..protocol import Fallback, GateCall, Verify
 from .costs import CostModel
 from .replay import FEATURES, FI, Replay, Replayer
 from .spans import event_features
@@ -83,14 +84,18 @@ class Plan:
     cloud: np.ndarray
     down: np.ndarray
     session_first: list[bool]  # per call: the session's first call (pins a stateful session to a server)
+    #: gate decisions: (edge step index, that step's features up to and including the gate call, escalate?)
+    gates: list = field(default_factory=list)
 
 
 def plan_utterance(run_, policy, utt: dict) -> Plan:
     """Cut a run's schedule into edge steps and calls, from each event's features (``spans.event_features``)."""
     kinds: list[int] = []
     rows = {"edge": [], "up": [], "cloud": [], "down": []}
+    gates: list = []
+    events = list(run_.events) + [None]
     last = None  # phase of the step being built
-    for delta in event_features(run_, policy, utt):
+    for i, delta in enumerate(event_features(run_, policy, utt)):
         for phase, mask in _PHASES:
             part = np.where(mask, delta, 0.0)
             if not part.any():
@@ -111,11 +116,13 @@ def plan_utterance(run_, policy, utt: dict) -> Plan:
                     raise AssertionError(f"{phase} work outside a call in the schedule")
                 rows[phase][-1] += part
             last = phase
+        if type(events[i]) is GateCall and kinds and kinds[-1] == 0:  # a gate follows the drafts of its block
+            gates.append((len(rows["edge"]) - 1, rows["edge"][-1].copy(), type(events[i + 1]) in (Verify, Fallback)))
     n_calls = len(rows["up"])
     z = np.zeros((0, len(FEATURES)))
     return Plan(utt["utt_id"], kinds, np.array(rows["edge"]) if rows["edge"] else z,
                 np.array(rows["up"]) if n_calls else z, np.array(rows["cloud"]) if n_calls else z,
-                np.array(rows["down"]) if n_calls else z, [i == 0 for i in range(n_calls)])
+                np.array(rows["down"]) if n_calls else z, [i == 0 for i in range(n_calls)], gates)
 
 
 def plans(replayer: Replayer, rep: Replay) -> list[Plan | None]:
@@ -160,11 +167,12 @@ class ServerLoad:
 
 
 class _Priced:
-    """A plan's step durations under one configuration, as Python floats (fast inside SimPy)."""
+    """A plan's step durations under one configuration, as Python floats (fast inside SimPy); with ``record``,
+    also its edge steps' names and its gate decisions' offsets into their steps (for a timeline)."""
 
-    __slots__ = ("utt_id", "kinds", "edge", "up", "cloud", "down", "first")
+    __slots__ = ("utt_id", "kinds", "edge", "up", "cloud", "down", "first", "edge_names", "gates")
 
-    def __init__(self, p: Plan, theta: np.ndarray):
+    def __init__(self, p: Plan, theta: np.ndarray, record: bool = False):
         self.utt_id = p.utt_id
         self.kinds = p.kinds
         self.edge = (p.edge @ theta).tolist()
@@ -172,19 +180,47 @@ class _Priced:
         self.cloud = (p.cloud @ theta).tolist()
         self.down = (p.down @ theta).tolist()
         self.first = p.session_first
+        self.edge_names = self.gates = None
+        if record:
+            from .spans import PART_NAMES
+
+            self.edge_names = [" + ".join(PART_NAMES[part] for part in ("edge_prefill", "edge_drafting", "gate")
+                                          if row[[FI[f] for f in PARTS[part]]].any()) or "edge"
+                               for row in p.edge]
+            self.gates = [(step, float(row @ theta), esc) for step, row, esc in p.gates]
+
+
+@dataclass
+class FleetRecord:
+    """What a fleet run did, at the SimPy engine's own times (seconds), filled by ``simulate_fleet(record=...)``.
+
+    ``device``: (device, utterance index, utt_id, what, start, duration, server or None) per stretch of
+    a device's time: edge work, uplink, queue, cloud (its request in service), downlink; they follow one
+    another and add up to the caption's latency. ``batches``: (server, start, duration, members) per
+    batch a server ran, members as (device, utterance index, utt_id, call index). ``gates``: (device,
+    utterance index, utt_id, time, escalate?). ``captions``: (device, utterance index, utt_id, arrival,
+    start, finish)."""
+
+    device: list = field(default_factory=list)
+    batches: list = field(default_factory=list)
+    gates: list = field(default_factory=list)
+    captions: list = field(default_factory=list)
 
 
 def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Network, fleet: Fleet,
-                   stateful: bool = True) -> pl.DataFrame:
+                   stateful: bool = True, record: FleetRecord | None = None) -> pl.DataFrame:
     """Play the plans on a fleet; one row per played utterance (device, times, and where the time went).
 
     The message delays here exclude jitter and loss from the cost vector (they are sampled instead).
+    ``record``: filled with every stretch, batch and gate decision at the engine's times (a timeline);
+    without it nothing is recorded and the run costs what it did.
     """
     import simpy
 
     base_net = Network(rtt_s=net.rtt_s, up_Bps=net.up_Bps, down_Bps=net.down_Bps, overhead_bytes=net.overhead_bytes)
     theta = cost_vector(cost, base_net)
-    priced = [_Priced(p, theta) for p in plan_list if p is not None]
+    rec = record
+    priced = [_Priced(p, theta, rec is not None) for p in plan_list if p is not None]
     if not priced:
         raise UserError("no utterance of this policy is covered by the trace; nothing to simulate")
     rng = np.random.default_rng(fleet.seed)
@@ -240,6 +276,8 @@ def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Netwo
             for r in batch:
                 r[2] = now  # service start
             batches.append(len(batch))
+            if rec is not None:
+                rec.batches.append((i, now, service, [r[3] for r in batch]))
             yield env.timeout(service)
             cloud_busy_s[0] += service
             servers.add_load(i, -1)
@@ -249,7 +287,7 @@ def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Netwo
     rows = []
 
     def device_proc(d: int, jobs: list[_Priced], arrivals: list[float]):
-        for job, t_arr in zip(jobs, arrivals):
+        for j, (job, t_arr) in enumerate(zip(jobs, arrivals)):
             if env.now < t_arr:
                 yield env.timeout(t_arr - env.now)
             start = env.now
@@ -258,15 +296,24 @@ def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Netwo
             used = set()
             ei = ci = 0
             delay = 0.0  # device-side time not yet slept: edge work, links (one timeout per call, not three)
+            gi = 0  # next gate decision (recording only)
             for kind in job.kinds:
                 if kind == 0:
                     dt = job.edge[ei]
+                    if rec is not None:
+                        t = env.now + delay
+                        rec.device.append((d, j, job.utt_id, job.edge_names[ei], t, dt, None))
+                        while gi < len(job.gates) and job.gates[gi][0] == ei:
+                            rec.gates.append((d, j, job.utt_id, t + job.gates[gi][1], job.gates[gi][2]))
+                            gi += 1
                     ei += 1
                     edge_s += dt
                     delay += dt
                     continue
                 dt = job.up[ci] + (msg_noise() if noisy else 0.0)
                 up_s += dt
+                if rec is not None:
+                    rec.device.append((d, j, job.utt_id, "uplink", env.now + delay, dt, None))
                 yield env.timeout(delay + dt)
                 delay = 0.0
                 if server is None or not stateful:
@@ -275,7 +322,7 @@ def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Netwo
                         servers.add_pin(server, 1)
                     used.add(server)
                 done = env.event()
-                req = [job.cloud[ci], done, 0.0]
+                req = [job.cloud[ci], done, 0.0, None if rec is None else (d, j, job.utt_id, ci)]
                 t0 = env.now
                 submit(server, req)
                 service = yield done
@@ -283,12 +330,18 @@ def simulate_fleet(plan_list: Sequence[Plan | None], cost: CostModel, net: Netwo
                 cloud_s += service
                 dt = job.down[ci] + (msg_noise() if noisy else 0.0)
                 down_s += dt
+                if rec is not None:
+                    rec.device += [(d, j, job.utt_id, "queue", t0, req[2] - t0, server),
+                                   (d, j, job.utt_id, "cloud", req[2], service, server),
+                                   (d, j, job.utt_id, "downlink", env.now, dt, None)]
                 delay += dt
                 ci += 1
             if delay:
                 yield env.timeout(delay)
             if stateful and server is not None:
                 servers.add_pin(server, -1)
+            if rec is not None:
+                rec.captions.append((d, j, job.utt_id, float(t_arr), float(start), float(env.now)))
             # float(): SimPy's clock starts at the integer 0, and a start of 0 must not make the column integer
             rows.append((d, job.utt_id, float(t_arr), float(start), float(env.now), edge_s, up_s, wait_s, cloud_s,
                          down_s, ci, len(used)))
