@@ -138,11 +138,12 @@ def run_sweep_dask(client, trace: Trace, policies: Sequence[Policy], cost: CostM
             left[i] -= 1
             if progress is not None and not left[i]:
                 progress(1)
-    except ModuleNotFoundError as exc:
-        raise UserError(f"a dask worker cannot import {exc.name}: install sectrace (the same version as here) in "
-                        "the workers' environment") from None
-    finally:
+    except BaseException as exc:
         client.cancel([*futures, trace_f, cost_f, ax_f, prov_f])
-        client.run(_forget, trace_f.key)
+        if isinstance(exc, ModuleNotFoundError):
+            raise UserError(f"a dask worker cannot import {exc.name}: install sectrace (the same version as here) "
+                            "in the workers' environment") from None
+        raise
+    client.run(_forget, trace_f.key)  # the futures are released as they go out of scope
     return pl.concat([frames[i, j] for i in range(len(policies)) for j in range(len(blocks))],
                      how="diagonal_relaxed")
