@@ -31,7 +31,7 @@ from ._common import (
               help="Base costs when the grid names no device: fitted to the trace, or the study's devices.")
 @click.option("--jobs", default=1, show_default=True, help="Parallel worker processes (joblib), split by policy.")
 @click.option("--backend", type=click.Choice(["local", "dask"]), default="local", show_default=True,
-              help="Where the sweep runs: this machine (--jobs processes), or a dask.distributed cluster (--scheduler).")
+              help="Where the sweep runs: this machine (--jobs processes) or a dask.distributed cluster (--scheduler).")
 @click.option("--scheduler", metavar="ADDRESS",
               help="The dask scheduler for --backend dask, e.g. tcp://HOST:8786 (`dask scheduler` prints it).")
 @click.option("--ci/--no-ci", default=True, show_default=True,
