@@ -123,12 +123,13 @@ def run_sweep_dask(client, trace: Trace, policies: Sequence[Policy], cost: CostM
     prov = provenance_columns(trace) if provenance is None else provenance
     trace_f, cost_f, ax_f, prov_f = client.scatter([trace, cost, ax, prov], broadcast=True, hash=False)
     blocks = config_blocks(len(ax))
-    futures = {}
-    for i, pol in enumerate(policies):
-        for j, (lo, hi) in enumerate(blocks):
-            fut = client.submit(_task, trace_f, trace_f.key, pol, cost_f, ax_f, lo, hi, prov_f, breakdown, ci,
-                                pure=False, key=f"sectrace-sweep-{trace_f.key}-{i}-{j}")
-            futures[fut] = (i, j)
+    cells = [(i, j) for i in range(len(policies)) for j in range(len(blocks))]
+    n = len(cells)
+    futs = client.map(_task, [trace_f] * n, [trace_f.key] * n, [policies[i] for i, _ in cells], [cost_f] * n,
+                      [ax_f] * n, [blocks[j][0] for _, j in cells], [blocks[j][1] for _, j in cells], [prov_f] * n,
+                      [breakdown] * n, [ci] * n, pure=False,
+                      key=[f"sectrace-sweep-{trace_f.key}-{i}-{j}" for i, j in cells])  # one graph, not n submissions
+    futures = dict(zip(futs, cells))
     frames: dict[tuple[int, int], pl.DataFrame] = {}
     left = [len(blocks)] * len(policies)
     try:
