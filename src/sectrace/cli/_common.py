@@ -19,6 +19,7 @@ EXTRAS = {
     "gates": ("sklearn",),
     "live": ("fastapi", "uvicorn", "httpx", "msgpack", "pydantic"),
     "demo": ("torch", "transformers", "gguf", "faster_whisper", "platformdirs"),
+    "dask": ("dask", "distributed"),
 }
 _TORCH_FIRST = " (on a CPU-only machine install torch==2.13.0 first, or pip pulls a multi-GB CUDA build)"
 

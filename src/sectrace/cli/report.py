@@ -14,7 +14,6 @@ import click
 
 from ..errors import UserError
 from ..fsio import check_output
-from ..reports.inputs import check_results, normalise_configs, read_results, recorded_trace
 from ._common import Progress, require_extra
 
 
@@ -58,6 +57,7 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, validation
         raise UserError(f"{out_dir} already holds a report; choose another --out or pass --force to replace it")
     from ..reports.breakdown import break_even, overhead_breakdown
     from ..reports.build import ReportInputs, build_report
+    from ..reports.inputs import check_results, normalise_configs, read_results, recorded_trace
 
     res = read_results(results_path)
     kind = check_results(res, str(results_path))
@@ -121,6 +121,7 @@ def _add_study(inp, bar):
 def _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files, study=False):
     """A report from a `sweep` summary: agreement with cloud-only replayed from the trace when given."""
     from ..reports.build import ReportInputs, build_report
+    from ..reports.inputs import recorded_trace
 
     inp = ReportInputs(results=res, results_path=str(results_path))
     if validation_path is not None:
@@ -198,6 +199,7 @@ def timeline(results_path, trace_path, policies, utt_ids, config, out_path, gate
       sectrace timeline r.parquet --policy 'k=5 gate=entropy:2.5 accept=rank:20 features' --out run.json
       sectrace timeline r.parquet --policy all --utt 0003_angry,0002_sad --out runs.json
     """
+    from ..reports.inputs import check_results, normalise_configs, read_results, recorded_trace
     from ..reports.timeline import chrome_trace_runs, pick_runs, timeline_runs, write_chrome_trace
     from ..trace import load_trace
 

@@ -15,6 +15,7 @@ from ._common import (
     load_trace_or_sample,
     one_policy,
     positive_float,
+    require_extra,
     split_list,
     to_json,
     with_options,
@@ -29,11 +30,15 @@ from ._common import (
 @click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
               help="Base costs when the grid names no device: fitted to the trace, or the study's devices.")
 @click.option("--jobs", default=1, show_default=True, help="Parallel worker processes (joblib), split by policy.")
+@click.option("--backend", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="Where the sweep runs: this machine (--jobs processes) or a dask.distributed cluster (--scheduler).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="The dask scheduler for --backend dask, e.g. tcp://HOST:8786 (`dask scheduler` prints it).")
 @click.option("--ci/--no-ci", default=True, show_default=True,
               help="Bootstrap 95 % intervals of the means (about 0.5 ms per row); --no-ci for very large grids.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON instead.")
 @FORCE_BIG_OPTION
-def sweep(grid, out, trace_path, cost_mode, jobs, ci, as_json, force):
+def sweep(grid, out, trace_path, cost_mode, jobs, backend, scheduler, ci, as_json, force):
     """Price the cartesian product of GRID (policies × networks × devices) in one pass per policy.
 
     \b
@@ -46,6 +51,7 @@ def sweep(grid, out, trace_path, cost_mode, jobs, ci, as_json, force):
     Examples:
       sectrace sweep examples/grid.toml --out sweep.parquet
       sectrace sweep examples/grid.toml --trace my-trace --jobs 2 --out sweep.csv --force
+      sectrace sweep examples/grid.toml --backend dask --scheduler tcp://10.0.0.5:8786 --out sweep.parquet
     """
     import time
 
@@ -61,17 +67,36 @@ def sweep(grid, out, trace_path, cost_mode, jobs, ci, as_json, force):
     from ..trace import load_trace, sample_trace_path
 
     check_output(out, force)
+    if scheduler and backend != "dask":
+        raise UserError("--scheduler is the dask scheduler's address: add --backend dask, or drop --scheduler")
+    if backend == "dask":
+        if not scheduler:
+            raise UserError("--backend dask needs --scheduler ADDRESS, e.g. tcp://HOST:8786 from `dask scheduler`")
+        if jobs != 1:
+            raise UserError("--jobs counts local processes; with --backend dask the cluster's workers run the sweep: "
+                            "drop --jobs")
+        require_extra("sweep", "dask")
     trace_path = trace_path or grid_trace(grid) or sample_trace_path()
     tr = load_trace(trace_path)
     max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
     jobs = cap_jobs(jobs)
     policies, ax, cost, _ = load_grid(grid, max_new, trace=tr, jobs=jobs, force=force)
     cost = cost or base_cost(tr, cost_mode)
+    client = None
+    if backend == "dask":
+        from ..simulate.dask_sweep import connect
+
+        client = connect(scheduler)
     t0 = time.perf_counter()
     n_utt = tr.utterances.height
     prov = provenance_columns(tr, command_line())
     with tqdm(total=len(policies), desc="sweeping", unit="policy", disable=None, leave=False) as bar:
-        if jobs == 1:
+        if client is not None:
+            from ..simulate.dask_sweep import run_sweep_dask
+
+            with client:
+                df = run_sweep_dask(client, tr, policies, cost, ax, progress=bar.update, ci=ci, provenance=prov)
+        elif jobs == 1:
             df = run_sweep(Replayer(tr), policies, cost, ax, progress=bar.update, ci=ci, provenance=prov)
         else:
             df = run_sweep_parallel(trace_path, policies, cost, ax, jobs, progress=bar.update, ci=ci,

@@ -52,6 +52,15 @@ class Axes:
     def __len__(self):
         return len(self.rtt_s)
 
+    def block(self, lo: int, hi: int) -> "Axes":
+        """Configurations ``lo:hi``: a task's share of a distributed sweep (each column is priced on its own,
+        so a block's rows equal those rows of the whole; their ``config`` numbers restart at 0)."""
+        if (lo, hi) == (0, len(self)):
+            return self
+        arrays = {f: getattr(self, f)[lo:hi] for f in ("edge_speedup", "cloud_speedup", "rtt_s", "up_Bps", "down_Bps",
+                                                       "overhead_bytes", "extra_s")}
+        return Axes(**arrays, labels={k: list(v[lo:hi]) for k, v in self.labels.items()})
+
 
 def theta_grid(cost: CostModel, ax: Axes) -> np.ndarray:
     """(features, configurations): cost_vector for every configuration, built without a Python loop."""
@@ -147,23 +156,59 @@ def sweep_policy(rp: Replayer, pol: Policy, cost: CostModel, ax: Axes, breakdown
     return out
 
 
+#: Configurations priced together: a sweep's unit of work is one policy × one block of this many consecutive
+#: configurations, in every backend. A matrix product's last bits depend on its shape (BLAS picks kernels by
+#: it), so the local, joblib and dask backends price the same blocks to give the same rows bit for bit; the
+#: block also bounds a policy's latency and bootstrap arrays (utterances × block) on a worker.
+CONFIG_BLOCK = 1024
+
+
+def config_blocks(n_configs: int, size: int | None = None) -> list[tuple[int, int]]:
+    """``(lo, hi)`` of each block of configurations, in order (``size``: :data:`CONFIG_BLOCK`)."""
+    size = size or CONFIG_BLOCK
+    return [(lo, min(n_configs, lo + size)) for lo in range(0, n_configs, size)]
+
+
+def block_config_columns(cost: CostModel, ax: Axes, lo: int, hi: int) -> dict:
+    """:func:`config_columns` of configurations ``lo:hi``, numbered as in the whole grid."""
+    cols = config_columns(cost, ax.block(lo, hi))
+    cols["config"] = cols["config"] + lo
+    return cols
+
+
+def sweep_block(rp: Replayer, pol: Policy, cost: CostModel, ax: Axes, lo: int, hi: int, provenance: dict,
+                breakdown: bool = True, ci: bool = True, baselines: dict | None = None,
+                cfg_cols: dict | None = None) -> pl.DataFrame:
+    """The rows of one policy × configurations ``lo:hi`` (one of :func:`config_blocks`): what every backend
+    computes per task. ``baselines``: :func:`baseline_latencies` on that block, ``cfg_cols``: its
+    :func:`block_config_columns` (both computed when None; callers pricing many policies keep them)."""
+    sub = ax.block(lo, hi)
+    if cfg_cols is None:
+        cfg_cols = block_config_columns(cost, ax, lo, hi)
+    cols = sweep_policy(rp, pol, cost, sub, breakdown, baselines=baselines, ci=ci)
+    return pl.DataFrame({**provenance, **cols, **cfg_cols}, strict=False)
+
+
 def run_sweep(rp: Replayer, policies: Sequence[Policy], cost: CostModel, ax: Axes, progress=None,
               breakdown: bool = True, ci: bool = True, provenance: dict | None = None) -> pl.DataFrame:
     """One row per (policy, configuration): the policy, the configuration's network and cost model
     (:func:`config_columns`), provenance (:mod:`.provenance`; computed from the trace when None) and
-    the summary of :func:`sweep_policy`, with bootstrap intervals when ``ci``."""
+    the summary of :func:`sweep_policy`, with bootstrap intervals when ``ci``; priced per
+    :data:`CONFIG_BLOCK` (:func:`sweep_block`)."""
     from .provenance import provenance_columns
 
     prov = provenance_columns(rp.trace) if provenance is None else provenance
     frames = []
-    cfg_cols = config_columns(cost, ax)
-    theta = theta_grid(cost, ax)
-    base: dict[int, dict] = {}
+    blocks = config_blocks(len(ax))
+    thetas = {b: theta_grid(cost, ax.block(*b)) for b in blocks}
+    cfg_cols = {b: block_config_columns(cost, ax, *b) for b in blocks}
+    base: dict[tuple, dict] = {}
     for pol in policies:
-        if pol.max_new_tokens not in base:
-            base[pol.max_new_tokens] = baseline_latencies(rp, pol.max_new_tokens, theta)
-        cols = sweep_policy(rp, pol, cost, ax, breakdown, baselines=base[pol.max_new_tokens], ci=ci)
-        frames.append(pl.DataFrame({**prov, **cols, **cfg_cols}, strict=False))
+        for b in blocks:
+            if (pol.max_new_tokens, b) not in base:
+                base[pol.max_new_tokens, b] = baseline_latencies(rp, pol.max_new_tokens, thetas[b])
+            frames.append(sweep_block(rp, pol, cost, ax, *b, prov, breakdown, ci, base[pol.max_new_tokens, b],
+                                      cfg_cols[b]))
         if progress is not None:
             progress(1)
     return pl.concat(frames, how="diagonal_relaxed")
