@@ -143,7 +143,7 @@ def test_a_moved_trace_still_simulates_and_resolves_its_data(tmp_path):
     moved = tmp_path / "a" / "b" / "moved"
     shutil.copytree(sample_trace_path(), moved)
     before = json.loads(CliRunner().invoke(main, ["simulate", "--rtt", "50ms", "--json"]).stdout)
-    r = CliRunner().invoke(main, ["simulate", str(moved), "--rtt", "50ms", "--json"])
+    r = CliRunner().invoke(main, ["simulate", "--trace", str(moved), "--rtt", "50ms", "--json"])
     assert r.exit_code == 0, r.output
     after = json.loads(r.stdout)
     for doc in (before, after):  # where the trace lies and the command that named it: the rest must be equal
