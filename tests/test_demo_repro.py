@@ -114,7 +114,7 @@ def _doc_block(doc: str, first: str) -> list[str]:
 
 
 @needs_tools
-@pytest.mark.parametrize("doc,first", [("live.md", "sectrace validate src/sectrace/data/sample-trace"),
+@pytest.mark.parametrize("doc,first", [("live.md", "sectrace validate --trace src/sectrace/data/sample-trace"),
                                        ("demo.md", "sectrace demo validate")])
 def test_the_documented_validation_resolves_without_models(doc, first, tmp_path, monkeypatch):
     """The docs' lines run as written, from a fresh directory holding the source tree, with --dry-run added to

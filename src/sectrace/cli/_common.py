@@ -122,6 +122,11 @@ def split_list(values, what, parse):
     return out
 
 
+def policy_texts(values) -> list[str]:
+    """Repeated --policy values, each possibly several joined by ``;`` (a policy's own words hold commas)."""
+    return [t.strip() for v in values for t in str(v).split(";") if t.strip()]
+
+
 def block_size(text):
     try:
         k = int(text)

@@ -169,7 +169,7 @@ def gates_eval(trace_path, learned, rank, mode, out, as_json, force):
     with step("loading the trace"):
         tr = load_trace_or_sample(trace_path)
     gates_ = []
-    for path in learned:
+    for path in (split_list(learned, "gate file", str) if learned else []):
         path = path.split(":", 1)[1] if path.startswith("learned:") else path
         path = path.rsplit(":", 1)[0] if path.rsplit(":", 1)[-1].replace(".", "").isdigit() else path
         g = load_learned(path, 0.5, tr)
