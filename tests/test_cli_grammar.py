@@ -152,18 +152,21 @@ def test_both_trace_forms_at_once_is_one_sentence(small_trace_path):
     r = CliRunner().invoke(main, ["simulate", str(small_trace_path), "--trace", str(small_trace_path)])
     assert r.exit_code == 2 and "Traceback" not in r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert lines[-1].startswith("error: give the trace once") and len([ln for ln in lines if ln.startswith("error")]) == 1
+    assert lines[-1].startswith("error: give the trace once")
+    assert len([ln for ln in lines if ln.startswith("error")]) == 1
 
 
 def test_a_required_trace_is_asked_for_in_one_sentence(tmp_path):
     r = CliRunner().invoke(main, ["validate", "--drafter", "d", "--verifier", "v", "--out", str(tmp_path / "v.parquet"),
                                   "--dry-run"])
-    assert r.exit_code == 2 and r.output.strip() == "error: `sectrace validate` needs the trace to read: give --trace PATH"
+    assert r.exit_code == 2
+    assert r.output.strip() == "error: `sectrace validate` needs the trace to read: give --trace PATH"
 
 
 def test_k_lists_in_breakeven_give_rows_for_each(tmp_path):
     out = tmp_path / "m.parquet"
-    r = _run(["breakeven", "--k", "3,5", "--edge-tps", "2", "--edge-tps", "8", "--rtt", "20ms,200ms", "--out", str(out)])
+    r = _run(["breakeven", "--k", "3,5", "--edge-tps", "2", "--edge-tps", "8", "--rtt", "20ms,200ms",
+              "--out", str(out)])
     assert r.exit_code == 0, r.output
     m = pl.read_parquet(out)
     assert m.height == 2 * 2 * 2 and sorted(m["k"].unique().to_list()) == [3, 5]
@@ -217,7 +220,8 @@ def test_verbose_adds_time_per_step():
     r = _run(["simulate", "--rtt", "50ms", "-v"])
     assert r.exit_code == 0, r.output
     steps = [ln for ln in r.stderr.splitlines() if ln.endswith(" s") and ": " in ln]
-    assert any(ln.startswith("loading the trace: ") for ln in steps) and any(ln.startswith("replaying ") for ln in steps)
+    assert any(ln.startswith("loading the trace: ") for ln in steps)
+    assert any(ln.startswith("replaying ") for ln in steps)
     assert _run(["simulate", "--rtt", "50ms"]).stderr == ""
 
 

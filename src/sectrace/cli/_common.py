@@ -122,11 +122,6 @@ def split_list(values, what, parse):
     return out
 
 
-def policy_texts(values) -> list[str]:
-    """Repeated --policy values, each possibly several joined by ``;`` (a policy's own words hold commas)."""
-    return [t.strip() for v in values for t in str(v).split(";") if t.strip()]
-
-
 def block_size(text):
     try:
         k = int(text)
@@ -162,7 +157,7 @@ def positive_float(what: str, example: str):
     return parse
 
 
-def policies(ks, gates, accept, bonus, privacy, cloud_cache, max_new, trace=None):
+def flag_policies(ks, gates, accept, bonus, privacy, cloud_cache, max_new, trace=None):
     """Every combination of the --k and --gate lists (``--k 3,5 --gate entropy:2.5,margin:0.3``), as simulate
     builds them, so the commands that run one policy at a time loop over the same set."""
     from ..gates import parse_gate, split_top

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from ._common import info, policy_texts, progress_bar, require_extra, verbosity_options
+from ._common import info, progress_bar, require_extra, verbosity_options
 
 
 @click.command("collect")
@@ -33,7 +33,7 @@ from ._common import info, policy_texts, progress_bar, require_extra, verbosity_
 @click.option("--max-nodes", default=4000, show_default=True, help="Trie node budget per utterance (0 = none).")
 @click.option("--policy", "policies", multiple=True,
               help="Explore these policies instead of the default set, e.g. 'k=5 gate=entropy:2.0 accept=rank:10 "
-                   "token-only'. Repeat, or join several with ;.")
+                   "token-only'. Repeatable.")
 @click.option("--extend", type=click.Path(path_type=Path),
               help="Start from this trace and add the states the --policy runs need (its coverage misses).")
 @click.option("--edge-device", default="cpu", show_default=True)
@@ -106,8 +106,7 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
     signal_spec = parse_signals(signals)
     if extend and not policies:
         raise UserError("--extend needs the policies to add: give one or more --policy")
-    pols = ([parse_policy(p, max_new_tokens) for p in policy_texts(policies)] if policies
-            else default_exploration(max_new_tokens))
+    pols = [parse_policy(p, max_new_tokens) for p in policies] if policies else default_exploration(max_new_tokens)
     if cloud_device is None:
         try:
             import torch

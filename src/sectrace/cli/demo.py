@@ -301,7 +301,8 @@ def relabel_dataset(recipe: dict) -> dict:
 @click.option("--repeats", default=3, show_default=True, help="Calibration rounds.")
 @click.option("--force", is_flag=True, help="Replace --out.")
 @click.option("--dry-run", is_flag=True, help="Find or remake the data and say what would run; load no model.")
-@click.option("--json", "as_json", is_flag=True, help="Print validate's summary (or, with --dry-run, its plan) as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print validate's summary (or, with --dry-run, its plan) as JSON.")
 @verbosity_options
 @click.pass_context
 def demo_validate(ctx, trace_path, data, out, utterances, policies, rtts, repeats, force, dry_run, as_json):

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import click
 
-from ..errors import UserError
 from ..fsio import check_output, write_table
 from ._common import (
     FORCE_BIG_OPTION,
     POLICY_OPTIONS,
     command_line,
     load_trace_or_sample,
-    policies,
+    flag_policies,
     positive_float,
     progress_bar,
     split_list,
@@ -64,36 +63,33 @@ def sweep(grid, out, trace_path, cost_mode, jobs, ci, as_json, force):
 
     check_output(out, force)
     trace_path = trace_path or grid_trace(grid) or sample_trace_path()
-    with step("loading the trace"):
-        tr = load_trace(trace_path)
+    tr = load_trace(trace_path)
     max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
     jobs = cap_jobs(jobs)
-    with step("reading the grid"):
-        pols, ax, cost, _ = load_grid(grid, max_new, trace=tr, jobs=jobs, force=force)
+    policies, ax, cost, _ = load_grid(grid, max_new, trace=tr, jobs=jobs, force=force)
     cost = cost or base_cost(tr, cost_mode)
     t0 = time.perf_counter()
     n_utt = tr.utterances.height
     prov = provenance_columns(tr, command_line())
-    with progress_bar(total=len(pols), desc="sweeping", unit="policy", leave=False) as bar, step("sweeping"):
+    with progress_bar(total=len(policies), desc="sweeping", unit="policy", leave=False) as bar:
         if jobs == 1:
-            df = run_sweep(Replayer(tr), pols, cost, ax, progress=bar.update, ci=ci, provenance=prov)
+            df = run_sweep(Replayer(tr), policies, cost, ax, progress=bar.update, ci=ci, provenance=prov)
         else:
-            df = run_sweep_parallel(trace_path, pols, cost, ax, jobs, progress=bar.update, ci=ci,
+            df = run_sweep_parallel(trace_path, policies, cost, ax, jobs, progress=bar.update, ci=ci,
                                     provenance=prov)
     dt = time.perf_counter() - t0
-    with step("writing"):
-        write_table(df, out)
+    write_table(df, out)
     note = coverage_note(df, trace_path, tr.synthetic)
     if as_json:
         from ..simulate.metrics import BOOTSTRAP, DEFINITIONS
 
-        click.echo(to_json({"out": str(out), "rows": df.height, "policies": len(pols), "configurations": len(ax),
+        click.echo(to_json({"out": str(out), "rows": df.height, "policies": len(policies), "configurations": len(ax),
                             "utterances": n_utt, "seconds": dt, "coverage": note, "provenance": prov,
                             "bootstrap": BOOTSTRAP if ci else None, "definitions": DEFINITIONS,
                             "columns": df.columns}))
         return
-    click.echo(f"{len(pols)} policies × {len(ax)} configurations = {df.height} rows → {out} "
-               f"({len(pols) * len(ax) * n_utt / dt:,.0f} utterance-replays/s, {dt:.2f} s)")
+    click.echo(f"{len(policies)} policies × {len(ax)} configurations = {df.height} rows → {out} "
+               f"({len(policies) * len(ax) * n_utt / dt:,.0f} utterance-replays/s, {dt:.2f} s)")
     if note:
         click.echo(note)
 
@@ -121,7 +117,7 @@ def breakeven(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, cost_m
     \b
     Examples:
       sectrace breakeven --costs study
-      sectrace breakeven --trace my-trace --gate margin:0.3 --k 3,5 --edge-tps 1,2,4,8 --rtt 10ms,50ms,200ms --out map.parquet
+      sectrace breakeven -t my-trace --gate margin:0.3 --k 3,5 --edge-tps 1,2,4,8 --rtt 10ms,200ms --out map.parquet
     """
     import polars as pl
 
@@ -135,7 +131,7 @@ def breakeven(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, cost_m
     with step("loading the trace"):
         tr = load_trace_or_sample(trace_path)
     max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
-    pols = policies(ks, gates, accept, bonus, privacy, cloud_cache, max_new, tr)
+    pols = flag_policies(ks, gates, accept, bonus, privacy, cloud_cache, max_new, tr)
     cost = base_cost(tr, cost_mode, edge_device, cloud_device)
     net = profiles.network_preset(network_name) if network_name else Network()
     tps_list = split_list(tps, "edge speed", positive_float("edge speed", "--edge-tps 2,4,8"))
@@ -155,7 +151,8 @@ def breakeven(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, cost_m
         click.echo(to_json({"provenance": provenance_columns(tr, command_line()),
                             "policies": [p.label for p in pols], "costs": cost.__dict__, "network": net.__dict__,
                             "mean": "latency means over the covered utterances (no intervals: one map cell per "
-                                    "policy × edge speed × RTT)", "map": m.to_dicts(), "out": str(out) if out else None}))
+                                    "policy × edge speed × RTT)", "map": m.to_dicts(),
+                            "out": str(out) if out else None}))
         return
     for n, pol in enumerate(pols):
         if n:
@@ -230,7 +227,7 @@ def fleet(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, cost_mode,
     with step("loading the trace"):
         tr = load_trace_or_sample(trace_path)
     max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
-    pols = policies(ks, gates, accept, bonus, privacy, cloud_cache, max_new, tr)
+    pols = flag_policies(ks, gates, accept, bonus, privacy, cloud_cache, max_new, tr)
     cost = base_cost(tr, cost_mode, edge_device, cloud_device)
     base = profiles.network_preset(network_name) if network_name else Network()
     nets = ([replace(base, rtt_s=parse_duration(r, "--rtt", require_unit=True)) for r in split_list(rtts, "RTT", str)]
@@ -251,8 +248,8 @@ def fleet(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, cost_mode,
             runs = []
             for fl in fleets:
                 with step(f"fleet {pol.label}, RTT {net.rtt_s * 1000:g} ms, rate {fl.arrival_rate}"):
-                    runs.append((fl, fleet_table(simulate_fleet(plan, cost, net, fl, stateful=cloud_cache == "stateful"),
-                                                 rep, cost, net, fl, prov)))
+                    played = simulate_fleet(plan, cost, net, fl, stateful=cloud_cache == "stateful")
+                    runs.append((fl, fleet_table(played, rep, cost, net, fl, prov)))
             groups.append((pol, net, runs))
     if out:
         write_table(pl.concat([df for *_, runs in groups for _, df in runs], how="diagonal_relaxed"), out)

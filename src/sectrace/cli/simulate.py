@@ -76,7 +76,8 @@ def _one_speed(values):
 @click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
               help="Model call costs: fitted to the trace's timings, or the study's devices "
                    "(edge 2.10 tok/s, cloud 24.16 tok/s).")
-@click.option("--edge-tps", multiple=True, help="Override: edge decode speed in tokens/s (one; `breakeven` maps several).")
+@click.option("--edge-tps", multiple=True,
+              help="Override: edge decode speed in tokens/s (one; `breakeven` maps several).")
 @click.option("--edge-prefill", help="Override: edge prefill (audio + prompt) time, e.g. 7.3s.")
 @click.option("--cloud-tps", type=float, help="Override: cloud decode speed in tokens/s.")
 @click.option("--cloud-prefill", help="Override: cloud prefill time, e.g. 350ms.")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from ._common import load_trace_or_sample, policy_texts, progress_bar, to_json, verbosity_options
+from ._common import load_trace_or_sample, progress_bar, to_json, verbosity_options
 
 
 @click.group()
@@ -28,8 +28,7 @@ def trace():
 @click.option("--seed", default=0, show_default=True)
 @click.option("--policy", "policies", multiple=True,
               help="Also explore this policy (as labelled in results, e.g. 'k=4 gate=margin:0.2 accept=rank:5 "
-                   "token-only'); repeat, or join several with ;. Fills the coverage misses that simulate and "
-                   "sweep report.")
+                   "token-only'); repeatable. Fills the coverage misses that simulate and sweep report.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @verbosity_options
 def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_new_tokens, seed, policies, force):
@@ -58,7 +57,7 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
     if out.exists() and not force:
         raise UserError(f"{out} already exists; choose another path or pass --force to replace it")
     model = AlphaModel(alpha=alpha, alpha_blind=alpha_blind, coupling=coupling, mean_length=mean_length, seed=seed)
-    extra = [parse_policy(p, max_new_tokens) for p in policy_texts(policies)]
+    extra = [parse_policy(p, max_new_tokens) for p in policies]
     policies = default_exploration(max_new_tokens) + extra
     with progress_bar(total=utterances, desc="exploring", unit="utt") as bar:
         manifest, utts, nodes, timings, vocab = synth_trace(model, utterances, policies, progress=bar.update)
