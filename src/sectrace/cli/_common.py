@@ -83,9 +83,10 @@ def command_line(ctx: click.Context | None = None) -> str:
     return shlex.join(words)
 
 
-def to_json(obj) -> str:
+def to_json(obj, indent: int | None = 2) -> str:
     """JSON for ``--json``: NaN and infinities (undefined metrics, intervals that cannot be computed) become
-    null, which every JSON reader accepts (``NaN`` is not JSON); other odd values become their text."""
+    null, which every JSON reader accepts (``NaN`` is not JSON); other odd values become their text.
+    ``indent=None``: one line (JSON Lines, one object per input)."""
     import json
     import math
 
@@ -100,7 +101,7 @@ def to_json(obj) -> str:
             return clean(x.item())
         return x
 
-    return json.dumps(clean(obj), indent=2, default=str, allow_nan=False)
+    return json.dumps(clean(obj), indent=indent, default=str, allow_nan=False)
 
 
 def load_trace_or_sample(path):

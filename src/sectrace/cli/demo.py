@@ -5,7 +5,6 @@ Thin: parse → call → print. Heavy imports happen inside the commands so `sec
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def data_describe(clips, as_json):
     for clip in clips:
         d = describe(clip)
         if as_json:
-            click.echo(json.dumps(d.to_dict()))
+            click.echo(to_json(d.to_dict(), indent=None))
             continue
         click.echo(f"clip        {d.path}")
         click.echo(d.audio_text)
