@@ -25,7 +25,7 @@ def test_simulate_bundled_sample_out_of_the_box():
 
 def test_simulate_sweep_json_and_parquet(small_trace_path, tmp_path):
     out = tmp_path / "r.parquet"
-    res = invoke("simulate", str(small_trace_path), "--k", "3,5", "--gate", "always", "--gate", "entropy:1.5",
+    res = invoke("simulate", "--trace", str(small_trace_path), "--k", "3,5", "--gate", "always", "--gate", "entropy:1.5",
                  "--rtt", "20ms,0.1s", "--out", str(out), "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
@@ -39,7 +39,7 @@ def test_simulate_sweep_json_and_parquet(small_trace_path, tmp_path):
 
 
 def test_latency_grows_with_rtt(small_trace_path):
-    res = invoke("simulate", str(small_trace_path), "--gate", "always", "--rtt", "10ms,500ms", "--json")
+    res = invoke("simulate", "--trace", str(small_trace_path), "--gate", "always", "--rtt", "10ms,500ms", "--json")
     rows = [r for r in json.loads(res.output)["summary"] if r["gate"] == "always" and r["k"] == 5]
     lo, hi = sorted(rows, key=lambda r: r["rtt_s"])
     assert hi["latency_s"] - lo["latency_s"] == pytest.approx(0.49 * lo["cloud_calls"], rel=1e-9)
@@ -53,7 +53,7 @@ def test_latency_grows_with_rtt(small_trace_path):
     (["--accept", "rank:-2"], "whole number R >= 1"),
     (["--k", "five"], "not a whole number"),
     (["--gate", "random:2"], "between 0 and 1"),
-    (["does-not-exist"], "no trace at"),
+    (["--trace", "does-not-exist"], "no trace at"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(args, phrase):
     res = CliRunner().invoke(main, ["simulate", *args])

@@ -135,7 +135,7 @@ def _doc_block(doc: str, first: str) -> list[str]:
 
 
 @needs_tools
-@pytest.mark.parametrize("doc,first", [("live.md", "sectrace validate src/sectrace/data/sample-trace"),
+@pytest.mark.parametrize("doc,first", [("live.md", "sectrace validate --trace src/sectrace/data/sample-trace"),
                                        ("demo.md", "sectrace demo validate")])
 def test_the_documented_validation_resolves_without_models(doc, first, tmp_path, monkeypatch):
     """The docs' lines run as written, from a fresh directory holding the source tree, with --dry-run added to
@@ -164,7 +164,7 @@ def test_a_moved_trace_still_simulates_and_resolves_its_data(tmp_path):
     moved = tmp_path / "a" / "b" / "moved"
     shutil.copytree(sample_trace_path(), moved)
     before = json.loads(CliRunner().invoke(main, ["simulate", "--rtt", "50ms", "--json"]).stdout)
-    r = CliRunner().invoke(main, ["simulate", str(moved), "--rtt", "50ms", "--json"])
+    r = CliRunner().invoke(main, ["simulate", "--trace", str(moved), "--rtt", "50ms", "--json"])
     assert r.exit_code == 0, r.output
     after = json.loads(r.stdout)
     for doc in (before, after):  # where the trace lies and the command that named it: the rest must be equal

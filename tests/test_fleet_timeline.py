@@ -11,7 +11,6 @@ import itertools
 import json
 from collections import defaultdict
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import synthetic_replayer

@@ -243,7 +243,7 @@ def test_cli_gates_eval_refuses_a_cyclic_gate(tmp_path):
     doc = valid_doc()
     doc["model"]["trees"][0] = tree([1, 0, -1, -1], [2, 3, -1, -1])
     path = write(tmp_path, doc)
-    res = quick(CliRunner().invoke, main, ["gates", "eval", str(sample_trace_path()), "--gate", path])
+    res = quick(CliRunner().invoke, main, ["gates", "eval", "--trace", str(sample_trace_path()), "--gate", path])
     assert res.exit_code == 2 and "twice" in res.output and path in res.output
 
 

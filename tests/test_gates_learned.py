@@ -194,15 +194,15 @@ def test_block_matrix_matches_node_table(trace):
 def test_cli_train_eval_simulate(tmp_path, small, trace):
     out = tmp_path / "gate.json"
     runner = CliRunner()
-    res = runner.invoke(main, ["gates", "train", str(SAMPLE), "--model", "logreg", "--out", str(out),
+    res = runner.invoke(main, ["gates", "train", "--trace", str(SAMPLE), "--model", "logreg", "--out", str(out),
                                "--folds", "2", "--features", "logprob,entropy,x_stability"])
     assert res.exit_code == 0, res.output
     assert "ROC-AUC" in res.output and out.exists()
-    res = runner.invoke(main, ["gates", "eval", str(SAMPLE), "--gate", str(out), "--out", str(tmp_path / "e.parquet")])
+    res = runner.invoke(main, ["gates", "eval", "--trace", str(SAMPLE), "--gate", str(out), "--out", str(tmp_path / "e.parquet")])
     assert res.exit_code == 0, res.output
     df = pl.read_parquet(tmp_path / "e.parquet")
     assert {"entropy", "stability", "audio"} <= set(df["signal"].to_list())
-    res = runner.invoke(main, ["simulate", str(SAMPLE), "--gate", f"learned:{out}:0.5", "--k", "3", "--accept", "top1"])
+    res = runner.invoke(main, ["simulate", "--trace", str(SAMPLE), "--gate", f"learned:{out}:0.5", "--k", "3", "--accept", "top1"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(main, ["gates", "train", "--out", str(tmp_path / "g2.json"), "--features", "nope"])
     assert res.exit_code == 2 and "unknown feature" in res.output

@@ -122,6 +122,6 @@ def test_frontier_skips_missing_signals(tmp_path, trace):
     bare = tmp_path / "bare"
     write_trace(bare, trace.manifest, trace.utterances, trace.nodes.drop("x_stability", "x_audio_shift"),
                 trace.timings, trace.vocab)
-    res = CliRunner().invoke(main, ["gates", "frontier", str(bare), "--gate", "stability", "--gate", "margin"])
+    res = CliRunner().invoke(main, ["gates", "frontier", "--trace", str(bare), "--gate", "stability", "--gate", "margin"])
     assert res.exit_code == 0, res.output
     assert "skipping stability" in res.output and "margin:" in res.output

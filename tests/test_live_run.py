@@ -291,9 +291,9 @@ def validated(live, tmp_path_factory):
     collect(CollectConfig(manifest=man, drafter=str(d), verifier=str(v), out=tmp_path / "trace", policies=pols,
                           max_new_tokens=12, edge_threads=None, timing_repeats=1, probes=False))
     out = tmp_path / "val.parquet"
-    args = ["validate", str(tmp_path / "trace"), "--drafter", str(d), "--verifier", str(v), "--rtt", "30ms,10ms",
-            "--policy", ";".join(["edge-only", "cloud-only"] + specs), "--calibrations", "2", "--repeats", "2",
-            "--out", str(out)]
+    args = ["validate", "--trace", str(tmp_path / "trace"), "--drafter", str(d), "--verifier", str(v), "--rtt",
+            "30ms,10ms", "--policy", ";".join(["edge-only", "cloud-only"] + specs), "--calibrations", "2",
+            "--repeats", "2", "--out", str(out)]
     res = CliRunner().invoke(main, args)
     return res, args, out, pols
 
@@ -417,6 +417,6 @@ def test_validate_and_serve_refuse_bad_input(live, tmp_path):
     pair, srv, app, root, d, v = live
     r = CliRunner().invoke(main, ["serve", "--verifier", str(v), "--no-auth", "--host", "0.0.0.0"])
     assert r.exit_code == 2 and "loopback" in r.output and "Traceback" not in r.output
-    r = CliRunner().invoke(main, ["validate", str(tmp_path / "nope"), "--drafter", str(d), "--verifier", str(v),
+    r = CliRunner().invoke(main, ["validate", "--trace", str(tmp_path / "nope"), "--drafter", str(d), "--verifier", str(v),
                                   "--out", str(tmp_path / "o.parquet")])
     assert r.exit_code == 2 and "does not exist" in r.output

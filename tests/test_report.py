@@ -25,11 +25,11 @@ SAMPLE = str(sample_trace_path())
 def results(tmp_path_factory):
     d = tmp_path_factory.mktemp("rep")
     out = d / "r.parquet"
-    r = CliRunner().invoke(main, ["simulate", SAMPLE, "--gate", "entropy:2.5", "--gate", "always", "--gate", "random:0.5", "--k", "3,5",
+    r = CliRunner().invoke(main, ["simulate", "--trace", SAMPLE, "--gate", "entropy:2.5", "--gate", "always", "--gate", "random:0.5", "--k", "3,5",
                                   "--rtt", "20ms,100ms", "--out", str(out)])
     assert r.exit_code == 0, r.output
     tok = d / "t.parquet"
-    r = CliRunner().invoke(main, ["simulate", SAMPLE, "--gate", "entropy:2.5", "--k", "3", "--privacy", "token-only",
+    r = CliRunner().invoke(main, ["simulate", "--trace", SAMPLE, "--gate", "entropy:2.5", "--k", "3", "--privacy", "token-only",
                                   "--out", str(tok)])
     assert r.exit_code == 0, r.output
     both = pl.concat([pl.read_parquet(out), pl.read_parquet(tok).filter(
@@ -92,7 +92,7 @@ def small(tmp_path_factory):
     d = tmp_path_factory.mktemp("small")
     parts = []
     for privacy in ("features", "token-only"):
-        r = CliRunner().invoke(main, ["simulate", SAMPLE, "--gate", "entropy:2.5", "--gate", "always", "--k", "3",
+        r = CliRunner().invoke(main, ["simulate", "--trace", SAMPLE, "--gate", "entropy:2.5", "--gate", "always", "--k", "3",
                                       "--rtt", "20ms", "--privacy", privacy, "--out", str(d / f"{privacy}.parquet")])
         assert r.exit_code == 0, r.output
         parts.append(pl.read_parquet(d / f"{privacy}.parquet"))

@@ -17,7 +17,7 @@ SAMPLE = str(sample_trace_path())
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("tl") / "r.parquet"
-    r = CliRunner().invoke(main, ["simulate", SAMPLE, "--gate", "entropy:2.5", "--k", "3", "--rtt", "20ms,100ms",
+    r = CliRunner().invoke(main, ["simulate", "--trace", SAMPLE, "--gate", "entropy:2.5", "--k", "3", "--rtt", "20ms,100ms",
                                   "--privacy", "token-only", "--out", str(out)])
     assert r.exit_code == 0, r.output
     return out

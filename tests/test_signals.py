@@ -239,12 +239,12 @@ def _median_rank(tr) -> int:
 
 def test_gates_eval_ranks_the_signals_and_names_missing_ones(collected):
     _, _, _, tr, _ = collected
-    res = CliRunner().invoke(main, ["gates", "eval", str(tr.path), "--rank", str(_median_rank(tr))])
+    res = CliRunner().invoke(main, ["gates", "eval", "--trace", str(tr.path), "--rank", str(_median_rank(tr))])
     assert res.exit_code == 0, res.output
     for name in ("stability", "mc-dropout", "mc-var", "mc-entropy", "audio", "logprob", "entropy", "margin"):
         assert any(line.split()[:1] == [name] for line in res.output.splitlines()), name
     assert "none missing" in res.output
-    res = CliRunner().invoke(main, ["gates", "eval", str(sample_trace_path())])
+    res = CliRunner().invoke(main, ["gates", "eval", "--trace", str(sample_trace_path())])
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if ln.startswith("RQ1 signals"))
     assert "log-prob, entropy, margin;" in line
@@ -271,7 +271,7 @@ def test_signal_table_scores_each_signal_on_its_own_nodes(collected):
 
 
 def test_gates_train_names_missing_signals(tmp_path):
-    res = CliRunner().invoke(main, ["gates", "train", str(sample_trace_path()), "--model", "logreg", "--folds", "2",
+    res = CliRunner().invoke(main, ["gates", "train", "--trace", str(sample_trace_path()), "--model", "logreg", "--folds", "2",
                                     "--out", str(tmp_path / "g.json")])
     assert res.exit_code == 0, res.output
     assert "MISSING (not ranked): stability" in res.output

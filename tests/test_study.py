@@ -207,7 +207,7 @@ def test_cli_writes_everything_and_refuses_what_it_should(tmp_path):
     # a trace that does not explore the study's policies: one sentence, exit 2
     from sectrace.trace import sample_trace_path
 
-    bad = CliRunner().invoke(main, ["study", str(sample_trace_path()), "--out", str(tmp_path / "b")])
+    bad = CliRunner().invoke(main, ["study", "--trace", str(sample_trace_path()), "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "sectrace study" in bad.output
 
 

@@ -46,7 +46,7 @@ def simulated(request, tmp_path_factory, small_trace_path):
     trace, flags = RUNS[request.param]
     trace = trace or str(small_trace_path)
     out = tmp_path_factory.mktemp("sim") / "r.parquet"
-    r = CliRunner().invoke(main, ["simulate", trace, *flags, "--out", str(out)])
+    r = CliRunner().invoke(main, ["simulate", "--trace", trace, *flags, "--out", str(out)])
     assert r.exit_code == 0, r.output
     return trace, out
 

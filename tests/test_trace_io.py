@@ -70,7 +70,7 @@ def test_broken_trace_is_refused_clearly(copy, name):
     assert phrase in msg
     assert "\n" not in msg
     # And from the command line: one line on stderr, exit code 2, no traceback.
-    res = CliRunner().invoke(main, ["simulate", str(copy)])
+    res = CliRunner().invoke(main, ["simulate", "--trace", str(copy)])
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output and phrase in res.output
 

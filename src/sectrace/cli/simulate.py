@@ -9,22 +9,36 @@ import click
 
 from ..errors import UserError
 from ..fsio import check_output, write_table
-from ._common import block_size, command_line, load_trace_or_sample, split_list, to_json
+from ._common import (
+    PRIVACY_CHOICES,
+    adaptive_threshold,
+    block_size,
+    command_line,
+    load_trace_or_sample,
+    progress_bar,
+    refuse_several,
+    split_list,
+    step,
+    to_json,
+    trace_option,
+    verbosity_options,
+)
 
 
-def _float_or_none(text):
-    return None if text in (None, "", "off", "none") else float(text)
-
-
-def _adaptive(text):
+def _one_speed(values):
+    """--edge-tps here overrides the cost model with one speed; a list belongs to `breakeven`, which maps them."""
+    if not values:
+        return None
+    text = refuse_several(split_list(values, "edge speed", str), "--edge-tps",
+                          "it overrides the cost model; map several speeds with `sectrace breakeven --edge-tps 1,2,4`")
     try:
-        return _float_or_none(text.lower())
+        return float(text)
     except ValueError:
-        raise UserError(f"adaptive threshold {text!r} is not a probability; e.g. --adaptive 0.3 or off") from None
+        raise UserError(f"--edge-tps {text!r} is not a number of tokens/s; e.g. --edge-tps 4") from None
 
 
 @click.command()
-@click.argument("trace_path", metavar="[TRACE]", required=False, type=click.Path(path_type=Path))
+@trace_option()
 @click.option("--k", "ks", multiple=True, default=["5"], show_default=True,
               help="Block size: drafted tokens per gate decision. Lists sweep: --k 3,5,8.")
 @click.option("--gate", "gates", multiple=True, default=["entropy:2.5"], show_default=True,
@@ -36,7 +50,7 @@ def _adaptive(text):
               help="Acceptance rule: top1 (lossless), rank:R (the study: rank:20) or prob:P.")
 @click.option("--bonus/--no-bonus", default=True, show_default=True,
               help="When the verifier accepts a whole block, take its next top-1 token for free.")
-@click.option("--privacy", type=click.Choice(["token-only", "features", "raw"]), default="features",
+@click.option("--privacy", type=click.Choice(PRIVACY_CHOICES), default="features",
               show_default=True, help="What leaves the device: token ids only (blind verifier), plus audio "
                                       "features (the study's setup), or raw audio.")
 @click.option("--cloud-cache", type=click.Choice(["stateful", "stateless"]), default="stateful",
@@ -62,7 +76,8 @@ def _adaptive(text):
 @click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
               help="Model call costs: fitted to the trace's timings, or the study's devices "
                    "(edge 2.10 tok/s, cloud 24.16 tok/s).")
-@click.option("--edge-tps", type=float, help="Override: edge decode speed in tokens/s.")
+@click.option("--edge-tps", multiple=True,
+              help="Override: edge decode speed in tokens/s (one; `breakeven` maps several).")
 @click.option("--edge-prefill", help="Override: edge prefill (audio + prompt) time, e.g. 7.3s.")
 @click.option("--cloud-tps", type=float, help="Override: cloud decode speed in tokens/s.")
 @click.option("--cloud-prefill", help="Override: cloud prefill time, e.g. 350ms.")
@@ -78,13 +93,14 @@ def _adaptive(text):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--breakdown", is_flag=True, help="Also print where the time goes (mean seconds per part) and the "
                                                 "round-trip time an overlapping edge would hide.")
+@verbosity_options
 def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptives, max_new_tokens, network_name, rtts,
              uplink, downlink, overhead, jitter, loss, rto, edge_device, cloud_device, cost_mode, edge_tps,
              edge_prefill, cloud_tps, cloud_prefill, cloud_verify, gate_cost,
              edge_speedup, out, summary_out, force, as_json, breakdown):
-    """Replay TRACE under edge-only, cloud-only and hybrid policies and compare them.
+    """Replay a trace under edge-only, cloud-only and hybrid policies and compare them.
 
-    Without TRACE the bundled sample trace is used. Each hybrid policy is every
+    Without --trace the bundled sample trace is used. Each hybrid policy is every
     combination of --k and --gate; each network is one --rtt. Replay is exact: an
     utterance whose run leaves the explored trie is a coverage miss, counted and left out
     of the means, never guessed.
@@ -93,11 +109,9 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
     Examples:
       sectrace simulate --rtt 50ms
       sectrace simulate --gate entropy:2.5 --gate margin:0.3 --k 3,5 --rtt 20ms,100ms
-      sectrace simulate my-trace --accept top1 --gate always --privacy token-only --out r.parquet
+      sectrace simulate --trace my-trace --accept top1 --gate always --privacy token-only --out r.parquet
     """
     from dataclasses import replace
-
-    from tqdm import tqdm
 
     from ..gates import parse_gate, split_top
     from ..protocol import Accept, Policy
@@ -112,7 +126,8 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
         check_output(out, force)
     if summary_out:
         check_output(summary_out, force, flag="--summary-out")
-    tr = load_trace_or_sample(trace_path)
+    with step("loading the trace"):
+        tr = load_trace_or_sample(trace_path)
     max_new = max_new_tokens or int(tr.manifest["decoding"].get("max_new_tokens", 64))
     acc = Accept.parse(accept)
     k_list = split_list(ks, "block size", block_size)
@@ -121,7 +136,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
         raise UserError("give at least one gate")
     gate_objs = [(spec, parse_gate(spec, tr)) for spec in gate_specs]
     policies = list(baselines(max_new))
-    adaptive_list = split_list(adaptives, "adaptive threshold", _adaptive)
+    adaptive_list = split_list(adaptives, "adaptive threshold", adaptive_threshold)
     for k in k_list:
         for spec, g in gate_objs:
             for adaptive in adaptive_list:
@@ -129,6 +144,7 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
                                        privacy=privacy, cloud_cache=cloud_cache, max_new_tokens=max_new,
                                        adaptive=adaptive))
     cost = base_cost(tr, cost_mode, edge_device, cloud_device)
+    edge_tps = _one_speed(edge_tps)
     overridden = {phase for phase, given in (("edge_decode", edge_tps), ("edge_prefill", edge_prefill),
                                              ("cloud_decode", cloud_tps), ("cloud_prefill", cloud_prefill),
                                              ("cloud_verify", cloud_verify)) if given}
@@ -177,11 +193,14 @@ def simulate(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, adaptiv
     rtt_list = [seconds(r, "--rtt") for r in split_list(rtts, "RTT", str)] if rtts else [base.rtt_s]
     configs = [(cost, replace(base, rtt_s=r)) for r in rtt_list]
     rp = Replayer(tr)
-    with tqdm(total=len(policies), desc="replaying", unit="policy", disable=None, leave=False) as bar:
+    with progress_bar(total=len(policies), desc="replaying", unit="policy", leave=False) as bar, \
+            step(f"replaying {len(policies)} policies × {len(configs)} networks"):
         results = run_sim(tr, policies, configs, replayer=rp, progress=bar.update, command=command_line())
-    summary = summarise(results)
+    with step("summarising (bootstrap intervals)"):
+        summary = summarise(results)
     if out:
-        write_table(results, out)
+        with step(f"writing {out}"):
+            write_table(results, out)
     if summary_out:
         prov = results.select(PROVENANCE).head(1)
         write_table(prov.join(summary, how="cross").select(*summary.columns, *PROVENANCE), summary_out)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from ._common import EXPLORE_OPTION, grid_policies, load_trace_or_sample, to_json
+from ._common import EXPLORE_OPTION, grid_policies, load_trace_or_sample, progress_bar, to_json, verbosity_options
 
 
 @click.group()
@@ -31,6 +31,7 @@ def trace():
                    "token-only'); repeatable. Fills the coverage misses that simulate and sweep report.")
 @EXPLORE_OPTION
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@verbosity_options
 def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_new_tokens, seed, policies,
                 explore_grids, force):
     """Write a synthetic trace to OUT from a stated statistical model.
@@ -49,8 +50,6 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
       sectrace trace synth wide-trace --policy 'k=4 gate=entropy:2.5 accept=rank:20 features'
       sectrace trace synth grid-trace --explore examples/grid.toml   # every policy the sweep asks for
     """
-    from tqdm import tqdm
-
     from ..explore import default_exploration
     from ..explore.synth import AlphaModel, synth_trace
     from ..gates import parse_policy
@@ -63,7 +62,7 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
     model = AlphaModel(alpha=alpha, alpha_blind=alpha_blind, coupling=coupling, mean_length=mean_length, seed=seed)
     extra = [parse_policy(p, max_new_tokens) for p in policies] + grid_policies(explore_grids, max_new_tokens)
     policies = _unique(default_exploration(max_new_tokens) + extra)
-    with tqdm(total=utterances, desc="exploring", unit="utt", disable=None) as bar:
+    with progress_bar(total=utterances, desc="exploring", unit="utt") as bar:
         manifest, utts, nodes, timings, vocab = synth_trace(model, utterances, policies, progress=bar.update)
     write_trace(out, manifest, utts, nodes, timings, vocab, overwrite=force)
     click.echo(f"wrote synthetic trace {out}: {utterances} utterances, {nodes.height} trie nodes, "
@@ -83,6 +82,7 @@ def _unique(policies: list) -> list:
 @click.option("--data", type=click.Path(path_type=Path), help="Also look for the dataset manifest in this folder.")
 @click.option("--manifest", type=click.Path(path_type=Path), help="Check this file as the trace's dataset manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON instead.")
+@verbosity_options
 def trace_info(path, data, manifest, as_json):
     """Validate a trace and describe it (the bundled sample if PATH is omitted).
 
@@ -165,6 +165,7 @@ def _needs(tr, data, manifest) -> list[str]:
               help="The trace whose timing probes to take: same models, backend, prompt and edge threads.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the result here instead of updating PATH in place.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@verbosity_options
 def trace_adopt_probes(path, source, out, force):
     """Give the trace at PATH the timing probes of another trace of the same models.
 
@@ -200,6 +201,7 @@ def trace_adopt_probes(path, source, out, force):
 @click.argument("shards", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Merged trace directory.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@verbosity_options
 def trace_merge(shards, out, force):
     """Join the shard traces of one `sectrace collect` run into one trace.
 

@@ -453,7 +453,7 @@ def _read_capped(p: Path) -> bytes:
     try:
         st = os.stat(p)
     except (FileNotFoundError, NotADirectoryError):
-        raise UserError(f"no learned gate at {p}; train one with `sectrace gates train TRACE --out {p.name}`") \
+        raise UserError(f"no learned gate at {p}; train one with `sectrace gates train --trace TRACE --out {p.name}`") \
             from None
     except OSError as exc:
         raise UserError(f"cannot read the learned gate {p}: {exc.strerror or exc}") from None

@@ -217,7 +217,7 @@ def table2_comparison(rp: Replayer, point: StudyPoint = StudyPoint(),
             ok, total, first, tokens, calls = _mean_runs(rp.replay(pol), theta)
             if not ok.any():
                 raise UserError(f"no utterance of the trace covers {pol.label}; build the study trace with "
-                                "`sectrace study` (no TRACE) or explore that policy")
+                                "`sectrace study` (no --trace) or explore that policy")
             t, f, n = float(total.mean()), float(first.mean()), float(tokens.mean())
             edge_total = t if name == "edge-only" else edge_total
             rows.append({"system": name, "source": f"sectrace, {reading} reading", "tokens": n, "TTFT (s)": f,
@@ -303,7 +303,7 @@ def at_point(grid: pl.DataFrame, point: StudyPoint = StudyPoint()) -> dict:
     sel = _where(grid, point)
     if sel.is_empty():
         raise UserError(f"the trace covers no run at the study's conditions ({point.policy().label}); build the "
-                        "study trace with `sectrace study --out DIR` (no TRACE)")
+                        "study trace with `sectrace study --out DIR` (no --trace)")
     return sel.row(0, named=True)
 
 
