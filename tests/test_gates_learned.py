@@ -184,7 +184,7 @@ def test_block_matrix_matches_node_table(trace):
     row = trace.nodes.filter((pl.col("utt_id") == tab["utt_id"][0]) & (pl.col("node_id") == tab["node_id"][0]))
     r = row.row(0, named=True)
     blk = Block((r["d_token"],), (r["d_logprob"],), (r["d_entropy"],), (r["d_margin"],), r["depth"],
-                ({"stability": r["x_stability"], "audio_shift": r["x_audio_shift"]},))
+                ({c[2:]: v for c, v in r.items() if c.startswith("x_")},))  # every x_* signal the trace has
     from sectrace.gates.features import emotion_ids
 
     np.testing.assert_allclose(block_matrix(blk, feats, emotion_ids(trace))[0],
