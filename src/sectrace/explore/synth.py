@@ -166,7 +166,7 @@ class AlphaSource:
             if t not in ids:
                 ids.append(t)
         tail = max(rest, 1e-12)
-        # The exact entropy of the distribution over vocab_size ids: the top-K, then TAIL_SUPPORT tokens of tail/TAIL_SUPPORT.
+        # The exact entropy over vocab_size ids: the top-K, then TAIL_SUPPORT tokens of tail/TAIL_SUPPORT each.
         entropy = -sum(p * math.log(p) for p in probs if p > 0) - tail * math.log(tail / TAIL_SUPPORT)
         # Optional per-node signals (x_* columns), drawn from their own stream so the base trie is unchanged:
         # stability = how little the drafter's prediction moves as the block grows (a second, independently
