@@ -127,9 +127,11 @@ def test_learned_gate_roundtrip_and_escalation(tmp_path, logreg_doc, trace):
     save_gate(logreg_doc, path)
     lo = parse_gate(f"learned:{path}:0.05", trace)
     hi = parse_gate(f"learned:{path}:0.999", trace)
+    shaky = {"mc_agree": 0.5, "mc_prob_var": 0.05, "mc_entropy": 3.0}
+    sure = {"mc_agree": 1.0, "mc_prob_var": 0.0, "mc_entropy": 0.1}
     risky = Block((5, 6), (-3.0, -0.1), (4.0, 0.5), (0.01, 0.9), 3,
-                  ({"stability": 0.05, "audio_shift": 0.1}, {"stability": 0.9, "audio_shift": 0.1}))
-    safe = Block((5,), (-0.01,), (0.1,), (0.98,), 3, ({"stability": 0.99, "audio_shift": 0.1},))
+                  ({"stability": 0.05, "audio_shift": 0.1, **shaky}, {"stability": 0.9, "audio_shift": 0.1, **sure}))
+    safe = Block((5,), (-0.01,), (0.1,), (0.98,), 3, ({"stability": 0.99, "audio_shift": 0.1, **sure},))
     assert lo.block_prob(risky) > lo.block_prob(safe)
     assert lo.escalate(risky) and not hi.escalate(safe)
     # In a replay: a calibrated probability is > 0 for every block and never > 1, so thresholds 0 and 1
@@ -184,7 +186,7 @@ def test_block_matrix_matches_node_table(trace):
     row = trace.nodes.filter((pl.col("utt_id") == tab["utt_id"][0]) & (pl.col("node_id") == tab["node_id"][0]))
     r = row.row(0, named=True)
     blk = Block((r["d_token"],), (r["d_logprob"],), (r["d_entropy"],), (r["d_margin"],), r["depth"],
-                ({"stability": r["x_stability"], "audio_shift": r["x_audio_shift"]},))
+                ({c[2:]: v for c, v in r.items() if c.startswith("x_")},))  # every x_* signal the trace has
     from sectrace.gates.features import emotion_ids
 
     np.testing.assert_allclose(block_matrix(blk, feats, emotion_ids(trace))[0],

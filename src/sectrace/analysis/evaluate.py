@@ -55,7 +55,7 @@ def rq1_note(trace) -> str:
     if not missing:
         return line + "; none missing"
     cols = "; ".join(f"{m} ({', '.join(RQ1_SIGNALS[m])})" for m in missing)
-    how = ("the synthetic generator does not write them" if trace.synthetic else
+    how = ("regenerate the trace with `sectrace trace synth`, which writes every RQ1 signal" if trace.synthetic else
            "re-collect with `sectrace collect ... --signals "
            + ",".join(COLLECT_SIGNAL[m] for m in missing if m in COLLECT_SIGNAL) + "`")
     return f"{line}; MISSING (not ranked): {cols}; {how}"

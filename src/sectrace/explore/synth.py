@@ -8,6 +8,13 @@ confidence tracks agreement: 0 is the pure α-model of Leviathan et al. (no loca
 predicts anything), 1 makes the drafter's top-1 probability a near-perfect predictor.
 Every quantity is a deterministic function of (seed, utterance, prefix), so the model is
 a proper greedy drafter and deterministic verifier and the trie is well defined.
+
+The drafter's next-token distribution at a state is its top-K probabilities plus a tail
+spread evenly over ``TAIL_SUPPORT`` further tokens, so its vocabulary (``vocab_size``) is
+K + ``TAIL_SUPPORT`` ids: the words, then tail-only ids that are never drafted or judged.
+``d_entropy`` is that distribution's exact entropy, ≤ log vocab_size, and the MC-dropout
+signals perturb the same distribution (:mod:`.synth_signals`). docs/trace-format.md,
+"Synthetic vs real", compares every signal with the collector's.
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ from datetime import datetime, timezone
 import polars as pl
 
 from ..errors import UserError
+from ..gates.builtin import columns_needed
 from ..protocol import DraftToken, Judgement, Policy, run
 from ..trace import schema as S
 from ..trace.trie import TrieRecorder
 from ..version import __version__
+from .synth_signals import mc_sigma, mc_stats_batch, mix_seed, signals_record
 
 WORDS = (
     "she he they the speaker sounds seems speaks voice tone is was with a an and but of in slightly very quite "
@@ -55,6 +64,10 @@ REFERENCE_TEMPLATES = {
                   "The speaker is astonished and excited."),
 }
 EOS_ID = 0
+#: Tokens outside the top-K that share the drafter's leftover probability evenly. Why 2,000 and not the ~135
+#: words left over: a real drafter spreads its tail over ~150k ids; the smaller support would lower d_entropy
+#: by up to 0.57 nats (mean 0.11 at seed 0) and so move the entropy gates' decisions, every trie they explore
+#: and every figure the docs measured on synthetic traces. The ids past the words exist for it (vocab_size).
 TAIL_SUPPORT = 2000
 
 
@@ -65,6 +78,9 @@ class AlphaModel:
     coupling: float = 0.6
     mean_length: float = 24.0
     seed: int = 0
+    mc_passes: int = 8  # the collector's mc-dropout defaults: N passes, dropout rate p, mask seed
+    mc_rate: float = 0.1
+    mc_seed: int = 0
 
     def __post_init__(self):
 
@@ -77,10 +93,22 @@ class AlphaModel:
             raise UserError(f"coupling={self.coupling} must lie in [0, 1]")
         if self.mean_length < 2:
             raise UserError("mean_length must be at least 2 tokens")
+        if isinstance(self.mc_passes, bool) or not isinstance(self.mc_passes, int) or not 2 <= self.mc_passes <= 256:
+            raise UserError(f"mc_passes={self.mc_passes} must be a whole number in [2, 256], as collect's mc-dropout:n")
+        if not 0.0 < self.mc_rate <= 0.9:
+            raise UserError(f"mc_rate={self.mc_rate} must lie in (0, 0.9], as collect's mc-dropout:p")
+        if isinstance(self.mc_seed, bool) or not isinstance(self.mc_seed, int) or not 0 <= self.mc_seed < 2**63:
+            raise UserError(f"mc_seed={self.mc_seed} must be a whole number in [0, 2^63 - 1]")
+
+    @property
+    def n_words(self) -> int:
+        """Ids 0 (end of sequence) … len(WORDS): the tokens that are ever drafted, judged or emitted."""
+        return len(WORDS) + 1
 
     @property
     def vocab_size(self) -> int:
-        return len(WORDS) + 1
+        """Every id the drafter's distribution gives mass to: the top-K and the tail's TAIL_SUPPORT tokens."""
+        return S.TOPK + TAIL_SUPPORT
 
 
 class AlphaSource:
@@ -88,9 +116,13 @@ class AlphaSource:
 
     root: tuple = ()
 
-    def __init__(self, model: AlphaModel, utt: int):
+    def __init__(self, model: AlphaModel, utt: int, defer_mc: bool = False):
+        """``defer_mc``: leave the MC-dropout signals out of the drafts until :meth:`fill_mc` computes them all in
+        one batch (only for runs whose gates never read them; ``synth_trace`` decides)."""
         self.m = model
         self.utt = utt
+        self._pending: list | None = [] if defer_mc else None
+        self._mc_key = mix_seed(model.mc_seed)
         r = self._rng(())
         self.len_draft = max(2, int(r.gauss(model.mean_length, model.mean_length / 4)))
         self.len_cloud = max(2, int(r.gauss(model.mean_length * 1.1, model.mean_length / 4)))
@@ -105,7 +137,7 @@ class AlphaSource:
 
     def _word(self, r, avoid=()) -> int:
         while True:
-            t = r.randrange(1, self.m.vocab_size)
+            t = r.randrange(1, self.m.n_words)
             if t not in avoid:
                 return t
 
@@ -130,11 +162,11 @@ class AlphaSource:
             rest -= share
         ids = [d_token]
         while len(ids) < S.TOPK:
-            t = r.randrange(0, m.vocab_size)
+            t = r.randrange(0, m.n_words)
             if t not in ids:
                 ids.append(t)
         tail = max(rest, 1e-12)
-        # The tail is spread over a nominal 2,000 further tokens, as a real 150k-vocabulary drafter's would be.
+        # The exact entropy over vocab_size ids: the top-K, then TAIL_SUPPORT tokens of tail/TAIL_SUPPORT each.
         entropy = -sum(p * math.log(p) for p in probs if p > 0) - tail * math.log(tail / TAIL_SUPPORT)
         # Optional per-node signals (x_* columns), drawn from their own stream so the base trie is unchanged:
         # stability = how little the drafter's prediction moves as the block grows (a second, independently
@@ -144,8 +176,17 @@ class AlphaSource:
         stability = m.coupling * (1.0 - u) + (1.0 - m.coupling) * rx.random()
         audio_dep = m.alpha_blind <= u < m.alpha
         audio_shift = (1.5 * m.coupling if audio_dep else 0.0) * rx.random() ** 0.5 + 0.4 * rx.random()
+        # MC-dropout: the node's difficulty seen through its own noise sets the passes' spread (drawn last, so the
+        # two signals above are what they were before MC-dropout existed).
+        sigma = mc_sigma(m.mc_rate, m.coupling * u + (1.0 - m.coupling) * rx.random())
+        mc_in = (probs, tail, sigma, rx.getrandbits(64) ^ self._mc_key)
+        extra = {"stability": stability, "audio_shift": audio_shift}
+        if self._pending is None:
+            extra.update(self._mc([mc_in])[0])
+        else:
+            self._pending.append((extra, mc_in))
         draft = DraftToken(d_token, math.log(p1), max(entropy, 0.0), p1 - probs[1], d_eos,
-                           {"stability": stability, "audio_shift": audio_shift}, tuple(ids), tuple(probs))
+                           extra, tuple(ids), tuple(probs))
         verdicts = {}
         hazard_v = 0.0 if depth < self.len_cloud - 3 else 0.35
         wants_eos = depth > 0 and r.random() < hazard_v
@@ -166,6 +207,17 @@ class AlphaSource:
             verdicts[mode] = Judgement(rank, prob, top1, top1_prob, top1 == EOS_ID, ent)
         st = self._cache[prefix] = (draft, verdicts)
         return st
+
+    def _mc(self, inputs) -> list[dict]:
+        probs, tails, sigmas, seeds = zip(*inputs)
+        return mc_stats_batch(probs, tails, sigmas, seeds, self.m.mc_passes, TAIL_SUPPORT)
+
+    def fill_mc(self) -> None:
+        """Add the MC-dropout signals to every draft made since the last call (one numpy batch)."""
+        if self._pending:
+            for (extra, _), values in zip(self._pending, self._mc([x for _, x in self._pending])):
+                extra.update(values)
+            self._pending.clear()
 
     def draft(self, prefix) -> DraftToken:
         return self._state(prefix)[0]
@@ -237,10 +289,14 @@ def synth_trace(model: AlphaModel, n_utterances: int, policies: list[Policy], pr
     """Explore ``policies`` on the synthetic model and return the trace's tables and manifest."""
     utts, frames = [], []
     calls = {"draft": 0, "judge": 0}
+    # MC-dropout is computed per utterance in one batch, unless a policy's gate reads it while exploring.
+    defer = not any(c.startswith("x_mc_") for pol in policies for c in columns_needed(pol.gate))
     for i in range(n_utterances):
-        rec = TrieRecorder(AlphaSource(model, i), S.VERIFIER_MODES)
+        src = AlphaSource(model, i, defer_mc=defer)
+        rec = TrieRecorder(src, S.VERIFIER_MODES)
         for pol in policies:
             run(rec, pol)
+        src.fill_mc()
         row = _utterance(model, i)
         utts.append(row)
         frames.append(rec.frames(row["utt_id"]))
@@ -249,10 +305,11 @@ def synth_trace(model: AlphaModel, n_utterances: int, policies: list[Policy], pr
         if progress is not None:
             progress(1)
     nodes = pl.concat(frames, how="diagonal_relaxed")
+    # Tail-only ids are never drafted, judged or emitted: their pieces are empty.
+    pieces = [b""] + [(" " + w if w not in ",." else w).encode() for w in WORDS]
     vocab = pl.DataFrame({"id": list(range(model.vocab_size)),
-                          "piece": [b""] + [(" " + w if w not in ",." else w).encode() for w in WORDS]},
-                         schema=S.VOCAB)
-    model_card = {"revision": "synthetic", "vocab_size": model.vocab_size, "tokenizer_fingerprint": "synthetic-words-v1"}
+                          "piece": pieces + [b""] * (model.vocab_size - len(pieces))}, schema=S.VOCAB)
+    model_card = {"revision": "synthetic", "vocab_size": model.vocab_size, "tokenizer_fingerprint": "synthetic-words-v2"}
     manifest = {
         "tool_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -271,6 +328,8 @@ def synth_trace(model: AlphaModel, n_utterances: int, policies: list[Policy], pr
                     "(AlphaModel); no audio, no real models", "n_utterances": n_utterances},
         "exploration": {"policies": [p.label for p in policies], "nodes": nodes.height,
                         "source_calls": calls},
+        "signals": signals_record(model.mc_passes, model.mc_rate, model.mc_seed,
+                                  int(nodes["d_token"].is_not_null().sum())),
     }
     return manifest, pl.DataFrame(utts, schema=S.UTTERANCES), nodes, _timings(model.seed), vocab
 
@@ -286,7 +345,8 @@ def synth_recorders(manifest: dict, utt_ids) -> dict:
     spec = manifest.get("synthetic_model") or {}
     if spec.get("kind") != "alpha":
         raise UserError("only synthetic traces (sectrace trace synth) can be extended from their model")
-    model = AlphaModel(**{k: spec[k] for k in ("alpha", "alpha_blind", "coupling", "mean_length", "seed")})
+    model = AlphaModel(**{k: spec[k] for k in ("alpha", "alpha_blind", "coupling", "mean_length", "seed")},
+                       **{k: spec[k] for k in ("mc_passes", "mc_rate", "mc_seed") if k in spec})
     out = {}
     for uid in utt_ids:
         try:

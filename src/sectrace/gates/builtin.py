@@ -112,3 +112,19 @@ class McDropout:
 
 
 __all__ += ["AudioShift", "McDropout", "Stability"]
+
+
+def columns_needed(gate) -> set[str]:
+    """The x_* columns a gate reads (through any(...)/all(...) and learned gates' features): what a collection
+    must compute (collect) or a synthetic run must have ready before its gates decide (trace synth)."""
+
+    fixed = {Stability: "x_stability", AudioShift: "x_audio_shift", McDropout: "x_mc_agree"}
+    if type(gate) in fixed:
+        return {fixed[type(gate)]}
+    out = set()
+    for inner in getattr(gate, "gates", ()) or ():
+        out |= columns_needed(inner)
+    doc = getattr(gate, "doc", None)
+    if isinstance(doc, dict):
+        out |= {f for f in doc.get("features", ()) if isinstance(f, str) and f.startswith("x_")}
+    return out

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from ..gates.builtin import AudioShift, McDropout, Stability
+from ..gates.builtin import columns_needed
 
 SIGNALS = ("mc-dropout", "stability", "audio-shift")
 #: Trace columns each signal writes.
@@ -112,21 +112,6 @@ def spec_from_record(record: dict | None) -> SignalSpec | None:
     if not record:
         return None
     return SignalSpec({s: dict(record[s]) for s in SIGNALS if s in record})
-
-
-def columns_needed(gate) -> set[str]:
-    """The x_* columns a gate reads (through any(...)/all(...) and learned gates' features)."""
-
-    fixed = {Stability: "x_stability", AudioShift: "x_audio_shift", McDropout: "x_mc_agree"}
-    if type(gate) in fixed:
-        return {fixed[type(gate)]}
-    out = set()
-    for inner in getattr(gate, "gates", ()) or ():
-        out |= columns_needed(inner)
-    doc = getattr(gate, "doc", None)
-    if isinstance(doc, dict):
-        out |= {f for f in doc.get("features", ()) if isinstance(f, str) and f.startswith("x_")}
-    return out
 
 
 def check_policies(policies, spec: SignalSpec | None) -> None:
