@@ -97,6 +97,17 @@ def test_results_honour_the_umask(tmp_path):
     assert (tmp_path / "r.parquet").stat().st_mode & 0o777 == 0o644
 
 
+def test_traces_honour_the_umask(tmp_path):
+    """A written trace is a directory others may read (a shared cluster disk), not mkdtemp's private 0700."""
+    old = os.umask(0o027)
+    try:
+        assert _run(["trace", "synth", str(tmp_path / "t"), "--utterances", "1"]).exit_code == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "t").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "t" / "nodes.parquet").stat().st_mode & 0o777 == 0o640
+
+
 @pytest.mark.parametrize("args,name", [
     (["sweep", str(ROOT / "examples" / "grid.toml")], "s.parquet"),
     (["breakeven", "--edge-tps", "2,4", "--rtt", "50ms"], "b.parquet"),

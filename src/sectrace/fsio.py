@@ -56,6 +56,12 @@ def _umask() -> int:
     return old
 
 
+def apply_umask(path, mode: int = 0o777) -> None:
+    """Give ``path`` ``mode`` less the user's umask, as if created plainly: ``mkdtemp``/``mkstemp`` make private
+    (0700/0600) temporaries, which a published result must not stay (a trace on a shared cluster disk)."""
+    os.chmod(path, mode & ~_umask())
+
+
 def _clean_stale(path: Path) -> None:
     """Remove temporary siblings of ``path`` whose writing process is gone."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):

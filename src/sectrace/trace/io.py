@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from ..errors import UserError
-from ..fsio import fsync, fsync_dir
+from ..fsio import apply_umask, fsync, fsync_dir
 from . import schema as S
 
 
@@ -450,6 +450,7 @@ def stage_trace(path, manifest: dict, utterances, nodes, timings, vocab=None) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{STAGING_INFIX}", dir=path.parent))
     try:
+        apply_umask(tmp)
         utts.write_parquet(tmp / "utterances.parquet")
         nds.sort(["utt_id", "node_id"]).write_parquet(tmp / "nodes.parquet", compression="zstd")
         tms.write_parquet(tmp / "timings.parquet")
