@@ -54,13 +54,15 @@ def test_the_bundled_trace_records_what_remakes_its_dataset():
 
 
 def test_the_recorded_texts_are_the_collections_own():
-    """The file the collection read is rebuilt byte for byte, with the audio paths of the collecting machine (as
-    scripts/make_sample_trace.py wrote them then), and hashes to the manifest_sha the collection recorded."""
+    """The file the collection read is rebuilt byte for byte from the recorded texts, as `sectrace demo data DIR`
+    writes it (audio paths relative to it; the bundled trace was re-collected from such a file, docs/demo.md), and
+    hashes to the manifest_sha the collection recorded."""
     tr = load_trace(sample_trace_path())
     ds = tr.manifest["dataset"]
     texts = ds["recipe"]["texts"]
-    lines = [json.dumps({"utt_id": r["utt_id"], "audio": f"/work/demo/w12/data/audio/{r['utt_id']}.wav",
-                         "references": r["references"], "emotion": r["emotion"], "text": texts[r["utt_id"]]}) + "\n"
+    lines = [json.dumps({"utt_id": r["utt_id"], "audio": f"data/audio/{r['utt_id']}.wav",
+                         "references": r["references"], "emotion": r["emotion"], "text": texts[r["utt_id"]]},
+                        ensure_ascii=False) + "\n"
              for r in tr.utterances.iter_rows(named=True)]
     digest = hashlib.sha256("".join(lines).encode()).hexdigest()[:24]
     assert f"sha256:{digest}" == ds["manifest_sha"] == tr.manifest["collection"]["identity"]["manifest_sha"]
@@ -121,6 +123,9 @@ def test_demo_collect_on_the_remade_data_keeps_the_recorded_texts(demo_data, tmp
     rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
     hand = [{**r, "audio": Path(r["audio"]).name} for r in rows]
     assert _hand_content(hand) == tr.manifest["dataset"]["content_sha"]
+    # the very file the bundled trace's collection read, byte for byte
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:24]
+    assert f"sha256:{digest}" == tr.manifest["dataset"]["manifest_sha"]
 
 
 def _doc_block(doc: str, first: str) -> list[str]:

@@ -237,14 +237,24 @@ def _median_rank(tr) -> int:
     return int(tr.nodes["v_audio_rank"].drop_nulls().median())
 
 
-def test_gates_eval_ranks_the_signals_and_names_missing_ones(collected):
+def _bare_copy(tmp_path):
+    """The bundled real trace without its signal columns, as it was before it was re-collected with --signals."""
+    from sectrace.trace import write_trace
+
+    real = load_trace(sample_trace_path())
+    bare = real.nodes.drop([c for c in real.nodes.columns if c.startswith("x_")])
+    manifest = {k: v for k, v in real.manifest.items() if k != "signals"}
+    return write_trace(tmp_path / "bare", manifest, real.utterances, bare, real.timings, real.vocab)
+
+
+def test_gates_eval_ranks_the_signals_and_names_missing_ones(collected, tmp_path):
     _, _, _, tr, _ = collected
     res = CliRunner().invoke(main, ["gates", "eval", "--trace", str(tr.path), "--rank", str(_median_rank(tr))])
     assert res.exit_code == 0, res.output
     for name in ("stability", "mc-dropout", "mc-var", "mc-entropy", "audio", "logprob", "entropy", "margin"):
         assert any(line.split()[:1] == [name] for line in res.output.splitlines()), name
     assert "none missing" in res.output
-    res = CliRunner().invoke(main, ["gates", "eval", "--trace", str(sample_trace_path())])
+    res = CliRunner().invoke(main, ["gates", "eval", "--trace", str(_bare_copy(tmp_path))])
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if ln.startswith("RQ1 signals"))
     assert "log-prob, entropy, margin;" in line
@@ -271,10 +281,13 @@ def test_signal_table_scores_each_signal_on_its_own_nodes(collected):
 
 
 def test_gates_train_names_missing_signals(tmp_path):
-    res = CliRunner().invoke(main, ["gates", "train", "--trace", str(sample_trace_path()), "--model", "logreg", "--folds", "2",
-                                    "--out", str(tmp_path / "g.json")])
+    args = ["gates", "train", "--model", "logreg", "--folds", "2"]
+    res = CliRunner().invoke(main, [*args, "--trace", str(_bare_copy(tmp_path)), "--out", str(tmp_path / "g.json")])
     assert res.exit_code == 0, res.output
     assert "MISSING (not ranked): stability" in res.output
+    res = CliRunner().invoke(main, [*args, "--trace", str(sample_trace_path()), "--out", str(tmp_path / "h.json")])
+    assert res.exit_code == 0, res.output
+    assert "none missing" in res.output and "MISSING" not in res.output
 
 
 def test_parse_signals_refuses_bad_specs():
