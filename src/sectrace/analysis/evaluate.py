@@ -143,6 +143,60 @@ def signal_table(trace, mode: str = "audio", rank: int = 1, learned=(), ci: bool
     return pl.DataFrame(rows)
 
 
+def best_signals(trace, mode: str = "audio", rank: int = 1, table: pl.DataFrame | None = None) -> list[dict]:
+    """Per label, the signal with the highest ROC-AUC and how every other signal compares with it, paired.
+
+    Overlapping intervals in :func:`signal_table` do not say two signals tie: both are measured on the same
+    captions, so the honest comparison is the bootstrap interval of the *difference* AUC(best) − AUC(other),
+    each resample drawing the same utterances for both, on the tokens both signals have. A difference whose
+    interval excludes 0 is ``worse``; one whose interval holds 0 is a ``tie`` with the best (this trace cannot
+    tell them apart). Learned gates are left out: their honest figure is the cross-validated one."""
+    table = signal_table(trace, mode, rank, ci=False) if table is None else table
+    ranked = _ranked(available_features(trace))
+    out = []
+    for label in ("reject", "impact"):
+        rows = table.filter((pl.col("label") == label) & pl.col("signal").is_in(list(ranked)))
+        if rows.height == 0:
+            continue
+        best = rows.sort("roc_auc", descending=True, maintain_order=True).row(0, named=True)["signal"]
+        fb, sb = ranked[best]
+        others = []
+        for name in rows["signal"].to_list():
+            if name == best:
+                continue
+            fo, so = ranked[name]
+            tab = node_table(trace, list(dict.fromkeys([fb, fo])), mode, rank)
+            y = tab[label].to_numpy().astype(int)
+            if not len(y) or y.min() == y.max():
+                continue
+            utt, group = np.unique(tab["utt_id"].to_numpy(), return_inverse=True)
+            pb, nb = _grouped(tab[fb].to_numpy() * sb, y, group, len(utt))
+            po, no = _grouped(tab[fo].to_numpy() * so, y, group, len(utt))
+
+            def diff(w, pb=pb, nb=nb, po=po, no=no):
+                return weighted_aucs(pb, nb, w)[:, :1] - weighted_aucs(po, no, w)[:, :1]
+
+            point, lo, hi = bootstrap_weights(len(utt), diff)
+            verdict = "tie" if not (lo[0] > 0) else "worse"
+            others.append({"signal": name, "roc_auc_diff": float(point[0]), "diff_lo": float(lo[0]),
+                           "diff_hi": float(hi[0]), "verdict": verdict, "tokens": int(len(y))})
+        out.append({"label": label, "best": best,
+                    "roc_auc": float(rows.filter(pl.col("signal") == best)["roc_auc"][0]), "others": others})
+    return out
+
+
+def best_note(best: list[dict]) -> list[str]:
+    """`gates eval`'s closing lines: the best single signal per label, the ties and the signals it beats."""
+    lines = []
+    for b in best:
+        ties = [o["signal"] for o in b["others"] if o["verdict"] == "tie"]
+        worse = [o["signal"] for o in b["others"] if o["verdict"] == "worse"]
+        lines.append(f"best single signal for {b['label']}: {b['best']} (ROC-AUC {b['roc_auc']:.3f}); "
+                     f"tied with it (paired 95 % CI of the AUC difference holds 0): {', '.join(ties) or 'none'}; "
+                     f"beaten: {', '.join(worse) or 'none'}")
+    return lines
+
+
 def default_thresholds(trace, name: str, n: int = 8) -> list[float]:
     """A gate's threshold range: quantiles of its signal over the trace's drafted nodes."""
     if name in ("learned",):

@@ -161,7 +161,7 @@ def gates_eval(trace_path, learned, rank, mode, out, as_json, force):
       sectrace gates eval --trace my-trace --gate gate.json --rank 20 --out signals.csv
     """
     require_extra("gates eval", "gates")
-    from ..analysis.evaluate import rq1_note, signal_table
+    from ..analysis.evaluate import best_note, best_signals, rq1_note, signal_table
     from ..gates.learned import load_learned
 
     if out:
@@ -177,6 +177,8 @@ def gates_eval(trace_path, learned, rank, mode, out, as_json, force):
         gates_.append((f"learned:{Path(path).name}" + (" (in-sample)" if same else ""), g))
     with step("scoring the signals (bootstrap intervals)"):
         df = signal_table(tr, mode, rank, gates_)
+    with step("comparing each signal with the best (paired bootstrap)"):
+        best = best_signals(tr, mode, rank, df)
     if out:
         write_table(df, out)
     if as_json:
@@ -186,7 +188,7 @@ def gates_eval(trace_path, learned, rank, mode, out, as_json, force):
                             "bootstrap": {**BOOTSTRAP, "method": "percentile bootstrap over utterances (clips): "
                                           "each resample draws whole captions with all their tokens"},
                             "learned_cv": {name: g.doc["cv"] for name, g in gates_},
-                            "signals": df.to_dicts(), "out": str(out) if out else None}))
+                            "signals": df.to_dicts(), "best": best, "out": str(out) if out else None}))
         return
     click.echo(f"trace: {tr.path} ({'SYNTHETIC' if tr.synthetic else 'measured'}); rejected = {mode} verifier "
                f"rank > {rank}")
@@ -195,6 +197,8 @@ def gates_eval(trace_path, learned, rank, mode, out, as_json, force):
                               ("pr_auc", ".3f"), ("pr 95% CI", ""), ("base_rate", ".3f"), ("tokens", ""),
                               ("utterances", "")]))
     click.echo("95% CI: bootstrap over utterances (2,000 resamples of whole captions, not of tokens)")
+    for line in best_note(best):
+        click.echo(line)
     click.echo(rq1_note(tr))
     for name, g in gates_:
         cv = g.doc["cv"]
