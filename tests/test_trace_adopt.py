@@ -58,8 +58,8 @@ def test_simulate_prices_the_adopted_trace_as_the_source(tmp_path):
     runner = CliRunner()
     assert runner.invoke(main, ["trace", "adopt-probes", str(target), "--from", str(sample_trace_path()),
                                 "--out", str(tmp_path / "priced")]).exit_code == 0
-    a = json.loads(runner.invoke(main, ["simulate", "--trace", str(tmp_path / "priced"), "--rtt", "50ms", "--json"]).output)
-    b = json.loads(runner.invoke(main, ["simulate", "--trace", str(sample_trace_path()), "--rtt", "50ms", "--json"]).output)
+    a, b = (json.loads(runner.invoke(main, ["simulate", "--trace", str(t), "--rtt", "50ms", "--json"]).output)
+            for t in (tmp_path / "priced", sample_trace_path()))
     assert a["costs"] == b["costs"]
     assert [r["latency_s"] for r in a["summary"]] == [r["latency_s"] for r in b["summary"]]
     assert len(a["summary"]) == 3 and all(r["latency_s"] > 0 for r in a["summary"])
