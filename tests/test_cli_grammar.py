@@ -202,9 +202,14 @@ def test_a_single_value_option_refuses_a_list_in_one_sentence():
 
 
 @pytest.mark.parametrize("where", ["group", "leaf"])
-def test_quiet_silences_information_not_results(where):
+def test_quiet_silences_information_not_results(where, tmp_path):
     """gates frontier says on stderr which families the trace has no signal for; -q drops that, not the table."""
-    args = ["gates", "frontier", "--gate", "entropy,stability"]
+    from sectrace.trace import load_trace, write_trace
+
+    real = load_trace(sample_trace_path())  # without its stability column, as it was collected before --signals
+    write_trace(tmp_path / "bare", real.manifest, real.utterances, real.nodes.drop("x_stability"), real.timings,
+                real.vocab)
+    args = ["gates", "frontier", "--trace", str(tmp_path / "bare"), "--gate", "entropy,stability"]
     loud = _run(args)
     quiet = _run(["-q", *args] if where == "group" else [*args, "-q"])
     assert "note: skipping stability" in loud.stderr and quiet.stderr == ""

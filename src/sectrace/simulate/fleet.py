@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..network import Network
 from ..protocol import Fallback, GateCall, Verify
 from .costs import CostModel
+from .metrics import DEFINITIONS, METRICS, utterance_counts
 from .replay import FEATURES, FI, Replay, Replayer
 from .spans import event_features
 from .timing import PARTS, cost_vector
@@ -384,6 +385,13 @@ FLEET_DEFINITIONS = {
     "cloud_tokens_per_s": "cloud tokens (verified or decoded, prefill excluded) of the captions finished within "
                           "the window / window_s",
 }
+#: The speculative-decoding counts a fleet row carries (the policy's replay of that caption; timing-free).
+FLEET_COUNTS = ("drafted", "verify_calls", "verified", "accepted", "emitted")
+#: simulate's metrics that read only those counts: a fleet summary gives them over the captions it played,
+#: by simulate.metrics' definitions (one home), so a fleet and a simulate of the same policy agree.
+FLEET_METRICS = tuple(m for m in METRICS if set(m.num + m.den) <= set(FLEET_COUNTS))
+FLEET_DEFINITIONS.update({m.name: DEFINITIONS[m.name] + " (over the captions the fleet played)"
+                          for m in FLEET_METRICS})
 
 
 def fleet_summary(df: pl.DataFrame) -> dict:
@@ -405,6 +413,11 @@ def fleet_summary(df: pl.DataFrame) -> dict:
            "makespan_s": span, "window_s": window, "captions_per_s": rate(done.height)}
     if "cloud_tokens" in df.columns:
         out["cloud_tokens_per_s"] = rate(float(done["cloud_tokens"].sum()))
+    if set(FLEET_COUNTS) <= set(df.columns):
+        for m in FLEET_METRICS:
+            num = float(sum(df[c].sum() for c in m.num))
+            den = float(sum(df[c].sum() for c in m.den)) if m.den else float(df.height)
+            out[m.name] = num / den + m.offset if den else float("nan")
     return out
 
 
@@ -415,8 +428,10 @@ def fleet_table(df: pl.DataFrame, rep: Replay, cost: CostModel, net: Network, fl
     (``simulate.results.from_row`` rebuilds policy, cost model and network from any row)."""
     from .results import cost_columns, network_columns, policy_columns
 
+    counts = utterance_counts(rep.runs, rep.policy.k)
     tok = pl.DataFrame({"utt_id": rep.utt_ids,
-                        "cloud_tokens": rep.total[:, FI["verify_tokens"]] + rep.total[:, FI["cloud_steps"]]})
+                        "cloud_tokens": rep.total[:, FI["verify_tokens"]] + rep.total[:, FI["cloud_steps"]],
+                        **{c: counts[c] for c in FLEET_COUNTS}})
     scalars = {**provenance, **policy_columns(rep.policy),
                **{k: v[0] for k, v in network_columns([net]).items()},
                **{k: v[0] for k, v in cost_columns([cost]).items()},
