@@ -321,7 +321,8 @@ def test_trained_gates_roundtrip_with_identical_predictions(real, trained):
     assert np.isfinite(got).all() and ((got > 0) & (got < 1)).all()
     # per block, the same probabilities combined: 1 - prod(1 - p)
     r = tab.row(0, named=True)
-    blk = Block((r["d_token"],), (r["logprob"],), (r["entropy"],), (r["margin"],), int(r["depth"]), ({},))
+    signals = {f[2:]: r[f] for f in doc["features"] if f.startswith("x_")}  # the trace's RQ1 signals, as live
+    blk = Block((r["d_token"],), (r["logprob"],), (r["entropy"],), (r["margin"],), int(r["depth"]), (signals,))
     assert g.block_prob(blk) == pytest.approx(want[0], rel=1e-9)
     assert g.doc == json.loads(path.read_text())  # nothing dropped or changed on load
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..errors import UserError
+from ..simulate.results import summarise
 from .inputs import results_kind
 from .style import BASELINES
 
@@ -29,8 +30,6 @@ def summary(results: pl.DataFrame) -> pl.DataFrame:
     per-utterance rows summarised as `simulate --summary-out` does (bootstrap intervals for :data:`CI_METRICS`)."""
     if results_kind(results) == "sweep":
         return results
-    from ..simulate.results import summarise
-
     return summarise(results, ci=CI_METRICS)
 
 
