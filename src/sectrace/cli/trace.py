@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from ._common import EXPLORE_OPTION, grid_policies, load_trace_or_sample, progress_bar, to_json, verbosity_options
+from ._common import (
+    EXPLORE_OPTION,
+    grid_policies,
+    load_trace_or_sample,
+    progress_bar,
+    to_json,
+    unique_policies,
+    verbosity_options,
+)
 
 
 @click.group()
@@ -61,20 +69,12 @@ def trace_synth(out, utterances, alpha, alpha_blind, coupling, mean_length, max_
         raise UserError(f"{out} already exists; choose another path or pass --force to replace it")
     model = AlphaModel(alpha=alpha, alpha_blind=alpha_blind, coupling=coupling, mean_length=mean_length, seed=seed)
     extra = [parse_policy(p, max_new_tokens) for p in policies] + grid_policies(explore_grids, max_new_tokens)
-    policies = _unique(default_exploration(max_new_tokens) + extra)
+    policies = unique_policies(default_exploration(max_new_tokens) + extra)
     with progress_bar(total=utterances, desc="exploring", unit="utt") as bar:
         manifest, utts, nodes, timings, vocab = synth_trace(model, utterances, policies, progress=bar.update)
     write_trace(out, manifest, utts, nodes, timings, vocab, overwrite=force)
     click.echo(f"wrote synthetic trace {out}: {utterances} utterances, {nodes.height} trie nodes, "
                f"{len(policies)} exploration policies")
-
-
-def _unique(policies: list) -> list:
-    """Each policy once (a grid repeats the baselines the default exploration has), first occurrence kept."""
-    seen = {}
-    for p in policies:
-        seen.setdefault(p.label, p)
-    return list(seen.values())
 
 
 @trace.command("info")

@@ -52,6 +52,7 @@ class ReportInputs:
     validation: pl.DataFrame | None = None  # `sectrace validate` rows: measured vs predicted per utterance
     validation_summary: pl.DataFrame | None = None
     validation_facts: dict | None = None
+    fleet: pl.DataFrame | None = None  # `sectrace fleet --out` rows (arrival-rate sweeps): the throughput section
     quality_note: str = ""  # why there are no reference metrics, when the caller knows (e.g. --no-quality)
     extra_sections: list = field(default_factory=list)  # (title, self-contained HTML), e.g. the study's Table 2
     notes: list[str] = field(default_factory=list)
@@ -474,6 +475,24 @@ def _validation(ctx: Ctx) -> dict | None:
             "table": make_table(inp.validation_summary)}
 
 
+def _fleet(ctx: Ctx) -> dict | None:
+    from . import fleet
+
+    if ctx.inp.fleet is None or not ctx.inp.fleet.height:
+        return None
+    curves = fleet.fleet_curves(ctx.inp.fleet)
+    write_csv(curves, ctx.tab_dir / "fleet.csv")
+    cols = ["policy", "rtt_s", *fleet.SHOWN]
+    out = {"table": make_table(curves, [c for c in cols if c in curves.columns]),
+           "text": f"{curves.height} fleet run(s) of {curves['policy'].n_unique()} policy(ies) "
+                   f"(`sectrace fleet --out`), each summarised as `sectrace fleet` prints it.", "figure": None}
+    if curves["arrival_rate"].is_not_null().any():
+        fig = fleet.figure(curves, "Throughput and response time (fleet, Poisson arrivals)")
+        out["figure"] = Figure("fleet", figures.save(fig, ctx.fig_dir, "fleet"), "throughput vs response time",
+                               fleet.caption(curves))
+    return out
+
+
 def _privacy(ctx: Ctx) -> dict:
     inp = ctx.inp
     if ctx.kind == "sweep":
@@ -524,7 +543,8 @@ def build_report(inp: ReportInputs, out_dir: Path, progress=None) -> Path:
     tick(1, "Pareto fronts")
     sections.update(quality=_quality(ctx), latency=_latency(ctx), acceptance=_acceptance(ctx))
     tick(1, "tables 1-2 and latency CDFs")
-    sections.update(breakdown=_breakdown(ctx), break_even=_break_even(ctx), validation=_validation(ctx))
+    sections.update(breakdown=_breakdown(ctx), break_even=_break_even(ctx), validation=_validation(ctx),
+                    fleet=_fleet(ctx))
     tick(1, "breakdown and break-even")
     sections["privacy"] = _privacy(ctx)
     tick(1, "privacy")
