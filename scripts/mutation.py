@@ -6,7 +6,7 @@ would notice. mutmut rewrites one operator/constant/call at a time and reruns th
 reach it; a mutant that no test fails on ("survived") is either equivalent to the original or a
 missing test. Results and the survivor list are published in docs/mutation.md.
 
-Install (once):   pip install "mutmut==3.8.1"
+Install (once):   pip install -e ".[test,mutation]"   # mutmut 3.8.1
 Run:              python scripts/mutation.py                 # every module, most important first
                   python scripts/mutation.py engine policy   # only these
                   python scripts/mutation.py --list           # the modules and their tests
