@@ -37,8 +37,13 @@ MODULES: dict[str, tuple[str, str, list[str]]] = {
                ["tests/test_protocol.py", "tests/test_oracle_protocol.py", "tests/test_latency_reference.py"]),
     "timing": ("src/sectrace/simulate/timing.py", "sectrace.simulate.timing.*",
                ["tests/test_timing.py", "tests/test_cost_invariants.py", "tests/test_latency_reference.py"]),
+    # The hand-block tests only: the rest of test_gates_builtin.py replays traces through parse_gate/oracle.
     "builtin": ("src/sectrace/gates/builtin.py", "sectrace.gates.builtin.*",
-                ["tests/test_gates_builtin.py"]),
+                [f"tests/test_gates_builtin.py::{t}" for t in (
+                    "test_signal_gates_fire_and_fail_clearly", "test_combinations",
+                    "test_block_gates_read_the_right_token_of_the_block", "test_random_gate_rate_and_determinism",
+                    "test_signal_gates_skip_unknown_values", "test_signal_gates_name_the_missing_column")]
+                + ["tests/test_oracle_protocol.py::test_gates_at_their_threshold"]),
     "costs": ("src/sectrace/simulate/costs.py", "sectrace.simulate.costs.*",
               ["tests/test_cost_tables.py", "tests/test_cost_invariants.py"]),
     # Only train_gate (its cross-validation split), not the model-file parser.
