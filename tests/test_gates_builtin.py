@@ -233,5 +233,5 @@ def test_signal_gates_name_the_missing_column():
             with pytest.raises(UserError) as e:
                 gate.escalate(b)
             msg = str(e.value)
-            assert f"needs the per-node signal {col}, which the trace lacks" in msg
-            assert "docs/trace-format.md" in msg and "use a gate on the drafter's logits" in msg
+            assert msg == (f"this gate needs the per-node signal {col}, which the trace lacks; record it when "
+                           "collecting (see docs/trace-format.md) or use a gate on the drafter's logits")
