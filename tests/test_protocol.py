@@ -311,3 +311,26 @@ def test_policy_refuses_with_one_sentence(kw, msg):
 def test_policy_accepts_its_boundaries():
     for kw in ({"k": 0}, {"max_new_tokens": 1}, {"adaptive": 0.5}):
         assert Policy(**kw)  # no error
+
+
+@pytest.mark.parametrize("kind,value,msg", [
+    ("bogus", 1, "unknown acceptance rule 'bogus'; use top1, rank:R or prob:P"),
+    ("rank", float("nan"), "rank:nan needs a finite number, e.g. rank:20 or prob:0.1"),
+    ("prob", float("inf"), "prob:inf needs a finite number, e.g. rank:20 or prob:0.1"),
+    ("rank", 0, "rank:0 needs a whole number R >= 1, e.g. rank:20"),
+    ("rank", 2.5, "rank:2.5 needs a whole number R >= 1, e.g. rank:20"),
+    ("prob", 0.0, "prob:0 needs a probability above 0 and at most 1, e.g. prob:0.1"),
+    ("prob", 1.5, "prob:1.5 needs a probability above 0 and at most 1, e.g. prob:0.1"),
+])
+def test_accept_refuses_with_one_sentence(kind, value, msg):
+    from sectrace.protocol.policy import PolicyError
+    with pytest.raises(PolicyError) as e:
+        Accept(kind, value)
+    assert str(e.value) == msg
+
+
+def test_accept_and_verifier_mode_at_their_boundaries():
+    for kind, value in (("rank", 1), ("rank", 2.0), ("prob", 1.0), ("prob", 1e-9), ("top1", 1)):
+        assert Accept(kind, value).value == value  # no error
+    assert [Policy(privacy=p).verifier_mode for p in ("token-only", "features", "raw")] == ["blind", "audio", "audio"]
+    assert Always().escalate(None) is True and Never().escalate(None) is False
