@@ -168,3 +168,14 @@ def test_cost_theta_vectorises_over_any_one_argument(arg):
     for i, v in enumerate(values):
         np.testing.assert_allclose(th[:, i], cost_theta(COST, **{**base, arg: float(v)}), rtol=1e-12)
     assert not np.allclose(th[:, 0], th[:, 2])  # the argument moved some row
+
+
+def test_cost_theta_defaults_add_no_jitter_and_no_speed_up():
+    """Left out, the jitter delay is 0 and both scales are 1 (reports/study.py relies on it)."""
+    from sectrace.simulate.replay import FI
+    from sectrace.simulate.timing import cost_theta
+
+    th = cost_theta(COST, 0.08, 1e6, 4e6, 50)
+    assert th[FI["up_msgs"]] == pytest.approx(0.04 + 50e-6, abs=1e-15)
+    assert th[FI["down_msgs"]] == pytest.approx(0.04 + 12.5e-6, abs=1e-15)
+    assert (th[FI["draft_steps"]], th[FI["verify_calls"]]) == (0.5, 0.04)
