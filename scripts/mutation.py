@@ -9,6 +9,7 @@ missing test. Results and the survivor list are published in docs/mutation.md.
 Install (once):   pip install -e ".[test,mutation]"   # mutmut 3.8.1
 Run:              python scripts/mutation.py                 # every module, most important first
                   python scripts/mutation.py engine policy   # only these
+                  python scripts/mutation.py timing --rerun-survivors   # after adding tests for its survivors
                   python scripts/mutation.py --list           # the modules and their tests
 
 Each module runs in its own scratch copy (.mutation/<module>/: src/, tests/ and pyproject.toml
@@ -49,9 +50,10 @@ MODULES: dict[str, tuple[str, str, list[str]]] = {
                 + ["tests/test_oracle_protocol.py::test_gates_at_their_threshold"]),
     "costs": ("src/sectrace/simulate/costs.py", "sectrace.simulate.costs.*",
               ["tests/test_cost_tables.py", "tests/test_cost_invariants.py"]),
-    # Only train_gate (its cross-validation split), not the model-file parser.
+    # Only train_gate (its cross-validation split, calibration and document), not the model-file parser; only the
+    # tests that call train_gate (the CLI and gate round-trip tests reach it through a slow fixture).
     "learned": ("src/sectrace/gates/learned.py", "sectrace.gates.learned.x_train_gate__mutmut_*",
-                ["tests/test_gates_learned.py"]),
+                ["tests/test_gates_learned.py", "-k", "train_gate or train_records or impact_label"]),
     # Only score_captions (the metric calls), not the Java/METEOR plumbing.
     "quality": ("src/sectrace/reports/quality.py", "sectrace.reports.quality.x_score_captions__mutmut_*",
                 ["tests/test_quality.py"]),
@@ -92,13 +94,24 @@ def prepare(key: str, scratch: Path) -> Path:
     return work
 
 
-def run(key: str, work: Path, jobs: int, report_only: bool = False) -> dict[str, str]:
+def run(key: str, work: Path, jobs: int, report_only: bool = False, rerun_survivors: bool = False
+        ) -> dict[str, str]:
     _, glob, _ = MODULES[key]
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # mutmut puts its mutated copy of src/ first on sys.path itself
     mutmut = shutil.which("mutmut") or str(Path(sys.executable).with_name("mutmut"))
-    if not report_only:
+    if rerun_survivors and (work / "mutants").is_dir():
+        # mutmut reruns every mutant a name glob matches; after new tests only the survivors need another run.
+        names = [n for n, s in _results(mutmut, work, env, glob).items() if s not in ("killed", "skipped")]
+        if names:
+            subprocess.run(["nice", "-n", "19", mutmut, "run", "--max-children", str(jobs), *names], cwd=work,
+                           env=env)
+    elif not report_only:
         subprocess.run(["nice", "-n", "19", mutmut, "run", "--max-children", str(jobs), glob], cwd=work, env=env)
+    return _results(mutmut, work, env, glob)
+
+
+def _results(mutmut: str, work: Path, env: dict, glob: str) -> dict[str, str]:
     out = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True,
                          text=True).stdout
     status = {}
@@ -123,6 +136,8 @@ def main(argv=None) -> int:
                     help="where to write the surviving mutants' names and diffs")
     ap.add_argument("--report-only", action="store_true",
                     help="only tabulate what earlier (possibly interrupted) runs left in the scratch dir")
+    ap.add_argument("--rerun-survivors", action="store_true",
+                    help="rerun only the mutants an earlier run left alive (after adding tests for them)")
     ap.add_argument("--list", action="store_true", help="print the modules and their tests, run nothing")
     a = ap.parse_args(argv)
     if a.list:
@@ -139,7 +154,7 @@ def main(argv=None) -> int:
         if a.report_only and not (work / "mutants").is_dir():
             print(f"{key}: not run")
             continue
-        status = run(key, work, a.jobs, a.report_only)
+        status = run(key, work, a.jobs, a.report_only, a.rerun_survivors)
         counts = {s: sum(v == s for v in status.values()) for s in STATUSES}
         rows.append((key, counts))
         mutmut = shutil.which("mutmut") or str(Path(sys.executable).with_name("mutmut"))
