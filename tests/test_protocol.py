@@ -334,3 +334,27 @@ def test_accept_and_verifier_mode_at_their_boundaries():
         assert Accept(kind, value).value == value  # no error
     assert [Policy(privacy=p).verifier_mode for p in ("token-only", "features", "raw")] == ["blind", "audio", "audio"]
     assert Always().escalate(None) is True and Never().escalate(None) is False
+
+
+def test_a_session_gate_is_bound_to_the_session_before_decoding():
+    """run() decodes with the session and the gate that bind_session returns (the oracle's replay binding)."""
+    from sectrace.protocol import SessionGate
+
+    orig, bound_sess = _CountingSession(), _CountingSession(eos_at=2)
+    asked = []
+
+    class Binding:
+        def escalate(self, block):
+            raise AssertionError("the unbound gate must not be asked")
+
+        def bind_session(self, session, policy):
+            asked.append((session, policy))
+            return bound_sess, Never()
+
+    g = Binding()
+    assert isinstance(g, SessionGate)
+    pol = Policy(k=2, gate=g, gate_spec="bound", max_new_tokens=8)
+    r = run(orig, pol)
+    assert asked == [(orig, pol)]
+    assert r.tokens == [200, 201, 202] and r.escalations == 0  # the bound session's drafts, ended by its EOS at 2
+    assert orig.advances == 0 and bound_sess.advances > 0
