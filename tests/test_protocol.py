@@ -294,7 +294,7 @@ def test_policy_label_names_every_non_default_field():
 
 @pytest.mark.parametrize("kw,msg", [
     ({"k": -1}, "block size k=-1 must be >= 0"),
-    ({"privacy": "nope"}, "unknown privacy mode 'nope'; use one of "),
+    ({"privacy": "nope"}, "unknown privacy mode 'nope'; use one of token-only, features, raw"),
     ({"cloud_cache": "warm"}, "unknown cloud cache 'warm'; use stateful or stateless"),
     ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
     ({"adaptive": 1.0}, "adaptive threshold 1.0 must be a probability in (0, 1)"),
@@ -358,3 +358,8 @@ def test_a_session_gate_is_bound_to_the_session_before_decoding():
     assert asked == [(orig, pol)]
     assert r.tokens == [200, 201, 202] and r.escalations == 0  # the bound session's drafts, ended by its EOS at 2
     assert orig.advances == 0 and bound_sess.advances > 0
+
+
+def test_baselines_default_to_64_tokens_and_pass_the_length_on():
+    assert drafter_only().max_new_tokens == cloud_only().max_new_tokens == lossless(2).max_new_tokens == 64
+    assert lossless(2, max_new_tokens=10).max_new_tokens == 10
