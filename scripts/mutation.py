@@ -68,7 +68,7 @@ def _toml_list(xs) -> str:
     return "[" + ", ".join(f'"{x}"' for x in xs) + "]"
 
 
-def prepare(key: str, scratch: Path) -> Path:
+def prepare(key: str, scratch: Path, timeout_multiplier: float = 2.0, timeout_constant: float = 30.0) -> Path:
     """Copy src/, tests/ and a pyproject.toml that mutates only this module into scratch/key."""
     src, _, tests = MODULES[key]
     work = scratch / key
@@ -86,7 +86,9 @@ def prepare(key: str, scratch: Path) -> Path:
                   # mutmut times a mutant out at multiplier x (the tests' own time + constant). The tests'
                   # time excludes their session fixtures (synthetic traces, seconds each), which a forked
                   # worker rebuilds, so the constant must cover them or sound mutants read as timeouts.
-                  "timeout_multiplier = 2.0\ntimeout_constant = 30.0\n"
+                  # mutmut kills a worker after half that many seconds of wall time: on a loaded machine raise
+                  # both (--timeout-multiplier/--timeout-constant) or sound mutants read as timeouts.
+                  f"timeout_multiplier = {timeout_multiplier}\ntimeout_constant = {timeout_constant}\n"
                   # Forking workers straight from the process that ran the clean tests deadlocks polars
                   # (its thread pool does not survive fork): every mutant reached by a polars test
                   # "timed out". A fork server that has only collected the tests is fork-safe.
@@ -139,6 +141,9 @@ def main(argv=None) -> int:
                     help="only tabulate what earlier (possibly interrupted) runs left in the scratch dir")
     ap.add_argument("--rerun-survivors", action="store_true",
                     help="rerun only the mutants an earlier run left alive (after adding tests for them)")
+    ap.add_argument("--timeout-multiplier", type=float, default=2.0,
+                    help="mutmut's timeout: multiplier x (the tests' time + constant); default 2")
+    ap.add_argument("--timeout-constant", type=float, default=30.0, help="seconds added first (default 30)")
     ap.add_argument("--list", action="store_true", help="print the modules and their tests, run nothing")
     a = ap.parse_args(argv)
     if a.list:
@@ -151,7 +156,7 @@ def main(argv=None) -> int:
     keys = a.modules or list(MODULES)
     rows, survivors = [], []
     for key in keys:
-        work = a.scratch / key if a.report_only else prepare(key, a.scratch)
+        work = a.scratch / key if a.report_only else prepare(key, a.scratch, a.timeout_multiplier, a.timeout_constant)
         if a.report_only and not (work / "mutants").is_dir():
             print(f"{key}: not run")
             continue

@@ -315,10 +315,19 @@ def test_train_gate_defaults(small, monkeypatch):
         asked.append((list(feats), mode, rank))
         return tab
 
+    def fit(kind, X, y, seed):  # the study's 120 trees take seconds; three show the kind and seed as well
+        from sklearn.ensemble import GradientBoostingClassifier
+
+        fits.append((kind, seed))
+        return GradientBoostingClassifier(n_estimators=3, random_state=seed).fit(X, y) if kind == "gbt" else \
+            real_fit(kind, X, y, seed)
+
+    real_fit, fits = learned._fit, []
     monkeypatch.setattr(learned, "node_table", table)
+    monkeypatch.setattr(learned, "_fit", fit)
     d = train_gate(small, features=["f"])
-    assert asked == [(["f"], "audio", 1)]
+    assert asked == [(["f"], "audio", 1)] and fits == [("gbt", 0)] * 6  # 5 folds and the final fit
     assert d["model"]["kind"] == "gbt" and d["label"] == {"name": "reject", "mode": "audio", "rank": 1}
     assert (d["cv"]["folds"], d["cv"]["seed"]) == (5, 0)
-    d = train_gate(small, "logreg", "impact", "blind", 3, features=["f"])
-    assert asked[-1] == (["f"], "blind", 3) and d["model"]["kind"] == "logreg"
+    d = train_gate(small, "logreg", "impact", "blind", 3, features=["f"], folds=2, seed=4)
+    assert asked[-1] == (["f"], "blind", 3) and d["model"]["kind"] == "logreg" and fits[6:] == [("logreg", 4)] * 3
