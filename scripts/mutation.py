@@ -86,7 +86,7 @@ def prepare(key: str, scratch: Path, timeout_multiplier: float = 2.0, timeout_co
                   # mutmut times a mutant out at multiplier x (the tests' own time + constant). The tests'
                   # time excludes their session fixtures (synthetic traces, seconds each), which a forked
                   # worker rebuilds, so the constant must cover them or sound mutants read as timeouts.
-                  # mutmut kills a worker after half that many seconds of wall time: on a loaded machine raise
+                  # That product is a wall-clock limit (twice it a CPU-time limit): on a loaded machine raise
                   # both (--timeout-multiplier/--timeout-constant) or sound mutants read as timeouts.
                   f"timeout_multiplier = {timeout_multiplier}\ntimeout_constant = {timeout_constant}\n"
                   # Forking workers straight from the process that ran the clean tests deadlocks polars
