@@ -311,3 +311,21 @@ def test_scaled_refuses_non_positive_speedups():
 def test_cli_refuses_a_negative_speed():
     r = CliRunner().invoke(main, ["simulate", "--edge-tps", "-2"])
     assert r.exit_code == 2 and "edge_step_a" in r.output and r.output.count("\n") == 1
+
+
+def test_predict_prices_each_phase_by_hand():
+    """What the cost model says one measured call takes, per phase, with every coefficient non-zero."""
+    c = CostModel(edge_prefill_a=1.0, edge_prefill_b=0.01, edge_step_a=0.5, edge_step_c=0.001,
+                  cloud_prefill_a=0.3, cloud_prefill_b=0.002, verify_a=0.04, verify_b=0.003, verify_c=0.0001,
+                  cloud_step_a=0.05, cloud_step_c=0.0002)
+    n, ctx = [10, 20], [100, 300]
+    want = {("edge", "prefill"): [1.1, 1.2], ("edge", "decode"): [0.6, 0.8], ("cloud", "prefill"): [0.32, 0.34],
+            ("cloud", "verify"): [0.04 + 0.03 + 0.01, 0.04 + 0.06 + 0.03], ("cloud", "decode"): [0.07, 0.11]}
+    for (side, phase), v in want.items():
+        assert c.predict(side, phase, n, ctx) == pytest.approx(v, abs=1e-12), (side, phase)
+    with pytest.raises(UserError) as e:
+        c.predict("edge", "verify", n, ctx)
+    assert str(e.value) == "unknown timing phase edge verify; timings have edge/cloud prefill, decode, verify"
+    # with a table: its entry, and past 16 tokens the last entry plus verify_b per extra token, plus the context
+    t = replace(c, verify_table=tuple(0.01 * i for i in range(1, 17)), verify_b=0.002)
+    assert t.predict("cloud", "verify", [1, 16, 20], [0, 100, 0]) == pytest.approx([0.01, 0.17, 0.168], abs=1e-12)
