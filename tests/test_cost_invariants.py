@@ -329,3 +329,45 @@ def test_predict_prices_each_phase_by_hand():
     # with a table: its entry, and past 16 tokens the last entry plus verify_b per extra token, plus the context
     t = replace(c, verify_table=tuple(0.01 * i for i in range(1, 17)), verify_b=0.002)
     assert t.predict("cloud", "verify", [1, 16, 20], [0, 100, 0]) == pytest.approx([0.01, 0.17, 0.168], abs=1e-12)
+
+
+def _fitted_by_hand():
+    def choice(model, table_by, cv_lin, cv_tab, err_lin, err_tab, better, priced):
+        return {"model": model, "table_by": table_by, "table_priced": priced, "table_fits_better": better,
+                "cv_linear": cv_lin, "cv_table": cv_tab, "error_linear": err_lin, "error_table": err_tab}
+
+    return CostModel(
+        fit_error={"cloud_decode": 0.05, "extra_phase": 0.3, "edge_prefill": 0.0, "cloud_verify": 0.08,
+                   "edge_decode": 0.12},
+        fit_rows={"edge_prefill": 1, "edge_decode": 40, "cloud_verify": 64, "cloud_decode": 30, "extra_phase": 1},
+        fit_choice={"edge_prefill": choice("linear", "prompt length", None, None, 0.0, 0.0, False, False),
+                    "edge_decode": choice("linear", "context", 0.15, 0.10, 0.12, 0.09, True, False),
+                    "cloud_verify": choice("table", "block size", 0.2, 0.1, 0.18, 0.08, True, True),
+                    "cloud_decode": choice("linear", "context", 0.06, 0.07, 0.05, 0.04, False, False)})
+
+
+def test_fit_summary_by_hand():
+    """Phases in flag order then the rest; per phase the model in use, its errors, the other model where it is
+    the better fit or the one not used, how many timings, and "no CV" where nothing could be held out."""
+    head = "fit error (mean absolute on the trace's own timings, then cross-validated (CV) on held-out shapes): "
+    parts = ["edge prefill 0% (linear; 1 timing, no CV)",
+             "edge decode 12%, CV 15% (linear; a table by context 9%, CV 10%, not priced; 40 timings)",
+             "cloud verify 8%, CV 10% (table by block size; linear 18%, CV 20%; 64 timings)",
+             "cloud decode 5%, CV 6% (linear; 30 timings)",
+             "extra phase 30% (1 timing)"]
+    cost = _fitted_by_hand()
+    assert fit_summary(cost) == head + ", ".join(parts)
+    assert fit_summary(cost, overridden={"edge_decode", "extra_phase"}) == head + ", ".join(parts[:1] + parts[2:4])
+    assert fit_summary(cost, overridden=set(cost.fit_error)) is None
+
+
+def test_fit_warning_by_hand():
+    many = CostModel(fit_error={"edge_decode": 0.3, "cloud_verify": 0.5, "edge_prefill": 0.25, "extra": 0.4})
+    assert fit_warning(many) == (
+        "the fitted edge decode and cloud verify and extra costs are off by 30% and 50% and 40% on average on the "
+        "trace's own timings (more than 25%), so latencies that depend on them are rough; collect more timing "
+        "probes or give the cost by flag (--edge-tps, --cloud-verify)")
+    assert fit_warning(many, overridden={"edge_decode", "cloud_verify"}) == (
+        "the fitted extra cost is off by 40% on average on the trace's own timings (more than 25%), so latencies "
+        "that depend on it are rough; collect more timing probes or give the costs by flag")
+    assert fit_warning(many, bound=0.5) is None
