@@ -63,6 +63,11 @@ MODULES: dict[str, tuple[str, str, list[str]]] = {
                  "no_references or chinese_captions"]),
 }
 
+#: Modules whose fork server must not collect the tests first: test_gates_learned.py builds the synthetic sample
+#: when imported (module-level SAMPLE), which starts polars' thread pool in the fork server, and every forked
+#: worker then hangs in polars (all read as timeouts). Their workers import everything themselves instead.
+NO_WARMUP = {"learned"}
+
 STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "segfault", "not checked",
             "caught by type check")
 
@@ -95,7 +100,8 @@ def prepare(key: str, scratch: Path, timeout_multiplier: float = 2.0, timeout_co
                   # Forking workers straight from the process that ran the clean tests deadlocks polars
                   # (its thread pool does not survive fork): every mutant reached by a polars test
                   # "timed out". A fork server that has only collected the tests is fork-safe.
-                  'process_isolation = "forkserver"\nforkserver_warmup = "collect"\n')
+                  'process_isolation = "forkserver"\n'
+                  f'forkserver_warmup = "{"none" if key in NO_WARMUP else "collect"}"\n')
     (work / "pyproject.toml").write_text(pyproject)
     return work
 
