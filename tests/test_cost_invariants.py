@@ -329,6 +329,7 @@ def test_predict_prices_each_phase_by_hand():
     # with a table: its entry, and past 16 tokens the last entry plus verify_b per extra token, plus the context
     t = replace(c, verify_table=tuple(0.01 * i for i in range(1, 17)), verify_b=0.002)
     assert t.predict("cloud", "verify", [1, 16, 20], [0, 100, 0]) == pytest.approx([0.01, 0.17, 0.168], abs=1e-12)
+    assert t.verify_block_s([0, 1]) == pytest.approx([0.01, 0.01], abs=1e-15)  # below one token: the first entry
 
 
 def _fitted_by_hand():
