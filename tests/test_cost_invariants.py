@@ -372,3 +372,31 @@ def test_fit_warning_by_hand():
         "the fitted extra cost is off by 40% on average on the trace's own timings (more than 25%), so latencies "
         "that depend on it are rough; collect more timing probes or give the costs by flag")
     assert fit_warning(many, bound=0.5) is None
+
+
+def test_scaled_and_linear_verify_by_hand():
+    """A speed-up divides its side's model times (the gate's time is neither side's); a linear verify replaces the
+    table, its three coefficients and the table's note in the source."""
+    from sectrace.simulate.costs import TABLE_NOTE
+
+    c = CostModel(edge_prefill_a=1.0, edge_prefill_b=0.01, edge_step_a=0.5, edge_step_c=0.001, gate_s=0.002,
+                  cloud_prefill_a=0.3, cloud_prefill_b=0.002, verify_a=0.04, verify_b=0.003, verify_c=0.0001,
+                  cloud_step_a=0.05, cloud_step_c=0.0002)
+    s = c.scaled(edge_speedup=2.0, cloud_speedup=4.0)
+    want = {"edge_prefill_a": 0.5, "edge_prefill_b": 0.005, "edge_step_a": 0.25, "edge_step_c": 0.0005,
+            "gate_s": 0.002, "cloud_prefill_a": 0.075, "cloud_prefill_b": 0.0005, "verify_a": 0.01,
+            "verify_b": 0.00075, "verify_c": 0.000025, "cloud_step_a": 0.0125, "cloud_step_c": 0.00005}
+    assert {f: getattr(s, f) for f in want} == pytest.approx(want, abs=1e-15)
+    assert c.scaled() == c and c.scaled(cloud_speedup=2.0).edge_step_a == 0.5
+    assert c.scaled(edge_speedup=2.0).verify_a == 0.04
+    t = replace(c, verify_table=tuple(0.01 * i for i in range(1, 17)), verify_b=0.002,
+                source="fitted to the trace's timings" + TABLE_NOTE)
+    assert t.scaled(cloud_speedup=2.0).verify_table == pytest.approx([0.005 * i for i in range(1, 17)], abs=1e-15)
+    for bad, got in (((1.0, 0.0), "edge 1, cloud 0"), ((0.0, 1.0), "edge 0, cloud 1"), ((1.0, -2.0), "edge 1, cloud -2")):
+        with pytest.raises(UserError) as e:
+            c.scaled(*bad)
+        assert str(e.value) == f"speed-ups must be positive (got {got})"
+    lin = t.with_linear_verify(0.1, 0.0015, 0.0003)
+    assert (lin.verify_a, lin.verify_b, lin.verify_c, lin.verify_table) == (0.1, 0.0015, 0.0003, None)
+    assert lin.source == "fitted to the trace's timings" and lin.edge_step_a == 0.5
+    assert t.with_linear_verify(0.1, 0.0015, 0.0003, source="preset jetson").source == "preset jetson"
