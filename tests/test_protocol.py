@@ -363,3 +363,73 @@ def test_a_session_gate_is_bound_to_the_session_before_decoding():
 def test_baselines_default_to_64_tokens_and_pass_the_length_on():
     assert drafter_only().max_new_tokens == cloud_only().max_new_tokens == lossless(2).max_new_tokens == 64
     assert lossless(2, max_new_tokens=10).max_new_tokens == 10
+
+
+class _AgreeingSession:
+    """A hand-written session for blocks: the state is the number of tokens written; the drafter writes 200 + state
+    (log-prob ``lp``, extra signals {"x": state} on odd states only) and the verifier agrees at every position.
+    Cloud calls numbered in ``down`` raise CloudUnavailable; the drafter's token at ``eos_at`` ends the caption."""
+
+    root = 0
+
+    def __init__(self, down=(), eos_at=-1, lp=-0.1):
+        self.down, self.eos_at, self.lp, self.calls = set(down), eos_at, lp, 0
+
+    def draft(self, state):
+        from sectrace.protocol.engine import DraftToken
+        return DraftToken(200 + state, self.lp, 0.5, 0.9, state == self.eos_at, {"x": state} if state % 2 else None)
+
+    def advance(self, state, token):
+        return state + 1
+
+    def judge(self, state, tokens, mode):
+        from sectrace.protocol.engine import CloudUnavailable, Judgement
+        self.calls += 1
+        if self.calls in self.down:
+            raise CloudUnavailable("link down")
+        return [Judgement(1, 0.9, 200 + state + i, 0.9, state + i == self.eos_at) for i in range(len(tokens) + 1)]
+
+
+def test_blocks_fall_back_to_the_drafter_while_the_cloud_is_down_by_hand():
+    """k = 2, cloud calls 2 and 3 fail: those blocks commit as drafted (Fallback events, counted, their tokens
+    unsent), and the next verify carries the four unsent tokens plus the first call's pending bonus token."""
+    from sectrace.protocol import Commit, Draft, Fallback, GateCall, Prefill
+    seen = []
+    r = run(_AgreeingSession(down=(2, 3)), Policy(k=2, gate=Always(), accept=Accept("top1", 1), max_new_tokens=9),
+            observe=seen.append)
+    assert r.events == [
+        Prefill(), Draft(0), Draft(1), GateCall(2),
+        Verify(n=2, ctx=0, unsent=0, pending=0, first=True, accepted=2, corrected=0, bonus=1), Commit(3, 3),
+        Draft(3), Draft(4), GateCall(2), Fallback(2, 3, "link down"), Commit(2, 5),
+        Draft(5), Draft(6), GateCall(2), Fallback(2, 5, "link down"), Commit(2, 7),
+        Draft(7), Draft(8), GateCall(2),
+        Verify(n=2, ctx=7, unsent=4, pending=5, first=False, accepted=2, corrected=0, bonus=0), Commit(2, 9),
+    ]
+    assert seen == r.events
+    assert r.tokens == list(range(200, 209))
+    assert (r.fallbacks, r.escalations, r.drafted, r.bonus) == (2, 2, 8, 1)
+
+
+def test_a_block_ends_at_the_drafted_eos_and_at_the_adaptive_threshold():
+    from sectrace.protocol import GateCall
+    r = run(_AgreeingSession(eos_at=1), Policy(k=4, gate=Never(), gate_spec="never", max_new_tokens=9))
+    assert [e for e in r.events if isinstance(e, GateCall)] == [GateCall(2)] and r.tokens == [200, 201] and r.eos
+    # adaptive 0.5 stops a block after a token the drafter gives less than 0.5; exactly 0.5 is not less
+    at = run(_AgreeingSession(lp=math.log(0.5)), Policy(k=3, gate=Never(), max_new_tokens=6, adaptive=0.5))
+    assert [e.n for e in at.events if isinstance(e, GateCall)] == [3, 3]
+    below = run(_AgreeingSession(lp=math.log(0.49)), Policy(k=3, gate=Never(), max_new_tokens=3, adaptive=0.5))
+    assert [e.n for e in below.events if isinstance(e, GateCall)] == [1, 1, 1]
+
+
+def test_the_gate_sees_each_drafted_tokens_extra_signals():
+    blocks = []
+
+    class Look:
+        def escalate(self, block):
+            blocks.append(block)
+            return False
+
+    run(_AgreeingSession(), Policy(k=3, gate=Look(), max_new_tokens=6))
+    assert [b.extras for b in blocks] == [({}, {"x": 1}, {}), ({"x": 3}, {}, {"x": 5})]
+    assert [(b.tokens, b.start, b.logprobs, b.entropies, b.margins) for b in blocks] == [
+        ((200, 201, 202), 0, (-0.1,) * 3, (0.5,) * 3, (0.9,) * 3), ((203, 204, 205), 3, (-0.1,) * 3, (0.5,) * 3, (0.9,) * 3)]
