@@ -373,13 +373,14 @@ class _AgreeingSession:
     root = 0
 
     def __init__(self, down=(), eos_at=-1, lp=-0.1):
-        self.down, self.eos_at, self.lp, self.calls = set(down), eos_at, lp, 0
+        self.down, self.eos_at, self.lp, self.calls, self.advances = set(down), eos_at, lp, 0, 0
 
     def draft(self, state):
         from sectrace.protocol.engine import DraftToken
         return DraftToken(200 + state, self.lp, 0.5, 0.9, state == self.eos_at, {"x": state} if state % 2 else None)
 
     def advance(self, state, token):
+        self.advances += 1
         return state + 1
 
     def judge(self, state, tokens, mode):
@@ -394,9 +395,8 @@ def test_blocks_fall_back_to_the_drafter_while_the_cloud_is_down_by_hand():
     """k = 2, cloud calls 2 and 3 fail: those blocks commit as drafted (Fallback events, counted, their tokens
     unsent), and the next verify carries the four unsent tokens plus the first call's pending bonus token."""
     from sectrace.protocol import Commit, Draft, Fallback, GateCall, Prefill
-    seen = []
-    r = run(_AgreeingSession(down=(2, 3)), Policy(k=2, gate=Always(), accept=Accept("top1", 1), max_new_tokens=9),
-            observe=seen.append)
+    seen, sess = [], _AgreeingSession(down=(2, 3))
+    r = run(sess, Policy(k=2, gate=Always(), accept=Accept("top1", 1), max_new_tokens=9), observe=seen.append)
     assert r.events == [
         Prefill(), Draft(0), Draft(1), GateCall(2),
         Verify(n=2, ctx=0, unsent=0, pending=0, first=True, accepted=2, corrected=0, bonus=1), Commit(3, 3),
@@ -408,6 +408,8 @@ def test_blocks_fall_back_to_the_drafter_while_the_cloud_is_down_by_hand():
     assert seen == r.events
     assert r.tokens == list(range(200, 209))
     assert (r.fallbacks, r.escalations, r.drafted, r.bonus) == (2, 2, 8, 1)
+    # one advance inside each block of two, then one per committed token, none after the last commit
+    assert sess.advances == 4 + 3 + 2 + 2
 
 
 def test_a_block_ends_at_the_drafted_eos_and_at_the_adaptive_threshold():
