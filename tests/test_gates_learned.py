@@ -331,3 +331,14 @@ def test_train_gate_defaults(small, monkeypatch):
     assert (d["cv"]["folds"], d["cv"]["seed"]) == (5, 0)
     d = train_gate(small, "logreg", "impact", "blind", 3, features=["f"], folds=2, seed=4)
     assert asked[-1] == (["f"], "blind", 3) and d["model"]["kind"] == "logreg" and fits[6:] == [("logreg", 4)] * 3
+
+
+def test_train_gate_two_utterances_are_enough_and_sklearn_is_named_when_missing(small, monkeypatch):
+    import sys
+
+    _patch_table(monkeypatch, _hand_table(10, n_utts=2))
+    assert train_gate(small, "logreg", features=["f"])["cv"]["folds"] == 2
+    monkeypatch.setitem(sys.modules, "sklearn.model_selection", None)  # import now raises ImportError
+    with pytest.raises(UserError) as e:
+        train_gate(small, "logreg", features=["f"])
+    assert str(e.value) == "training gates needs scikit-learn: pip install 'sectrace[gates]'"
