@@ -340,7 +340,7 @@ def _fitted_by_hand():
     return CostModel(
         fit_error={"cloud_decode": 0.05, "extra_phase": 0.3, "edge_prefill": 0.0, "cloud_verify": 0.08,
                    "edge_decode": 0.12},
-        fit_rows={"edge_prefill": 1, "edge_decode": 40, "cloud_verify": 64, "cloud_decode": 30, "extra_phase": 1},
+        fit_rows={"edge_prefill": 1, "edge_decode": 40, "cloud_verify": 64, "extra_phase": 1},  # cloud decode: none
         fit_choice={"edge_prefill": choice("linear", "prompt length", None, None, 0.0, 0.0, False, False),
                     "edge_decode": choice("linear", "context", 0.15, 0.10, 0.12, 0.09, True, False),
                     "cloud_verify": choice("table", "block size", 0.2, 0.1, 0.18, 0.08, True, True),
@@ -354,7 +354,7 @@ def test_fit_summary_by_hand():
     parts = ["edge prefill 0% (linear; 1 timing, no CV)",
              "edge decode 12%, CV 15% (linear; a table by context 9%, CV 10%, not priced; 40 timings)",
              "cloud verify 8%, CV 10% (table by block size; linear 18%, CV 20%; 64 timings)",
-             "cloud decode 5%, CV 6% (linear; 30 timings)",
+             "cloud decode 5%, CV 6% (linear)",
              "extra phase 30% (1 timing)"]
     cost = _fitted_by_hand()
     assert fit_summary(cost) == head + ", ".join(parts)
@@ -363,15 +363,28 @@ def test_fit_summary_by_hand():
 
 
 def test_fit_warning_by_hand():
-    many = CostModel(fit_error={"edge_decode": 0.3, "cloud_verify": 0.5, "edge_prefill": 0.25, "extra": 0.4})
+    many = CostModel(fit_error={"edge_decode": 0.3, "cloud_verify": 0.6, "edge_prefill": 0.25, "extra": 0.4})
     assert fit_warning(many) == (
-        "the fitted edge decode and cloud verify and extra costs are off by 30% and 50% and 40% on average on the "
+        "the fitted edge decode and cloud verify and extra costs are off by 30% and 60% and 40% on average on the "
         "trace's own timings (more than 25%), so latencies that depend on them are rough; collect more timing "
         "probes or give the cost by flag (--edge-tps, --cloud-verify)")
     assert fit_warning(many, overridden={"edge_decode", "cloud_verify"}) == (
         "the fitted extra cost is off by 40% on average on the trace's own timings (more than 25%), so latencies "
         "that depend on it are rough; collect more timing probes or give the costs by flag")
-    assert fit_warning(many, bound=0.5) is None
+    assert fit_warning(many, bound=0.6) is None
+    assert fit_warning(many, bound=0.35) == (
+        "the fitted cloud verify and extra costs are off by 60% and 40% on average on the trace's own timings (more "
+        "than 35%), so latencies that depend on them are rough; collect more timing probes or give the cost by flag "
+        "(--cloud-verify)")
+    assert fit_warning(many, bound=0.57).startswith("the fitted cloud verify cost is off by 60% on average on the "
+                                                    "trace's own timings (more than 57%)")
+
+
+def test_verify_table_text_by_hand():
+    from sectrace.simulate.costs import verify_table_text
+
+    assert verify_table_text((0.5, 0.25)) == "0.5 0.25" and verify_table_text((0.5, 0.25), 2.0) == "1.0 0.5"
+    assert verify_table_text(None) is None
 
 
 def test_scaled_and_linear_verify_by_hand():
