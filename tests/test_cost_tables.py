@@ -286,3 +286,30 @@ def test_table_helpers_by_hand():
     assert got == {"error": pytest.approx(0.25), "se": pytest.approx(np.std(err, ddof=1) / np.sqrt(12)),
                    "folds": 10, "shapes": 12}
     assert _cv(np.array([[3.0, 0.0], [3.0, 0.0]]), np.ones(2), predict) is None  # one shape: nothing to hold out
+
+
+def test_fit_helpers_at_their_edges_by_hand(monkeypatch):
+    """Two shapes are enough to cross-validate (one fold each, a finite standard error); a table without context
+    has no context slope; a constant or proportional regressor is not identifiable; the error is relative; a
+    failed linear program is a one-sentence error."""
+    import scipy.optimize
+
+    from sectrace.errors import UserError
+    from sectrace.simulate.costs import _cv, _identifiable, _lad, _mape, _table
+
+    two = _cv(np.array([[1.0, 0.0], [2.0, 0.0]]), np.ones(2), lambda tr, te: np.full(int(te.sum()), 1.5))
+    assert (two["folds"], two["shapes"], two["error"], two["se"]) == (2, 2, 0.5, 0.0)
+    xs, vals, slope = _table(np.array([1.0, 1.0, 2.0]), np.array([0.1, 0.1, 0.3]))
+    assert xs.tolist() == [1.0, 2.0] and vals == pytest.approx([0.1, 0.3]) and slope == 0.0
+    X = np.array([[1.0, 2.0, 4.0, 7.0], [1.0, 3.0, 6.0, 7.0], [1.0, 5.0, 10.0, 7.0], [1.0, 6.0, 12.0, 7.0]])
+    assert _identifiable(X, ["a", "2a", "const"]) == [0]  # 2a is a's double, const the intercept again
+    assert _mape(np.array([1.5, 0.5]), np.array([1.0, 0.25])) == pytest.approx(0.75)  # 50 % and 100 % off
+
+    class Failed:
+        status, message = 4, "numerical difficulties"
+
+    monkeypatch.setattr(scipy.optimize, "linprog", lambda *a, **k: Failed())
+    with pytest.raises(UserError) as e:
+        _lad(np.ones((2, 1)), np.ones(2))
+    assert str(e.value) == ("fitting the timing costs failed (numerical difficulties); re-collect the timing "
+                            "probes")
