@@ -288,6 +288,17 @@ def test_bad_timings_are_refused():
         pl.when(pl.col("phase") == "verify").then(float("nan")).otherwise(pl.col("seconds")).alias("seconds"))
     with pytest.raises(UserError, match="non-finite"):
         fit_costs(bad)
+    first = pl.int_range(pl.len()) == 0
+    negative = _table(lambda n, ctx: 0.04 + 0.003 * n).with_columns(
+        pl.when(first).then(-0.001).otherwise(pl.col("seconds")).alias("seconds"))
+    with pytest.raises(UserError) as e:
+        fit_costs(negative)
+    assert str(e.value) == ("the trace's timings hold a negative or non-finite duration; re-collect the timing "
+                            "probes")
+    # a zero duration (a timer's resolution) is a time all the same
+    zero = _table(lambda n, ctx: 0.04 + 0.003 * n).with_columns(
+        pl.when(first).then(0.0).otherwise(pl.col("seconds")).alias("seconds"))
+    assert fit_costs(zero).fit_error
 
 
 # --- CostModel refuses unphysical fields ------------------------------------------------------------------------
