@@ -424,3 +424,23 @@ def test_scaled_and_linear_verify_by_hand():
     assert (lin.verify_a, lin.verify_b, lin.verify_c, lin.verify_table) == (0.1, 0.0015, 0.0003, None)
     assert lin.source == "fitted to the trace's timings" and lin.edge_step_a == 0.5
     assert t.with_linear_verify(0.1, 0.0015, 0.0003, source="preset jetson").source == "preset jetson"
+
+
+def test_cost_model_refusals_and_table_rules_by_hand():
+    with pytest.raises(UserError) as e:
+        CostModel(gate_s="fast")
+    assert str(e.value) == ("cost gate_s = 'fast' must be a finite number of seconds ≥ 0 (check the speeds, times "
+                            "and speed-ups given)")
+    table_msg = "verify_table must list 16 finite times ≥ 0 (seconds of a verify call of 1 … 16 tokens)"
+    for bad in (("a",) * 16, (0.01,) * 15, (0.01,) * 15 + (float("inf"),), (0.01,) * 15 + (-0.01,)):
+        with pytest.raises(UserError) as e:
+            CostModel(verify_table=bad, verify_b=0.0)
+        assert str(e.value) == table_msg
+    ok = CostModel(verify_table=[0.0] + [0.032] * 15, verify_b=0.0)  # a zero entry is a time; a list is stored as a tuple
+    assert ok.verify_table == (0.0,) + (0.032,) * 15 and type(ok.verify_table) is tuple
+    # 0.032 s for every size: the smallest time per token is 0.032 / 16 = 0.002 s, and verify_b may equal it
+    assert CostModel(verify_table=(0.032,) * 16, verify_b=0.002).verify_b == 0.002
+    with pytest.raises(UserError) as e:
+        CostModel(verify_table=(0.032,) * 16, verify_b=0.003)
+    assert str(e.value) == ("verify_b = 0.003 s/token exceeds the verify table's smallest time per token (0.002 s); "
+                            "a call's parts would go negative")
