@@ -288,6 +288,17 @@ def test_bad_timings_are_refused():
         pl.when(pl.col("phase") == "verify").then(float("nan")).otherwise(pl.col("seconds")).alias("seconds"))
     with pytest.raises(UserError, match="non-finite"):
         fit_costs(bad)
+    first = pl.int_range(pl.len()) == 0
+    negative = _table(lambda n, ctx: 0.04 + 0.003 * n).with_columns(
+        pl.when(first).then(-0.001).otherwise(pl.col("seconds")).alias("seconds"))
+    with pytest.raises(UserError) as e:
+        fit_costs(negative)
+    assert str(e.value) == ("the trace's timings hold a negative or non-finite duration; re-collect the timing "
+                            "probes")
+    # a zero duration (a timer's resolution) is a time all the same
+    zero = _table(lambda n, ctx: 0.04 + 0.003 * n).with_columns(
+        pl.when(first).then(0.0).otherwise(pl.col("seconds")).alias("seconds"))
+    assert fit_costs(zero).fit_error
 
 
 # --- CostModel refuses unphysical fields ------------------------------------------------------------------------
@@ -311,3 +322,125 @@ def test_scaled_refuses_non_positive_speedups():
 def test_cli_refuses_a_negative_speed():
     r = CliRunner().invoke(main, ["simulate", "--edge-tps", "-2"])
     assert r.exit_code == 2 and "edge_step_a" in r.output and r.output.count("\n") == 1
+
+
+def test_predict_prices_each_phase_by_hand():
+    """What the cost model says one measured call takes, per phase, with every coefficient non-zero."""
+    c = CostModel(edge_prefill_a=1.0, edge_prefill_b=0.01, edge_step_a=0.5, edge_step_c=0.001,
+                  cloud_prefill_a=0.3, cloud_prefill_b=0.002, verify_a=0.04, verify_b=0.003, verify_c=0.0001,
+                  cloud_step_a=0.05, cloud_step_c=0.0002)
+    n, ctx = [10, 20], [100, 300]
+    want = {("edge", "prefill"): [1.1, 1.2], ("edge", "decode"): [0.6, 0.8], ("cloud", "prefill"): [0.32, 0.34],
+            ("cloud", "verify"): [0.04 + 0.03 + 0.01, 0.04 + 0.06 + 0.03], ("cloud", "decode"): [0.07, 0.11]}
+    for (side, phase), v in want.items():
+        assert c.predict(side, phase, n, ctx) == pytest.approx(v, abs=1e-12), (side, phase)
+    with pytest.raises(UserError) as e:
+        c.predict("edge", "verify", n, ctx)
+    assert str(e.value) == "unknown timing phase edge verify; timings have edge/cloud prefill, decode, verify"
+    # with a table: its entry, and past 16 tokens the last entry plus verify_b per extra token, plus the context
+    t = replace(c, verify_table=tuple(0.01 * i for i in range(1, 17)), verify_b=0.002)
+    assert t.predict("cloud", "verify", [1, 16, 20], [0, 100, 0]) == pytest.approx([0.01, 0.17, 0.168], abs=1e-12)
+    assert t.verify_block_s([0, 1]) == pytest.approx([0.01, 0.01], abs=1e-15)  # below one token: the first entry
+
+
+def _fitted_by_hand():
+    def choice(model, table_by, cv_lin, cv_tab, err_lin, err_tab, better, priced):
+        return {"model": model, "table_by": table_by, "table_priced": priced, "table_fits_better": better,
+                "cv_linear": cv_lin, "cv_table": cv_tab, "error_linear": err_lin, "error_table": err_tab}
+
+    return CostModel(
+        fit_error={"cloud_decode": 0.05, "extra_phase": 0.3, "edge_prefill": 0.0, "cloud_verify": 0.08,
+                   "edge_decode": 0.12},
+        fit_rows={"edge_prefill": 1, "edge_decode": 40, "cloud_verify": 64, "extra_phase": 1},  # cloud decode: none
+        fit_choice={"edge_prefill": choice("linear", "prompt length", None, None, 0.0, 0.0, False, False),
+                    "edge_decode": choice("linear", "context", 0.15, 0.10, 0.12, 0.09, True, False),
+                    "cloud_verify": choice("table", "block size", 0.2, 0.1, 0.18, 0.08, True, True),
+                    "cloud_decode": choice("linear", "context", 0.06, 0.07, 0.05, 0.04, False, False)})
+
+
+def test_fit_summary_by_hand():
+    """Phases in flag order then the rest; per phase the model in use, its errors, the other model where it is
+    the better fit or the one not used, how many timings, and "no CV" where nothing could be held out."""
+    head = "fit error (mean absolute on the trace's own timings, then cross-validated (CV) on held-out shapes): "
+    parts = ["edge prefill 0% (linear; 1 timing, no CV)",
+             "edge decode 12%, CV 15% (linear; a table by context 9%, CV 10%, not priced; 40 timings)",
+             "cloud verify 8%, CV 10% (table by block size; linear 18%, CV 20%; 64 timings)",
+             "cloud decode 5%, CV 6% (linear)",
+             "extra phase 30% (1 timing)"]
+    cost = _fitted_by_hand()
+    assert fit_summary(cost) == head + ", ".join(parts)
+    assert fit_summary(cost, overridden={"edge_decode", "extra_phase"}) == head + ", ".join(parts[:1] + parts[2:4])
+    assert fit_summary(cost, overridden=set(cost.fit_error)) is None
+
+
+def test_fit_warning_by_hand():
+    many = CostModel(fit_error={"edge_decode": 0.3, "cloud_verify": 0.6, "edge_prefill": 0.25, "extra": 0.4})
+    assert fit_warning(many) == (
+        "the fitted edge decode and cloud verify and extra costs are off by 30% and 60% and 40% on average on the "
+        "trace's own timings (more than 25%), so latencies that depend on them are rough; collect more timing "
+        "probes or give the cost by flag (--edge-tps, --cloud-verify)")
+    assert fit_warning(many, overridden={"edge_decode", "cloud_verify"}) == (
+        "the fitted extra cost is off by 40% on average on the trace's own timings (more than 25%), so latencies "
+        "that depend on it are rough; collect more timing probes or give the costs by flag")
+    assert fit_warning(many, bound=0.6) is None
+    assert fit_warning(many, bound=0.35) == (
+        "the fitted cloud verify and extra costs are off by 60% and 40% on average on the trace's own timings (more "
+        "than 35%), so latencies that depend on them are rough; collect more timing probes or give the cost by flag "
+        "(--cloud-verify)")
+    assert fit_warning(many, bound=0.57).startswith("the fitted cloud verify cost is off by 60% on average on the "
+                                                    "trace's own timings (more than 57%)")
+
+
+def test_verify_table_text_by_hand():
+    from sectrace.simulate.costs import verify_table_text
+
+    assert verify_table_text((0.5, 0.25)) == "0.5 0.25" and verify_table_text((0.5, 0.25), 2.0) == "1.0 0.5"
+    assert verify_table_text(None) is None
+
+
+def test_scaled_and_linear_verify_by_hand():
+    """A speed-up divides its side's model times (the gate's time is neither side's); a linear verify replaces the
+    table, its three coefficients and the table's note in the source."""
+    from sectrace.simulate.costs import TABLE_NOTE
+
+    c = CostModel(edge_prefill_a=1.0, edge_prefill_b=0.01, edge_step_a=0.5, edge_step_c=0.001, gate_s=0.002,
+                  cloud_prefill_a=0.3, cloud_prefill_b=0.002, verify_a=0.04, verify_b=0.003, verify_c=0.0001,
+                  cloud_step_a=0.05, cloud_step_c=0.0002)
+    s = c.scaled(edge_speedup=2.0, cloud_speedup=4.0)
+    want = {"edge_prefill_a": 0.5, "edge_prefill_b": 0.005, "edge_step_a": 0.25, "edge_step_c": 0.0005,
+            "gate_s": 0.002, "cloud_prefill_a": 0.075, "cloud_prefill_b": 0.0005, "verify_a": 0.01,
+            "verify_b": 0.00075, "verify_c": 0.000025, "cloud_step_a": 0.0125, "cloud_step_c": 0.00005}
+    assert {f: getattr(s, f) for f in want} == pytest.approx(want, abs=1e-15)
+    assert c.scaled() == c and c.scaled(cloud_speedup=2.0).edge_step_a == 0.5
+    assert c.scaled(edge_speedup=2.0).verify_a == 0.04
+    t = replace(c, verify_table=tuple(0.01 * i for i in range(1, 17)), verify_b=0.002,
+                source="fitted to the trace's timings" + TABLE_NOTE)
+    assert t.scaled(cloud_speedup=2.0).verify_table == pytest.approx([0.005 * i for i in range(1, 17)], abs=1e-15)
+    for bad, got in (((1.0, 0.0), "edge 1, cloud 0"), ((0.0, 1.0), "edge 0, cloud 1"), ((1.0, -2.0), "edge 1, cloud -2")):
+        with pytest.raises(UserError) as e:
+            c.scaled(*bad)
+        assert str(e.value) == f"speed-ups must be positive (got {got})"
+    lin = t.with_linear_verify(0.1, 0.0015, 0.0003)
+    assert (lin.verify_a, lin.verify_b, lin.verify_c, lin.verify_table) == (0.1, 0.0015, 0.0003, None)
+    assert lin.source == "fitted to the trace's timings" and lin.edge_step_a == 0.5
+    assert t.with_linear_verify(0.1, 0.0015, 0.0003, source="preset jetson").source == "preset jetson"
+
+
+def test_cost_model_refusals_and_table_rules_by_hand():
+    with pytest.raises(UserError) as e:
+        CostModel(gate_s="fast")
+    assert str(e.value) == ("cost gate_s = 'fast' must be a finite number of seconds ≥ 0 (check the speeds, times "
+                            "and speed-ups given)")
+    table_msg = "verify_table must list 16 finite times ≥ 0 (seconds of a verify call of 1 … 16 tokens)"
+    for bad in (("a",) * 16, (0.01,) * 15, (0.01,) * 15 + (float("inf"),), (0.01,) * 15 + (-0.01,)):
+        with pytest.raises(UserError) as e:
+            CostModel(verify_table=bad, verify_b=0.0)
+        assert str(e.value) == table_msg
+    ok = CostModel(verify_table=[0.0] + [0.032] * 15, verify_b=0.0)  # a zero entry is a time; a list is stored as a tuple
+    assert ok.verify_table == (0.0,) + (0.032,) * 15 and type(ok.verify_table) is tuple
+    # 0.032 s for every size: the smallest time per token is 0.032 / 16 = 0.002 s, and verify_b may equal it
+    assert CostModel(verify_table=(0.032,) * 16, verify_b=0.002).verify_b == 0.002
+    with pytest.raises(UserError) as e:
+        CostModel(verify_table=(0.032,) * 16, verify_b=0.003)
+    assert str(e.value) == ("verify_b = 0.003 s/token exceeds the verify table's smallest time per token (0.002 s); "
+                            "a call's parts would go negative")

@@ -255,3 +255,61 @@ def test_probes_cover_every_block_size_a_policy_can_send():
     assert verify_sizes() == tuple(range(1, 17))
     assert verify_sizes([1, 3, 5, 8]) == tuple(range(1, 17))
     assert verify_sizes([0, 5, 24]) == tuple(range(1, 26))  # k = 24: 24 drafted + the resynced correction
+
+
+def test_table_helpers_by_hand():
+    """_interp: linear between measured shapes, flat below, flat or rising by `above` past the last;
+    _verify_table: b capped at the smallest time per token, the 16 entries read off the measured sizes;
+    _cv: shapes dealt round-robin into folds, the mean relative error and its standard error (ddof 1)."""
+    from sectrace.simulate.costs import _cv, _interp, _verify_table
+
+    xs, vals = np.array([1.0, 4.0]), np.array([1.0, 4.0])
+    assert _interp(xs, vals, [0, 1, 2.5, 4, 6]) == pytest.approx([1, 1, 2.5, 4, 4])
+    assert _interp(xs, vals, [2.5, 6], above=0.5) == pytest.approx([2.5, 5.0])
+    # sizes 1 and 4 take 0.02 s and 0.05 s: 0.05 / 4 = 0.0125 s per token caps b = 0.02
+    table, b = _verify_table(np.array([1.0, 4.0]), np.array([0.02, 0.05]), 0.02)
+    assert b == pytest.approx(0.0125) and len(table) == 16
+    assert [table[i] for i in (0, 1, 2, 3, 4, 15)] == pytest.approx([0.02, 0.03, 0.04, 0.05, 0.0625, 0.2])
+    assert _verify_table(np.array([1.0, 4.0]), np.array([0.02, 0.05]), 0.001)[1] == 0.001  # below the cap: kept
+    # 12 rows over 12 shapes (sizes 1..12), 10 folds: shape i (sorted) is tested in fold i % 10
+    keys = np.column_stack([np.arange(12, 0, -1), np.zeros(12)])
+    y = np.ones(12)
+    folds = []
+
+    def predict(train, test):
+        folds.append(sorted(keys[test, 0].astype(int).tolist()))
+        return np.where(keys[test, 0] % 2 == 0, 1.5, 1.0)  # even sizes 50 % off, odd ones exact
+
+    got = _cv(keys, y, predict)
+    assert folds == [[1, 11], [2, 12]] + [[i] for i in range(3, 11)]
+    err = np.array([0.5 if i % 2 == 0 else 0.0 for i in range(12, 0, -1)])
+    assert got == {"error": pytest.approx(0.25), "se": pytest.approx(np.std(err, ddof=1) / np.sqrt(12)),
+                   "folds": 10, "shapes": 12}
+    assert _cv(np.array([[3.0, 0.0], [3.0, 0.0]]), np.ones(2), predict) is None  # one shape: nothing to hold out
+
+
+def test_fit_helpers_at_their_edges_by_hand(monkeypatch):
+    """Two shapes are enough to cross-validate (one fold each, a finite standard error); a table without context
+    has no context slope; a constant or proportional regressor is not identifiable; the error is relative; a
+    failed linear program is a one-sentence error."""
+    import scipy.optimize
+
+    from sectrace.errors import UserError
+    from sectrace.simulate.costs import _cv, _identifiable, _lad, _mape, _table
+
+    two = _cv(np.array([[1.0, 0.0], [2.0, 0.0]]), np.ones(2), lambda tr, te: np.full(int(te.sum()), 1.5))
+    assert (two["folds"], two["shapes"], two["error"], two["se"]) == (2, 2, 0.5, 0.0)
+    xs, vals, slope = _table(np.array([1.0, 1.0, 2.0]), np.array([0.1, 0.1, 0.3]))
+    assert xs.tolist() == [1.0, 2.0] and vals == pytest.approx([0.1, 0.3]) and slope == 0.0
+    X = np.array([[1.0, 2.0, 4.0, 7.0], [1.0, 3.0, 6.0, 7.0], [1.0, 5.0, 10.0, 7.0], [1.0, 6.0, 12.0, 7.0]])
+    assert _identifiable(X, ["a", "2a", "const"]) == [0]  # 2a is a's double, const the intercept again
+    assert _mape(np.array([1.5, 0.5]), np.array([1.0, 0.25])) == pytest.approx(0.75)  # 50 % and 100 % off
+
+    class Failed:
+        status, message = 4, "numerical difficulties"
+
+    monkeypatch.setattr(scipy.optimize, "linprog", lambda *a, **k: Failed())
+    with pytest.raises(UserError) as e:
+        _lad(np.ones((2, 1)), np.ones(2))
+    assert str(e.value) == ("fitting the timing costs failed (numerical difficulties); re-collect the timing "
+                            "probes")

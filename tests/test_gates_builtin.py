@@ -14,8 +14,13 @@ from sectrace.gates import (
     AnyGate,
     AudioShift,
     ContentGate,
+    Margin,
     MaxEntropy,
+    McDropout,
+    MeanEntropy,
+    MinLogProb,
     Oracle,
+    RandomGate,
     Stability,
     parse_gate,
     split_top,
@@ -169,3 +174,64 @@ def test_adaptive_k_stops_after_unlikely_token(thr):
 def test_adaptive_invalid():
     with pytest.raises(UserError):
         Policy(k=5, adaptive=1.5)
+
+
+# --- each built-in gate's rule on hand-made blocks (what mutation testing found unpinned) ------------------
+def test_block_gates_read_the_right_token_of_the_block():
+    """max/min/mean over the block, not its first or last token: the risky token sits in the middle."""
+    b = block(tokens=(1, 2, 3), ent=(0.2, 3.0, 0.4), lp=(-0.1, -4.0, -0.2), mar=(0.9, 0.05, 0.8))
+    assert MaxEntropy(2.9).escalate(b) and not MaxEntropy(3.0).escalate(b)
+    # mean entropy (0.2 + 3.0 + 0.4) / 3 = 1.2
+    assert MeanEntropy(1.19).escalate(b) and not MeanEntropy(1.21).escalate(b)
+    assert not MeanEntropy(2.9).escalate(b)  # where the max-entropy gate would fire
+    assert Margin(0.06).escalate(b) and not Margin(0.05).escalate(b)
+    assert MinLogProb(-3.9).escalate(b) and not MinLogProb(-4.0).escalate(b)
+
+
+def test_random_gate_rate_and_determinism():
+    """random:P escalates about a share P of distinct blocks, the same way every time for one seed and block,
+    and differently for another seed, another start or other tokens."""
+    blocks = [Block((i % 7, i % 11), (-0.1, -0.1), (0.5, 0.5), (0.8, 0.8), i) for i in range(4000)]
+    for p in (0.0, 0.3, 1.0):
+        share = sum(RandomGate(p).escalate(b) for b in blocks) / len(blocks)
+        assert abs(share - p) < 0.03, (p, share)  # binomial sd at p=0.3 is 0.007
+    g = RandomGate(0.5, seed=0)
+    first = [g.escalate(b) for b in blocks[:200]]
+    assert first == [RandomGate(0.5, seed=0).escalate(b) for b in blocks[:200]]
+    assert first != [RandomGate(0.5, seed=1).escalate(b) for b in blocks[:200]]
+    moved = [Block(b.tokens, b.logprobs, b.entropies, b.margins, b.start + 1) for b in blocks[:200]]
+    other = [Block((b.tokens[0] + 100, b.tokens[1]), b.logprobs, b.entropies, b.margins, b.start)
+             for b in blocks[:200]]
+    assert first != [g.escalate(b) for b in moved] and first != [g.escalate(b) for b in other]
+
+
+def test_signal_gates_skip_unknown_values():
+    """A None signal (not recorded for that node) is skipped; a block with none known escalates for stability
+    and MC-dropout (unknown counts as unstable) but not for audio shift (no evidence of a shift)."""
+    part = ({"stability": None, "audio_shift": None, "mc_agree": None},
+            {"stability": 0.7, "audio_shift": 0.3, "mc_agree": 0.6})
+    b = block(extras=part)
+    assert not Stability(0.7).escalate(b) and Stability(0.71).escalate(b)
+    assert AudioShift(0.29).escalate(b) and not AudioShift(0.3).escalate(b)
+    assert not McDropout(0.6).escalate(b) and McDropout(0.61).escalate(b)
+    none = block(extras=({"stability": None, "audio_shift": None, "mc_agree": None},) * 2)
+    assert Stability(0.0).escalate(none) and McDropout(0.0).escalate(none)
+    assert not AudioShift(-1.0).escalate(none)
+    # min/max over the block: the deciding value is the first token's here
+    two = block(extras=({"stability": 0.1, "audio_shift": 2.0, "mc_agree": 0.2},
+                        {"stability": 0.9, "audio_shift": 0.1, "mc_agree": 0.9}))
+    assert Stability(0.15).escalate(two) and not Stability(0.1).escalate(two)
+    assert AudioShift(1.9).escalate(two) and not AudioShift(2.0).escalate(two)
+    assert McDropout(0.25).escalate(two) and not McDropout(0.2).escalate(two)
+
+
+def test_signal_gates_name_the_missing_column():
+    """The refusal names the x_ column and how to get it, for a missing key and for a block without extras."""
+    for gate, col in ((Stability(0.5), "x_stability"), (AudioShift(0.5), "x_audio_shift"),
+                      (McDropout(0.5), "x_mc_agree")):
+        for b in (block(), block(extras=(None, None))):
+            with pytest.raises(UserError) as e:
+                gate.escalate(b)
+            msg = str(e.value)
+            assert msg == (f"this gate needs the per-node signal {col}, which the trace lacks; record it when "
+                           "collecting (see docs/trace-format.md) or use a gate on the drafter's logits")

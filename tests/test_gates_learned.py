@@ -217,3 +217,130 @@ def test_impact_label_and_blind_mode(small):
     assert d["emotion_ids"] and 0.5 < d["cv"]["roc_auc"] <= 1.0
     with pytest.raises(UserError, match="no nope verifier"):
         train_gate(small, "logreg", mode="nope")
+
+
+# --- train_gate's own steps on a hand-made node table (what mutation testing found unpinned) ----------------
+def _hand_table(n_pos: int, n: int = 20, n_utts: int = 4, label: str = "reject"):
+    """n rows over n_utts utterances, one feature that separates the classes only roughly, n_pos positives."""
+    rng = np.random.default_rng(0)
+    y = rng.permutation(np.array([1] * n_pos + [0] * (n - n_pos)))
+    f = y + rng.normal(0, 0.8, n)
+    return pl.DataFrame({"utt_id": [f"u{i % n_utts}" for i in range(n)], "f": f, label: y,
+                         "impact" if label == "reject" else "reject": y})
+
+
+def _patch_table(monkeypatch, tab):
+    from sectrace.gates import learned
+
+    monkeypatch.setattr(learned, "node_table", lambda trace, feats, mode="audio", rank=1: tab)
+
+
+@pytest.mark.parametrize("n_pos,ok", [(4, False), (5, True), (15, True), (16, False)])
+def test_train_gate_needs_five_examples_of_each_class(small, monkeypatch, n_pos, ok):
+    _patch_table(monkeypatch, _hand_table(n_pos))
+    if ok:
+        assert train_gate(small, "logreg", folds=2, features=["f"])["trained_on"]["tokens"] == 20
+    else:
+        with pytest.raises(UserError) as e:
+            train_gate(small, "logreg", folds=2, features=["f"])
+        assert str(e.value) == f"too few reject examples ({n_pos} of 20) to train a gate on this trace"
+
+
+def test_train_gate_refuses_with_one_sentence(small, monkeypatch):
+    for kw, msg in (({"kind": "svm"}, "unknown model 'svm'; use logreg or gbt"),
+                    ({"label": "wrong"}, "unknown label 'wrong'; use reject or impact")):
+        with pytest.raises(UserError) as e:
+            train_gate(small, **{"kind": "logreg", **kw})
+        assert str(e.value) == msg
+    _patch_table(monkeypatch, _hand_table(10, n_utts=1))
+    with pytest.raises(UserError) as e:
+        train_gate(small, "logreg", features=["f"])
+    assert str(e.value) == "cross-validation needs at least 2 utterances in the trace"
+
+
+def test_train_gate_document_by_field(small, monkeypatch):
+    """Folds are capped by the utterances (4 here), progress ticks once per fold and once for the final fit, and
+    the document says where it came from."""
+    from datetime import datetime, timedelta, timezone
+
+    from sectrace import __version__
+
+    _patch_table(monkeypatch, _hand_table(8, label="impact"))
+    ticks = []
+    d = train_gate(small, "logreg", label="impact", mode="blind", rank=3, features=["f"], folds=9, seed=7,
+                   progress=ticks.append)
+    assert ticks == [1] * 5
+    assert (d["format"], d["version"], d["tool_version"]) == ("sectrace-learned-gate", 1, __version__)
+    created = datetime.fromisoformat(d["created"])
+    assert created.tzinfo == timezone.utc and created.microsecond == 0
+    assert abs(datetime.now(timezone.utc) - created) < timedelta(minutes=5)
+    assert d["features"] == ["f"] and d["label"] == {"name": "impact", "mode": "blind", "rank": 3}
+    assert d["trained_on"] == {"trace": str(small.path), "name": small.name, "synthetic": True, "utterances": 4,
+                               "tokens": 20, "tokenizer": small.manifest.get("drafter", {}).get("tokenizer_fingerprint")}
+    assert {k: d["cv"][k] for k in ("folds", "grouped_by", "seed", "base_rate")} == {
+        "folds": 4, "grouped_by": "utt_id", "seed": 7, "base_rate": 0.4}
+    assert d["calibration"]["method"] == "platt on out-of-fold scores" and d["emotion_ids"] == []
+
+
+def test_train_gate_calibration_is_the_platt_fit_of_the_out_of_fold_scores(small, monkeypatch):
+    """(a, b) maximise the likelihood of the labels given the out-of-fold scores (the log-likelihood's gradient
+    vanishes there), and the CV Brier score is that of sigmoid(a·score + b), both checked by hand formulas."""
+    from sectrace.gates import learned
+
+    tab = _hand_table(8).with_row_index("rowid").with_columns(pl.col("rowid").cast(pl.Float64))
+    _patch_table(monkeypatch, tab)
+    real_score, oof = learned.raw_score, np.full(20, np.nan)
+
+    def score(model, X):
+        out = real_score(model, X)
+        oof[X[:, 1].astype(int)] = out  # the rowid feature says which rows this fold scored
+        return out
+
+    monkeypatch.setattr(learned, "raw_score", score)
+    d = train_gate(small, "logreg", features=["f", "rowid"], folds=4)
+    assert not np.isnan(oof).any()
+    y = tab["reject"].to_numpy()
+    a, b = d["calibration"]["a"], d["calibration"]["b"]
+    p = 1.0 / (1.0 + np.exp(-(a * oof + b)))
+    assert abs(np.sum(p - y)) < 1e-3 and abs(np.sum((p - y) * oof)) < 1e-3  # score equations of the fit
+    assert d["cv"]["brier"] == pytest.approx(np.mean((p - y) ** 2), rel=1e-9)
+
+
+def test_train_gate_defaults(small, monkeypatch):
+    """By default: boosted trees, the reject label as the audio verifier judges it at rank 1, 5 folds, seed 0."""
+    from sectrace.gates import learned
+
+    asked = []
+    tab = _hand_table(8, n=30, n_utts=6)
+
+    def table(trace, feats, mode="audio", rank=1):
+        asked.append((list(feats), mode, rank))
+        return tab
+
+    def fit(kind, X, y, seed):  # the study's 120 trees take seconds; three show the kind and seed as well
+        from sklearn.ensemble import GradientBoostingClassifier
+
+        fits.append((kind, seed))
+        return GradientBoostingClassifier(n_estimators=3, random_state=seed).fit(X, y) if kind == "gbt" else \
+            real_fit(kind, X, y, seed)
+
+    real_fit, fits = learned._fit, []
+    monkeypatch.setattr(learned, "node_table", table)
+    monkeypatch.setattr(learned, "_fit", fit)
+    d = train_gate(small, features=["f"])
+    assert asked == [(["f"], "audio", 1)] and fits == [("gbt", 0)] * 6  # 5 folds and the final fit
+    assert d["model"]["kind"] == "gbt" and d["label"] == {"name": "reject", "mode": "audio", "rank": 1}
+    assert (d["cv"]["folds"], d["cv"]["seed"]) == (5, 0)
+    d = train_gate(small, "logreg", "impact", "blind", 3, features=["f"], folds=2, seed=4)
+    assert asked[-1] == (["f"], "blind", 3) and d["model"]["kind"] == "logreg" and fits[6:] == [("logreg", 4)] * 3
+
+
+def test_train_gate_two_utterances_are_enough_and_sklearn_is_named_when_missing(small, monkeypatch):
+    import sys
+
+    _patch_table(monkeypatch, _hand_table(10, n_utts=2))
+    assert train_gate(small, "logreg", features=["f"])["cv"]["folds"] == 2
+    monkeypatch.setitem(sys.modules, "sklearn.model_selection", None)  # import now raises ImportError
+    with pytest.raises(UserError) as e:
+        train_gate(small, "logreg", features=["f"])
+    assert str(e.value) == "training gates needs scikit-learn: pip install 'sectrace[gates]'"

@@ -294,7 +294,7 @@ def test_policy_label_names_every_non_default_field():
 
 @pytest.mark.parametrize("kw,msg", [
     ({"k": -1}, "block size k=-1 must be >= 0"),
-    ({"privacy": "nope"}, "unknown privacy mode 'nope'; use one of "),
+    ({"privacy": "nope"}, "unknown privacy mode 'nope'; use one of token-only, features, raw"),
     ({"cloud_cache": "warm"}, "unknown cloud cache 'warm'; use stateful or stateless"),
     ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
     ({"adaptive": 1.0}, "adaptive threshold 1.0 must be a probability in (0, 1)"),
@@ -311,3 +311,127 @@ def test_policy_refuses_with_one_sentence(kw, msg):
 def test_policy_accepts_its_boundaries():
     for kw in ({"k": 0}, {"max_new_tokens": 1}, {"adaptive": 0.5}):
         assert Policy(**kw)  # no error
+
+
+@pytest.mark.parametrize("kind,value,msg", [
+    ("bogus", 1, "unknown acceptance rule 'bogus'; use top1, rank:R or prob:P"),
+    ("rank", float("nan"), "rank:nan needs a finite number, e.g. rank:20 or prob:0.1"),
+    ("prob", float("inf"), "prob:inf needs a finite number, e.g. rank:20 or prob:0.1"),
+    ("rank", 0, "rank:0 needs a whole number R >= 1, e.g. rank:20"),
+    ("rank", 2.5, "rank:2.5 needs a whole number R >= 1, e.g. rank:20"),
+    ("prob", 0.0, "prob:0 needs a probability above 0 and at most 1, e.g. prob:0.1"),
+    ("prob", 1.5, "prob:1.5 needs a probability above 0 and at most 1, e.g. prob:0.1"),
+])
+def test_accept_refuses_with_one_sentence(kind, value, msg):
+    from sectrace.protocol.policy import PolicyError
+    with pytest.raises(PolicyError) as e:
+        Accept(kind, value)
+    assert str(e.value) == msg
+
+
+def test_accept_and_verifier_mode_at_their_boundaries():
+    for kind, value in (("rank", 1), ("rank", 2.0), ("prob", 1.0), ("prob", 1e-9), ("top1", 1)):
+        assert Accept(kind, value).value == value  # no error
+    assert [Policy(privacy=p).verifier_mode for p in ("token-only", "features", "raw")] == ["blind", "audio", "audio"]
+    assert Always().escalate(None) is True and Never().escalate(None) is False
+
+
+def test_a_session_gate_is_bound_to_the_session_before_decoding():
+    """run() decodes with the session and the gate that bind_session returns (the oracle's replay binding)."""
+    from sectrace.protocol import SessionGate
+
+    orig, bound_sess = _CountingSession(), _CountingSession(eos_at=2)
+    asked = []
+
+    class Binding:
+        def escalate(self, block):
+            raise AssertionError("the unbound gate must not be asked")
+
+        def bind_session(self, session, policy):
+            asked.append((session, policy))
+            return bound_sess, Never()
+
+    g = Binding()
+    assert isinstance(g, SessionGate)
+    pol = Policy(k=2, gate=g, gate_spec="bound", max_new_tokens=8)
+    r = run(orig, pol)
+    assert asked == [(orig, pol)]
+    assert r.tokens == [200, 201, 202] and r.escalations == 0  # the bound session's drafts, ended by its EOS at 2
+    assert orig.advances == 0 and bound_sess.advances > 0
+
+
+def test_baselines_default_to_64_tokens_and_pass_the_length_on():
+    assert drafter_only().max_new_tokens == cloud_only().max_new_tokens == lossless(2).max_new_tokens == 64
+    assert lossless(2, max_new_tokens=10).max_new_tokens == 10
+
+
+class _AgreeingSession:
+    """A hand-written session for blocks: the state is the number of tokens written; the drafter writes 200 + state
+    (log-prob ``lp``, extra signals {"x": state} on odd states only) and the verifier agrees at every position.
+    Cloud calls numbered in ``down`` raise CloudUnavailable; the drafter's token at ``eos_at`` ends the caption."""
+
+    root = 0
+
+    def __init__(self, down=(), eos_at=-1, lp=-0.1):
+        self.down, self.eos_at, self.lp, self.calls, self.advances = set(down), eos_at, lp, 0, 0
+
+    def draft(self, state):
+        from sectrace.protocol.engine import DraftToken
+        return DraftToken(200 + state, self.lp, 0.5, 0.9, state == self.eos_at, {"x": state} if state % 2 else None)
+
+    def advance(self, state, token):
+        self.advances += 1
+        return state + 1
+
+    def judge(self, state, tokens, mode):
+        from sectrace.protocol.engine import CloudUnavailable, Judgement
+        self.calls += 1
+        if self.calls in self.down:
+            raise CloudUnavailable("link down")
+        return [Judgement(1, 0.9, 200 + state + i, 0.9, state + i == self.eos_at) for i in range(len(tokens) + 1)]
+
+
+def test_blocks_fall_back_to_the_drafter_while_the_cloud_is_down_by_hand():
+    """k = 2, cloud calls 2 and 3 fail: those blocks commit as drafted (Fallback events, counted, their tokens
+    unsent), and the next verify carries the four unsent tokens plus the first call's pending bonus token."""
+    from sectrace.protocol import Commit, Draft, Fallback, GateCall, Prefill
+    seen, sess = [], _AgreeingSession(down=(2, 3))
+    r = run(sess, Policy(k=2, gate=Always(), accept=Accept("top1", 1), max_new_tokens=9), observe=seen.append)
+    assert r.events == [
+        Prefill(), Draft(0), Draft(1), GateCall(2),
+        Verify(n=2, ctx=0, unsent=0, pending=0, first=True, accepted=2, corrected=0, bonus=1), Commit(3, 3),
+        Draft(3), Draft(4), GateCall(2), Fallback(2, 3, "link down"), Commit(2, 5),
+        Draft(5), Draft(6), GateCall(2), Fallback(2, 5, "link down"), Commit(2, 7),
+        Draft(7), Draft(8), GateCall(2),
+        Verify(n=2, ctx=7, unsent=4, pending=5, first=False, accepted=2, corrected=0, bonus=0), Commit(2, 9),
+    ]
+    assert seen == r.events
+    assert r.tokens == list(range(200, 209))
+    assert (r.fallbacks, r.escalations, r.drafted, r.bonus) == (2, 2, 8, 1)
+    # one advance inside each block of two, then one per committed token, none after the last commit
+    assert sess.advances == 4 + 3 + 2 + 2
+
+
+def test_a_block_ends_at_the_drafted_eos_and_at_the_adaptive_threshold():
+    from sectrace.protocol import GateCall
+    r = run(_AgreeingSession(eos_at=1), Policy(k=4, gate=Never(), gate_spec="never", max_new_tokens=9))
+    assert [e for e in r.events if isinstance(e, GateCall)] == [GateCall(2)] and r.tokens == [200, 201] and r.eos
+    # adaptive 0.5 stops a block after a token the drafter gives less than 0.5; exactly 0.5 is not less
+    at = run(_AgreeingSession(lp=math.log(0.5)), Policy(k=3, gate=Never(), max_new_tokens=6, adaptive=0.5))
+    assert [e.n for e in at.events if isinstance(e, GateCall)] == [3, 3]
+    below = run(_AgreeingSession(lp=math.log(0.49)), Policy(k=3, gate=Never(), max_new_tokens=3, adaptive=0.5))
+    assert [e.n for e in below.events if isinstance(e, GateCall)] == [1, 1, 1]
+
+
+def test_the_gate_sees_each_drafted_tokens_extra_signals():
+    blocks = []
+
+    class Look:
+        def escalate(self, block):
+            blocks.append(block)
+            return False
+
+    run(_AgreeingSession(), Policy(k=3, gate=Look(), max_new_tokens=6))
+    assert [b.extras for b in blocks] == [({}, {"x": 1}, {}), ({"x": 3}, {}, {"x": 5})]
+    assert [(b.tokens, b.start, b.logprobs, b.entropies, b.margins) for b in blocks] == [
+        ((200, 201, 202), 0, (-0.1,) * 3, (0.5,) * 3, (0.9,) * 3), ((203, 204, 205), 3, (-0.1,) * 3, (0.5,) * 3, (0.9,) * 3)]

@@ -160,3 +160,77 @@ def test_embedding_similarity_when_installed():
     same = q.per_caption.filter(pl.col("caption") == "She sounds cheerful and warm.")["embedding_similarity"][0]
     wrong = q.per_caption.filter(pl.col("caption") == "She sounds sad and slow.")["embedding_similarity"][0]
     assert 0.7 < same < 1.0 and wrong == q.per_caption["embedding_similarity"].min()  # "sad" for a happy voice
+
+
+@needs_java
+def test_per_caption_scores_and_what_is_left_out():
+    """Each distinct caption's own scores are what the standard scorers give it (sentence BLEU, METEOR segment,
+    ROUGE-L, CIDEr-D with document frequencies over all references); uncovered rows, captionless rows and
+    utterances without references are left out and said so; emotion and cloud-agreement shares by hand."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    extra = pl.DataFrame([
+        {"trace": "t", "policy": "hybrid", "rtt_s": 0.02, "utt_id": "u1", "covered": False, "caption": "Noise.",
+         "exact_match_cloud": 0.0, "similarity_cloud": 0.0},
+        {"trace": "t", "policy": "hybrid", "rtt_s": 0.02, "utt_id": "u4", "covered": True, "caption": "No refs.",
+         "exact_match_cloud": 0.0, "similarity_cloud": 0.0},
+        {"trace": "t", "policy": "edge-only", "rtt_s": 0.02, "utt_id": "u2", "covered": True, "caption": None,
+         "exact_match_cloud": None, "similarity_cloud": None}])
+    utts = pl.concat([_utts(), pl.DataFrame({"utt_id": ["u4"], "references": [[]], "emotion": [None]},
+                                            schema=_utts().schema)])
+    ticks = []
+    q = quality.score_captions(pl.concat([_results(), extra], how="diagonal_relaxed"), utts, progress=ticks.append)
+    assert ticks == [0.2, 0.5, 0.8, 1.0]
+    assert q.tokenizer == "Stanford PTBTokenizer 3.4.1 (pycocoevalcap), lower-cased, punctuation removed"
+    assert "1 utterance(s) have no reference and are left out of reference metrics" in q.notes
+    assert q.notes[0] == "SPICE: unavailable (pycocoevalcap's SPICE downloads Stanford CoreNLP models at run time)"
+    assert q.per_caption.height == 6 and set(q.per_caption["caption"]) == {c for cs in CAPS.values() for c in cs.values()}
+    assert q.per_policy["n_scored"].to_list() == [3, 3, 3]
+    tok = PTBTokenizer()
+    both = tok.tokenize({**{u: [{"caption": r} for r in rs] for u, rs in REFS.items()},
+                         **{f"{p}|{u}": [{"caption": c}] for p, caps in CAPS.items() for u, c in caps.items()}})
+    gts = {u: both[u] for u in REFS}
+    meteor = Meteor()
+    per = {(r["utt_id"], r["caption"]): r for r in q.per_caption.iter_rows(named=True)}
+    for pol, caps in CAPS.items():
+        res = {u: both[f"{pol}|{u}"] for u in caps}
+        _, bleu = Bleu(4).compute_score(gts, res, verbose=0)
+        _, met = meteor.compute_score(gts, res)
+        _, rou = Rouge().compute_score(gts, res)
+        _, cid = Cider().compute_score(gts, res)
+        for i, u in enumerate(sorted(caps)):  # the scorers go through utterances in sorted order
+            row = per[(u, caps[u])]
+            assert row["tokenized"] == res[u][0]
+            for n in range(4):
+                assert row[f"bleu{n + 1}"] == pytest.approx(bleu[n][i], rel=1e-9, abs=1e-12), (pol, u, n)
+            assert row["meteor"] == pytest.approx(met[i], rel=1e-9, abs=1e-12), (pol, u)
+            assert row["rouge_l"] == pytest.approx(rou[i], rel=1e-9, abs=1e-12), (pol, u)
+            assert row["cider_d"] == pytest.approx(cid[i], rel=1e-9, abs=1e-12), (pol, u)
+    # u1's label is angry, u2's happy, u3 has none (its references say sad): the captions' emotion words decide
+    shares = {r["policy"]: r for r in q.per_policy.iter_rows(named=True)}
+    # agreement with the cloud needs no reference: hybrid's u4 row counts there (7 covered rows, u2's two agree)
+    agree = {f"{p} {k}": r[f"agree_cloud_{k}"] for p, r in shares.items() for k in ("exact", "similarity")}
+    assert agree == pytest.approx({"edge-only exact": 0.0, "edge-only similarity": 0.5, "cloud-only exact": 1.0,
+                                   "cloud-only similarity": 1.0, "hybrid exact": 2 / 7, "hybrid similarity": 4 / 7})
+    assert shares["cloud-only"]["emotion_consistency"] == 1.0  # angry, cheerful, sad
+    assert shares["edge-only"]["emotion_consistency"] == pytest.approx(2 / 3)  # angry, "sad" for happy, sad
+
+
+def test_results_without_captions_are_refused_with_one_sentence():
+    res = pl.DataFrame({"trace": "t", "policy": "p", "utt_id": ["u1"], "covered": True, "caption": [None]},
+                       schema={"trace": pl.Utf8, "policy": pl.Utf8, "utt_id": pl.Utf8, "covered": pl.Boolean,
+                               "caption": pl.Utf8})
+    for r in (res, res.drop("caption")):
+        with pytest.raises(UserError) as e:
+            quality.score_captions(r, _utts())
+        assert str(e.value) == ("the results carry no caption text (the trace has no vocab.parquet); "
+                                "quality metrics need captions: collect the trace with its vocabulary")
+    utts = pl.DataFrame({"utt_id": ["u1"], "references": [[]], "emotion": [None]}, schema=_utts().schema)
+    with pytest.raises(UserError) as e:
+        quality.score_captions(_results(), utts)
+    assert str(e.value) == ("the trace's utterances.parquet has no reference captions, so caption quality cannot "
+                            "be scored; add references or drop --trace")

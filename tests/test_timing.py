@@ -124,3 +124,58 @@ def test_schedule_frame_lists_bytes_per_escalation(small_trace):
     assert verify.height == rep.runs[0].escalations
     assert verify["audio_bytes_up"][0] == utt["feature_bytes"] and (verify["audio_bytes_up"][1:] == 0).all()
     assert verify["bytes_up"].sum() == rep.bytes_up[0]
+
+
+def test_cost_theta_by_hand_with_a_verify_table_and_scales():
+    """Each row of the cost vector by hand: edge rows scale with the edge, cloud rows with the cloud, the gate and
+    the network with neither; with a verify table a j-token call costs its table entry (times the cloud scale)."""
+    from sectrace.simulate.replay import FI, VERIFY_SIZE_FEATURES
+    from sectrace.simulate.timing import cost_theta
+
+    table = tuple(0.01 * n + 0.001 * n * n for n in range(1, 17))  # 0.011, 0.024, ..., 0.416 s
+    cost = CostModel(edge_prefill_a=1.0, edge_prefill_b=0.01, edge_step_a=0.5, edge_step_c=0.001, gate_s=0.002,
+                     cloud_prefill_a=0.3, cloud_prefill_b=0.001, verify_a=0.04, verify_b=0.003, verify_c=0.0001,
+                     cloud_step_a=0.04, cloud_step_c=0.0002, verify_table=table)
+    th = cost_theta(cost, rtt_s=0.08, up_Bps=1e6, down_Bps=4e6, overhead_bytes=50, extra_s=0.01, edge_scale=3.0,
+                    cloud_scale=2.0)
+    want = {"edge_prefills": 3.0, "edge_prefill_tokens": 0.03, "draft_steps": 1.5, "draft_ctx": 0.003,
+            "gate_calls": 0.002,
+            "up_msgs": 0.04 + 50e-6 + 0.01, "up_bytes": 1e-6, "down_msgs": 0.04 + 12.5e-6 + 0.01, "down_bytes": 2.5e-7,
+            "cloud_prefills": 0.6, "cloud_prefill_tokens": 0.002, "verify_calls": 0.08, "verify_tokens": 0.006,
+            "verify_ctx": 0.0002, "cloud_steps": 0.08, "cloud_ctx": 0.0004,
+            # (table[j] - verify_a - verify_b·j) · 2: j=1 (0.011 - 0.04 - 0.003)·2, j=2 (0.024 - 0.04 - 0.006)·2,
+            # j=16 (0.416 - 0.04 - 0.048)·2
+            "verify_calls_n1": -0.064, "verify_calls_n2": -0.044, "verify_calls_n16": 0.656}
+    for name, v in want.items():
+        assert th[FI[name]] == pytest.approx(v, abs=1e-12), name
+    for j, name in enumerate(VERIFY_SIZE_FEATURES, 1):  # a j-token call at context 0 pays its table entry, scaled
+        call = th[FI["verify_calls"]] + j * th[FI["verify_tokens"]] + th[FI[name]]
+        assert call == pytest.approx(2.0 * table[j - 1], abs=1e-12), name
+
+
+@pytest.mark.parametrize("arg", ["rtt_s", "up_Bps", "down_Bps", "overhead_bytes", "extra_s", "edge_scale",
+                                 "cloud_scale"])
+def test_cost_theta_vectorises_over_any_one_argument(arg):
+    """Any one network field or scale given per configuration yields one column per configuration, each the
+    scalar cost vector of that configuration."""
+    from sectrace.simulate.timing import cost_theta
+
+    base = dict(rtt_s=0.08, up_Bps=1e6, down_Bps=4e6, overhead_bytes=50.0, extra_s=0.01, edge_scale=1.5,
+                cloud_scale=0.5)
+    values = np.array([1.0, 2.0, 4.0]) * base[arg]
+    th = cost_theta(COST, **{**base, arg: values})
+    assert th.shape == (len(cost_theta(COST, **base)), 3)
+    for i, v in enumerate(values):
+        np.testing.assert_allclose(th[:, i], cost_theta(COST, **{**base, arg: float(v)}), rtol=1e-12)
+    assert not np.allclose(th[:, 0], th[:, 2])  # the argument moved some row
+
+
+def test_cost_theta_defaults_add_no_jitter_and_no_speed_up():
+    """Left out, the jitter delay is 0 and both scales are 1 (reports/study.py relies on it)."""
+    from sectrace.simulate.replay import FI
+    from sectrace.simulate.timing import cost_theta
+
+    th = cost_theta(COST, 0.08, 1e6, 4e6, 50)
+    assert th[FI["up_msgs"]] == pytest.approx(0.04 + 50e-6, abs=1e-15)
+    assert th[FI["down_msgs"]] == pytest.approx(0.04 + 12.5e-6, abs=1e-15)
+    assert (th[FI["draft_steps"]], th[FI["verify_calls"]]) == (0.5, 0.04)
