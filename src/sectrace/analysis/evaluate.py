@@ -143,6 +143,27 @@ def signal_table(trace, mode: str = "audio", rank: int = 1, learned=(), ci: bool
     return pl.DataFrame(rows)
 
 
+def _pair_counts(score: np.ndarray, y: np.ndarray, group: np.ndarray, n_units: int):
+    """Mann–Whitney pair counts between resampling units: ``C[u, v]`` = positives of unit u scored above
+    negatives of unit v (ties ½), with each unit's positive and negative counts. A resample's ROC-AUC is then
+    ``w C wᵀ / ((w·pos)(w·neg))`` for unit weights ``w``: units × units numbers instead of tokens per resample."""
+    pos = y == 1
+    C = np.zeros((n_units, n_units))
+    ps, pg = score[pos], group[pos]
+    for v in range(n_units):
+        neg_v = np.sort(score[~pos & (group == v)])
+        if len(neg_v):
+            below = np.searchsorted(neg_v, ps, side="left")
+            ties = np.searchsorted(neg_v, ps, side="right") - below
+            C[:, v] = np.bincount(pg, weights=below + 0.5 * ties, minlength=n_units)
+    return C, np.bincount(group[pos], minlength=n_units), np.bincount(group[~pos], minlength=n_units)
+
+
+def _weighted_roc(C, n_pos, n_neg, w: np.ndarray) -> np.ndarray:
+    """ROC-AUC for each row of unit weights ``w`` (R, units), from :func:`_pair_counts`."""
+    return np.einsum("ru,uv,rv->r", w, C, w) / ((w @ n_pos) * (w @ n_neg))
+
+
 def best_signals(trace, mode: str = "audio", rank: int = 1, table: pl.DataFrame | None = None) -> list[dict]:
     """Per label, the signal with the highest ROC-AUC and how every other signal compares with it, paired.
 
@@ -170,11 +191,11 @@ def best_signals(trace, mode: str = "audio", rank: int = 1, table: pl.DataFrame 
             if not len(y) or y.min() == y.max():
                 continue
             utt, group = np.unique(tab["utt_id"].to_numpy(), return_inverse=True)
-            pb, nb = _grouped(tab[fb].to_numpy() * sb, y, group, len(utt))
-            po, no = _grouped(tab[fo].to_numpy() * so, y, group, len(utt))
+            cb = _pair_counts(tab[fb].to_numpy() * sb, y, group, len(utt))
+            co = _pair_counts(tab[fo].to_numpy() * so, y, group, len(utt))
 
-            def diff(w, pb=pb, nb=nb, po=po, no=no):
-                return weighted_aucs(pb, nb, w)[:, :1] - weighted_aucs(po, no, w)[:, :1]
+            def diff(w, cb=cb, co=co):
+                return (_weighted_roc(*cb, w) - _weighted_roc(*co, w))[:, None]
 
             point, lo, hi = bootstrap_weights(len(utt), diff)
             verdict = "tie" if not (lo[0] > 0) else "worse"
