@@ -4,7 +4,7 @@ Why: a change to how the simulator prices a schedule should be checked against l
 This reads the run's rows (`val.parquet`) and facts (`val.json`: the costs fitted to that run's calibration,
 the network), replays each live run's policy on the bundled trace, prices it with those same costs and the
 framing bytes the run measured, and prints per policy the mean signed error and median |error| of the
-recorded predictions and of today's. With the simulator unchanged the two columns are equal (a check of this
+recorded predictions and of today's, for total latency and for TTFT. With the simulator unchanged the two columns are equal (a check of this
 script); after a change they show what it does to the measured error.
 
     python scripts/reprice_validation.py docs/validation/2026-12-04
@@ -40,16 +40,19 @@ def reprice(folder: Path, trace=None) -> pl.DataFrame:
         pol = {"edge-only": drafter_only(max_new), "cloud-only": cloud_only(max_new)}.get(label) \
             or parse_policy(label, max_new)
         reps[label] = rp.replay(pol)
-    now = []
+    now, now_ttft = [], []
     for r in rows.iter_rows(named=True):
         rep = reps[r["policy"]]
         i = rep.utt_ids.index(r["utt_id"])
-        net = Network(rtt_s=r["rtt_s"], up_Bps=facts["uplink_Bps"], down_Bps=facts["downlink_Bps"],
-                      overhead_bytes=r["framing_bytes"])
-        now.append(float(latency(rep.total[i:i + 1], cost_vector(cost, net))[0]))
+        theta = cost_vector(cost, Network(rtt_s=r["rtt_s"], up_Bps=facts["uplink_Bps"], down_Bps=facts["downlink_Bps"],
+                                          overhead_bytes=r["framing_bytes"]))
+        now.append(float(latency(rep.total[i:i + 1], theta)[0]))
+        now_ttft.append(float(latency(rep.first[i:i + 1], theta)[0]))
     err = {"recorded": pl.col("predicted_latency_s") / pl.col("latency_s") - 1,
-           "now": pl.col("now") / pl.col("latency_s") - 1}
-    return (rows.with_columns(pl.Series("now", now))
+           "now": pl.col("now") / pl.col("latency_s") - 1,
+           "ttft_recorded": pl.col("predicted_ttft_s") / pl.col("ttft_s") - 1,
+           "ttft_now": pl.col("now_ttft") / pl.col("ttft_s") - 1}
+    return (rows.with_columns(pl.Series("now", now), pl.Series("now_ttft", now_ttft))
             .group_by("policy", maintain_order=True)
             .agg(pl.len().alias("runs"), *(e.mean().alias(f"bias_{n}") for n, e in err.items()),
                  *(e.abs().median().alias(f"median_ape_{n}") for n, e in err.items())))
@@ -58,5 +61,5 @@ def reprice(folder: Path, trace=None) -> pl.DataFrame:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__)
-    with pl.Config(tbl_rows=50, fmt_str_lengths=60, tbl_width_chars=160):
+    with pl.Config(tbl_rows=50, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=240):
         print(reprice(Path(sys.argv[1])))

@@ -22,3 +22,4 @@ def test_the_committed_run_reprices_to_its_recorded_predictions():
     assert df["runs"].sum() == 72 and df.height == 4
     assert df["bias_now"].to_list() == pytest.approx(df["bias_recorded"].to_list(), abs=1e-12)
     assert df["median_ape_now"].to_list() == pytest.approx(df["median_ape_recorded"].to_list(), abs=1e-12)
+    assert df["bias_ttft_now"].to_list() == pytest.approx(df["bias_ttft_recorded"].to_list(), abs=1e-12)
