@@ -414,10 +414,8 @@ def fleet_summary(df: pl.DataFrame) -> dict:
     if "cloud_tokens" in df.columns:
         out["cloud_tokens_per_s"] = rate(float(done["cloud_tokens"].sum()))
     if set(FLEET_COUNTS) <= set(df.columns):
-        for m in FLEET_METRICS:
-            num = float(sum(df[c].sum() for c in m.num))
-            den = float(sum(df[c].sum() for c in m.den)) if m.den else float(df.height)
-            out[m.name] = num / den + m.offset if den else float("nan")
+        cols = {c: df[c].to_numpy() for c in FLEET_COUNTS}
+        out.update((m.name, m.value(cols)) for m in FLEET_METRICS)
     return out
 
 

@@ -51,6 +51,13 @@ class Metric:
     offset: float = 0.0
     doc: str = ""
 
+    def value(self, columns) -> float:
+        """The metric over plain per-caption columns (a mapping name → values), without intervals: what a
+        table of played captions (a fleet run) reports by the same definition."""
+        num = float(sum(np.sum(columns[c]) for c in self.num))
+        den = float(sum(np.sum(columns[c]) for c in self.den)) if self.den else float(len(columns[self.num[0]]))
+        return num / den + self.offset if den else float("nan")
+
 
 #: Per-utterance count columns (the same for every configuration) the metrics read.
 COUNTS = ("drafted", "verify_calls", "verified", "accepted", "emitted", "escalations", "cloud_written", "n_tokens",
