@@ -175,6 +175,8 @@ def test_timing_probes_run_real_forward_passes(pair):
                      verify=True, ctxs=(0,), ns=(1, 2))
     finally:
         del model.forward
-    assert len(rows) == 1 + 3 + 3 + 3  # prefill repeats, decode repeats, verify n=1 and n=2 repeats
-    timed = 2 + 4 + 4 + 4  # each with its warm-up
+    # prefill repeats at 3 lengths (the prompt, +16, +48 tokens), decode repeats, verify n=1 and n=2 repeats
+    assert len(rows) == 3 * 1 + 3 + 3 + 3
+    assert sorted({r[2] for r in rows if r[1] == "prefill"}) == [10, 26, 58]
+    timed = 3 * 2 + 4 + 4 + 4  # each with its warm-up
     assert len(calls) >= timed

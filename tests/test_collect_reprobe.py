@@ -145,9 +145,10 @@ def test_reprobe_replaces_only_the_timings_and_hardware(setup, plain_trace, tmp_
     assert {"prefill", "decode", "verify"} <= set(t["phase"].to_list())
     assert set(t.filter(pl.col("phase") == "verify")["new_tokens"].to_list()) == set(range(1, 17))
     assert (t["seconds"] > 0).all() and t["seconds"].is_finite().all()
-    # The probes ran on the first utterance's prompt: its prefill rows carry that prompt's length.
+    # The probes ran on the first utterance's prompt: its prefill rows carry that prompt's length, and the
+    # lengths 16 and 48 tokens beyond it (the merged pass of a session-opening or stateless verify call).
     assert set(t.filter(pl.col("phase") == "prefill")["new_tokens"].to_list()) == \
-        {int(before.utterances["edge_prompt_tokens"][0]), int(before.utterances["cloud_prompt_tokens"][0])}
+        {int(before.utterances[f"{side}_prompt_tokens"][0]) + m for side in ("edge", "cloud") for m in (0, 16, 48)}
     assert after.nodes.equals(before.nodes) and after.utterances.equals(before.utterances)
     m0, m1 = before.manifest, after.manifest
     assert m1["collection"] == m0["collection"] and m1["exploration"] == m0["exploration"]

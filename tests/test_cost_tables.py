@@ -149,7 +149,7 @@ def _policies(max_new):
 
 def _clock(run, policy, utt, cost: CostModel, net: Network) -> float:
     """Event by event from the CostModel docstring: a stateful call of its own runs pending + n tokens at
-    table[size] + b·(size − 16)⁺ + c·context; a call that prefills runs prompt and block in one pass."""
+    table[size] + b·(size − 16)⁺ + c·context; a call that prefills runs prompt, context and block in one prefill."""
     t = 0.0
     stateless = policy.cloud_cache == "stateless"
     cprompt = utt["cloud_prompt_tokens"]
@@ -163,14 +163,12 @@ def _clock(run, policy, utt, cost: CostModel, net: Network) -> float:
         elif isinstance(ev, GateCall):
             t += cost.gate_s
         elif isinstance(ev, Verify):
-            if stateless:
+            if stateless:  # one pass from an empty cache over prompt, caption so far and block
                 payload = utt["feature_bytes"] + TOKEN_BYTES * (utt["blind_prompt_tokens"] + ev.ctx + ev.n)
-                t += up(payload) + cost.cloud_prefill_a + cost.cloud_prefill_b * cprompt
-                t += cost.verify_b * (ev.ctx + ev.n) + cost.verify_c * cprompt
-            elif ev.first:
+                t += up(payload) + cost.cloud_prefill_a + cost.cloud_prefill_b * (cprompt + ev.ctx + ev.n)
+            elif ev.first:  # the session opens: one pass over prompt, unsent context and block
                 payload = utt["feature_bytes"] + TOKEN_BYTES * (ev.unsent + ev.n + utt["blind_prompt_tokens"])
-                t += up(payload) + cost.cloud_prefill_a + cost.cloud_prefill_b * cprompt
-                t += cost.verify_b * (ev.pending + ev.n) + cost.verify_c * (cprompt + ev.ctx - ev.pending)
+                t += up(payload) + cost.cloud_prefill_a + cost.cloud_prefill_b * (cprompt + ev.pending + ev.n)
             else:
                 size = ev.pending + ev.n
                 entry = cost.verify_table[min(size, 16) - 1] + cost.verify_b * max(size - 16, 0)

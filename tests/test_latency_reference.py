@@ -13,7 +13,8 @@ describes them:
   ids (4 bytes each): the instruction's ids and the audio payload on a stateful session's first call,
   afterwards only ids the cloud has not seen plus the block; a stateless call sends instruction,
   audio, committed caption and block every time. A call that prefills (stateful first call, every
-  stateless call) costs prefill + per-token verify cost and no per-call verify overhead;
+  stateless call) is one pass from an empty cache over the prompt, the context the cloud has not got
+  and the block: prefill a + b·(all of them), no verify cost of its own;
 * cloud-only: the audio and instruction go up once, the cloud prefills, every decoding step after
   the first costs a + c·(prompt + ctx), and the caption comes down in one message at the end.
 """
@@ -80,15 +81,14 @@ def reference(run_, pol: Policy, utt: dict, cost: CostModel, net: Network, extra
         elif isinstance(ev, GateCall):
             t += cost.gate_s
         elif isinstance(ev, Verify):
-            prefill = c * (cost.cloud_prefill_a + cost.cloud_prefill_b * cloud_prompt)
             if stateless:
                 t += up(audio + ID_BYTES * (instr + ev.ctx + ev.n))
-                t += prefill + c * (cost.verify_b * (ev.ctx + ev.n) + cost.verify_c * cloud_prompt)
+                t += c * (cost.cloud_prefill_a + cost.cloud_prefill_b * (cloud_prompt + ev.ctx + ev.n))
+            elif ev.first:
+                t += up(audio + ID_BYTES * (instr + ev.unsent + ev.n))
+                t += c * (cost.cloud_prefill_a + cost.cloud_prefill_b * (cloud_prompt + ev.pending + ev.n))
             else:
-                if ev.first:
-                    t += up(audio + ID_BYTES * (instr + ev.unsent + ev.n)) + prefill
-                else:
-                    t += up(ID_BYTES * (ev.unsent + ev.n)) + c * cost.verify_a
+                t += up(ID_BYTES * (ev.unsent + ev.n)) + c * cost.verify_a
                 t += c * (cost.verify_b * (ev.pending + ev.n)
                           + cost.verify_c * (cloud_prompt + ev.ctx - ev.pending))
             t += down(ANSWER_BYTES)
@@ -130,7 +130,7 @@ def _utts(rp):
 
 # --- one number worked out on paper ----------------------------------------------------------------------
 ROUND = CostModel(edge_prefill_a=2.0, edge_prefill_b=0.0, edge_step_a=0.5, edge_step_c=0.0, gate_s=0.0,
-                  cloud_prefill_a=0.25, cloud_prefill_b=0.0, verify_a=0.125, verify_b=0.0625, verify_c=0.0,
+                  cloud_prefill_a=0.25, cloud_prefill_b=0.015625, verify_a=0.125, verify_b=0.0625, verify_c=0.0,
                   cloud_step_a=0.125, cloud_step_c=0.0, source="round numbers")
 ROUND_NET = Network(rtt_s=0.1, up_Bps=1000.0, down_Bps=1000.0, overhead_bytes=100)
 
@@ -144,19 +144,19 @@ def hand(tmp_path_factory):
 def test_hand_world_latency_on_paper(hand):
     """k=3 rank:3 on the hand world (tests/hand_world.py), features, stateful; round-number costs:
     prefill 2; drafts at ctx 1, 2: 2 × 0.5; call 1 (first): up 0.05 + (100 + 3000 audio + 4·(3 + 20))/1000
-    = 3.242, prefill 0.25 + 0.0625·3, down 0.05 + 108/1000; draft at ctx 3: 0.5; call 2: up 0.05 + 104/1000,
-    verify 0.125 + 0.0625·(1 pending + 1), down 0.158. Cloud-only: up 0.05 + (100 + 64000 + 80)/1000,
-    prefill 0.25, steps at ctx 1..3: 3 × 0.125, down 0.05 + (100 + 16)/1000."""
+    = 3.242, one prefill pass over prompt and block 0.25 + (70 + 3)/64, down 0.05 + 108/1000; draft at ctx 3:
+    0.5; call 2: up 0.05 + 104/1000, verify 0.125 + 0.0625·(1 pending + 1), down 0.158. Cloud-only: up
+    0.05 + (100 + 64000 + 80)/1000, prefill 0.25 + 70/64, steps at ctx 1..3: 3 × 0.125, down 0.05 + (100 + 16)/1000."""
     rp, (hybrid, cloud) = hand
     assert UTT["feature_bytes"] == 3000 and UTT["blind_prompt_tokens"] == 20 and UTT["raw_audio_bytes"] == 64000
     df = simulate(rp.trace, [hybrid, cloud], [(ROUND, ROUND_NET)], rp)
     lat = dict(zip(df["policy"], df["latency_s"]))
     ttft = dict(zip(df["policy"], df["ttft_s"]))
-    first_call = 3.242 + (0.25 + 0.0625 * 3) + 0.158
+    first_call = 3.242 + (0.25 + 73 / 64) + 0.158
     assert lat[hybrid.label] == pytest.approx(2 + 1 + first_call + 0.5 + 0.154 + 0.25 + 0.158, abs=1e-12)
     assert ttft[hybrid.label] == pytest.approx(2 + 1 + first_call, abs=1e-12)
-    assert lat["cloud-only"] == pytest.approx(64.23 + 0.25 + 0.375 + 0.166, abs=1e-12)
-    assert ttft["cloud-only"] == pytest.approx(64.23 + 0.25 + 0.154, abs=1e-12)  # first token streamed down
+    assert lat["cloud-only"] == pytest.approx(64.23 + 0.25 + 70 / 64 + 0.375 + 0.166, abs=1e-12)
+    assert ttft["cloud-only"] == pytest.approx(64.23 + 0.25 + 70 / 64 + 0.154, abs=1e-12)  # first token streamed down
     for pol in (hybrid, cloud):
         (r,) = rp.replay(pol).runs
         assert reference(r, pol, UTT, ROUND, ROUND_NET) == pytest.approx((lat[pol.label], ttft[pol.label]),

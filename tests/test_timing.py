@@ -46,12 +46,12 @@ def clock(run, policy, utt, cost=COST, net=NET):
         elif isinstance(ev, Verify):
             assert policy.cloud_cache == "stateful"
             payload = TOKEN_BYTES * (ev.unsent + ev.n)
-            if ev.first:
+            if ev.first:  # one pass from an empty cache: prompt, unsent context and block, all at the prefill slope
                 payload += audio + TOKEN_BYTES * utt["blind_prompt_tokens"]
-                t += up(payload) + cost.cloud_prefill_a + cost.cloud_prefill_b * cprompt
-            else:  # a call that prefills runs the block in the same pass: one call overhead, the prefill's
+                t += up(payload) + cost.cloud_prefill_a + cost.cloud_prefill_b * (cprompt + ev.pending + ev.n)
+            else:  # a call on the cached context: its overhead, per new token, per cached token
                 t += up(payload) + cost.verify_a
-            t += cost.verify_b * (ev.pending + ev.n) + cost.verify_c * (cprompt + ev.ctx - ev.pending)
+                t += cost.verify_b * (ev.pending + ev.n) + cost.verify_c * (cprompt + ev.ctx - ev.pending)
             t += down(DOWN_PAYLOAD_BYTES)
         elif isinstance(ev, CloudStart):
             t += up(audio + TOKEN_BYTES * utt["blind_prompt_tokens"]) + cost.cloud_prefill_a + cost.cloud_prefill_b * cprompt
@@ -142,7 +142,7 @@ def test_cost_theta_by_hand_with_a_verify_table_and_scales():
             "gate_calls": 0.002,
             "up_msgs": 0.04 + 50e-6 + 0.01, "up_bytes": 1e-6, "down_msgs": 0.04 + 12.5e-6 + 0.01, "down_bytes": 2.5e-7,
             "cloud_prefills": 0.6, "cloud_prefill_tokens": 0.002, "verify_calls": 0.08, "verify_tokens": 0.006,
-            "verify_ctx": 0.0002, "cloud_steps": 0.08, "cloud_ctx": 0.0004,
+            "verify_ctx": 0.0002, "prefill_verify_tokens": 0.002, "cloud_steps": 0.08, "cloud_ctx": 0.0004,
             # (table[j] - verify_a - verify_b·j) · 2: j=1 (0.011 - 0.04 - 0.003)·2, j=2 (0.024 - 0.04 - 0.006)·2,
             # j=16 (0.416 - 0.04 - 0.048)·2
             "verify_calls_n1": -0.064, "verify_calls_n2": -0.044, "verify_calls_n16": 0.656}

@@ -18,6 +18,10 @@ from ..simulate.costs import VERIFY_TABLE_MAX
 
 VERIFY_NS = tuple(range(1, VERIFY_TABLE_MAX + 1))
 CAPTION_CTX = (0, 32, 64)
+#: Prefill lengths beyond the prompt. A verify call that opens a session (or any stateless call) runs prompt,
+#: caption so far and block in one pass from an empty cache, priced at the prefill's per-token slope; timing
+#: the prompt alone leaves that slope unidentified (a one-point line), so those tokens would be priced at 0 s.
+PREFILL_EXTRA = (0, 16, 48)
 
 
 def verify_sizes(ks=()) -> tuple[int, ...]:
@@ -47,15 +51,17 @@ def _timed(lm: CachedLM, seq, n) -> float:
 
 def probe(model, vocab, prompt: list[int], side: str, device: str, threads: int | None, repeats: int = 5,
           first_kwargs: dict | None = None, verify: bool = False, ctxs=CAPTION_CTX, ns=VERIFY_NS,
-          progress=None) -> list[tuple]:
+          progress=None, prefill_extra=PREFILL_EXTRA) -> list[tuple]:
     """Rows (side, phase, new_tokens, context_tokens, seconds, device, threads)."""
     rows = []
     lm = CachedLM(model, vocab, first_kwargs, slots=1)  # one cache cropped in place, as a decoder runs: no copies
-    for r in range(1 + max(1, repeats // 2)):  # prefill is the costly one: fewer repeats
-        lm.reset()
-        t = _timed(lm, prompt, 1)
-        if r:
-            rows.append((side, "prefill", len(prompt), 0, t, device, threads))
+    for m in prefill_extra:  # the prompt, then the prompt with caption-like tokens after it (see PREFILL_EXTRA)
+        seq = prompt + _filler(prompt, m)
+        for r in range(1 + max(1, repeats // 2)):  # prefill is the costly one: fewer repeats
+            lm.reset()
+            t = _timed(lm, seq, 1)
+            if r:
+                rows.append((side, "prefill", len(seq), 0, t, device, threads))
     for c in ctxs:
         seq = prompt + _filler(prompt, c + 1)
         lm.logits_for(seq[:-1], 1)

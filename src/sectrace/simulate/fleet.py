@@ -23,7 +23,7 @@ from ..network import Network
 from ..protocol import Fallback, GateCall, Verify
 from .costs import CostModel
 from .metrics import DEFINITIONS, METRICS, utterance_counts
-from .replay import FEATURES, FI, Replay, Replayer
+from .replay import FEATURES, FI, Replay, Replayer, cloud_tokens
 from .spans import event_features
 from .timing import PARTS, cost_vector
 
@@ -428,7 +428,7 @@ def fleet_table(df: pl.DataFrame, rep: Replay, cost: CostModel, net: Network, fl
 
     counts = utterance_counts(rep.runs, rep.policy.k)
     tok = pl.DataFrame({"utt_id": rep.utt_ids,
-                        "cloud_tokens": rep.total[:, FI["verify_tokens"]] + rep.total[:, FI["cloud_steps"]],
+                        "cloud_tokens": cloud_tokens(rep.total),
                         **{c: counts[c] for c in FLEET_COUNTS}})
     scalars = {**provenance, **policy_columns(rep.policy),
                **{k: v[0] for k, v in network_columns([net]).items()},

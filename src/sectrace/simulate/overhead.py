@@ -22,7 +22,9 @@ from ..protocol import Draft, GateCall, Verify
 from .replay import FEATURES, FI, TOKEN_BYTES, Replay, Replayer, schedule_features
 from .timing import PARTS
 
-SHADOW = ("wasted_steps", "wasted_ctx", "resync_tokens", "resync_bytes")
+#: resync tokens are counted apart by the pass that runs them: a call of its own (priced at the verify slope) or
+#: a prefilling call (the prefill slope, as schedule_features prices them).
+SHADOW = ("wasted_steps", "wasted_ctx", "resync_tokens", "resync_bytes", "resync_prefill_tokens")
 
 BREAKDOWN_PARTS = ("edge_prefill", "edge_drafting", "wasted_drafts", "gate", "uplink", "queueing", "cloud_prefill",
                    "cloud_verify", "resync", "cloud_decode", "downlink")
@@ -54,7 +56,7 @@ def overhead(replayer: Replayer, rep: Replay) -> Overhead:
             continue
         utt = utts[uid]
         prompt = utt["edge_prompt_tokens"]
-        ws = wc = rt = rb = 0
+        ws = wc = rt = rb = rp = 0
         block: list[int] = []
         cur: list[int] = []
         verifies = []  # (event index, Verify)
@@ -71,12 +73,15 @@ def overhead(replayer: Replayer, rep: Replay) -> Overhead:
                     ws += sum(1 for c in lost if c)
                     wc += sum(prompt + c for c in lost if c)
                 if stateless:
-                    rt += ev.ctx
+                    rp += ev.ctx
                     rb += TOKEN_BYTES * ev.ctx
                 else:
-                    rt += ev.pending
+                    if ev.first:
+                        rp += ev.pending
+                    else:
+                        rt += ev.pending
                     rb += TOKEN_BYTES * ev.unsent
-        shadow[u] = (ws, wc, rt, rb)
+        shadow[u] = (ws, wc, rt, rb, rp)
         if not verifies or rep.policy.k == 0:
             continue
         marks: list = []
@@ -131,7 +136,7 @@ def breakdown_parts(rep: Replay, ov: Overhead, theta: np.ndarray, up_Bps: np.nda
     base = {name: part(feats) for name, feats in PARTS.items()}
     sh = ov.shadow
     wasted = sh[:, [0]] * theta[FI["draft_steps"]] + sh[:, [1]] * theta[FI["draft_ctx"]]
-    resync_cloud = sh[:, [2]] * theta[FI["verify_tokens"]]
+    resync_cloud = sh[:, [2]] * theta[FI["verify_tokens"]] + sh[:, [4]] * theta[FI["prefill_verify_tokens"]]
     resync_up = sh[:, [3]] / up_Bps[None, :]
     return {
         "edge_prefill": base["edge_prefill"],

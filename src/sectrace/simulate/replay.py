@@ -26,10 +26,17 @@ VERIFY_SIZE_FEATURES = tuple(f"verify_calls_n{j}" for j in range(1, VERIFY_TABLE
 FEATURES = (
     "edge_prefills", "edge_prefill_tokens", "draft_steps", "draft_ctx", "gate_calls",
     "up_msgs", "up_bytes", "down_msgs", "down_bytes",
-    "cloud_prefills", "cloud_prefill_tokens", "verify_calls", "verify_tokens", "verify_ctx",
+    "cloud_prefills", "cloud_prefill_tokens", "verify_calls", "verify_tokens", "verify_ctx", "prefill_verify_tokens",
     "cloud_steps", "cloud_ctx", *VERIFY_SIZE_FEATURES,
 )
 FI = {name: i for i, name in enumerate(FEATURES)}
+
+
+def cloud_tokens(features: np.ndarray) -> np.ndarray:
+    """Tokens the cloud ran beyond prompts, per row of schedule features: verified (with their resync, in a call
+    of its own or merged into a prefilling pass) and decoded. One definition for simulate, sweep and fleet."""
+    return features[..., FI["verify_tokens"]] + features[..., FI["prefill_verify_tokens"]] + \
+        features[..., FI["cloud_steps"]]
 
 
 @dataclass
@@ -86,9 +93,12 @@ def schedule_features(run_: Run, policy: Policy, utt: dict,
     Passes merge the way a real decoder runs them (measured by ``sectrace validate``): a prefill pass
     yields the first token's logits, so the first draft step (edge) and the first cloud decoding step
     cost nothing of their own, and a verify call that prefills (the first stateful call, every
-    stateless call) runs prompt and block in one pass: prefill plus per-token verify cost, no second
-    call overhead. A call of its own runs ``pending + n`` tokens (the resync and the block): it is counted
-    under that block size too, so a per-block-size verify table prices it."""
+    stateless call) runs prompt, resync and block in one pass from an empty cache: one prefill over all
+    of them (``prefill_verify_tokens`` are priced at the prefill slope), no verify call of its own. The
+    live per-event residuals showed why: pricing that pass's block at the verify table's slope
+    over-predicted the session-opening call by ~0.3 s per run (docs/live.md). A call of its own runs
+    ``pending + n`` tokens (the resync and the block) on the cached context: it is counted under that
+    block size too, so a per-block-size verify table prices it."""
     f = np.zeros(len(FEATURES))
     first = None
     audio_up = 0
@@ -106,20 +116,17 @@ def schedule_features(run_: Run, policy: Policy, utt: dict,
         elif kind is Verify:
             up, down, audio = payload(ev, policy, utt)
             audio_up += audio
-            if stateless or ev.first:
+            if stateless or ev.first:  # one pass from an empty cache: prompt, resync and block at the prefill slope
                 f[FI["cloud_prefills"]] += 1
                 f[FI["cloud_prefill_tokens"]] += cloud_prompt
-            if stateless:
-                f[FI["verify_tokens"]] += ev.ctx + ev.n
-                f[FI["verify_ctx"]] += cloud_prompt
-            else:
+                f[FI["prefill_verify_tokens"]] += (ev.ctx if stateless else ev.pending) + ev.n
+            else:  # a call of its own on the cached context
+                f[FI["verify_calls"]] += 1
                 f[FI["verify_tokens"]] += ev.pending + ev.n
                 f[FI["verify_ctx"]] += cloud_prompt + ev.ctx - ev.pending
+                f[FI[VERIFY_SIZE_FEATURES[min(ev.pending + ev.n, VERIFY_TABLE_MAX) - 1]]] += 1
             f[FI["up_msgs"]] += 1
             f[FI["up_bytes"]] += up
-            if not (stateless or ev.first):  # a call that prefills runs prompt and block in that one pass
-                f[FI["verify_calls"]] += 1
-                f[FI[VERIFY_SIZE_FEATURES[min(ev.pending + ev.n, VERIFY_TABLE_MAX) - 1]]] += 1
             f[FI["down_msgs"]] += 1
             f[FI["down_bytes"]] += down
         elif kind is Commit:

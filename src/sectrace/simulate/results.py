@@ -18,7 +18,7 @@ from .costs import COST_FIELDS, CostModel, verify_table_text
 from .metrics import COUNTS, PART_COLUMNS, summary_columns, utterance_counts
 from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
 from .provenance import provenance_columns
-from .replay import FI, Replay, Replayer, similarity
+from .replay import Replay, Replayer, cloud_tokens, similarity
 from .timing import cost_matrix, latency
 
 #: Network columns every results row carries (the one ``Network`` a row was priced on, field for field).
@@ -100,7 +100,7 @@ def _policy_frame(trace, rep: Replay, ref_tokens, theta, configs, rp, prov) -> p
         **{c: counts[c] for c in ("n_tokens", "drafted", "blocks", "escalations", "verify_calls", "verified",
                                   "accepted", "corrected", "bonus_tokens", "wasted")},
         "accepted_per_pos": [None if r is None else [int(x) for x in row] for r, row in zip(runs, per_pos)],
-        "cloud_tokens": rep.total[:, FI["verify_tokens"]] + rep.total[:, FI["cloud_steps"]],
+        "cloud_tokens": cloud_tokens(rep.total),
         "bytes_up": np.where(rep.bytes_up < 0, np.nan, rep.bytes_up),
         "bytes_down": np.where(rep.bytes_down < 0, np.nan, rep.bytes_down),
         "audio_bytes_up": np.where(rep.audio_bytes_up < 0, np.nan, rep.audio_bytes_up),

@@ -32,7 +32,7 @@ from .grid import GridSpec
 from .metrics import SWEEP_CI, SWEEP_RESAMPLES, summary_columns, utterance_counts
 from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
 from .profiles import cloud_device, edge_device, network_preset
-from .replay import FI, Replayer
+from .replay import Replayer, cloud_tokens
 from .timing import cost_theta, cost_vector
 
 
@@ -137,7 +137,7 @@ def sweep_policy(rp: Replayer, pol: Policy, cost: CostModel, ax: Axes, breakdown
     counts = utterance_counts(rep.runs, pol.k)
     per_pos = counts.pop("accepted_per_pos")
     counts = {c: v[ok] for c, v in counts.items()}
-    counts.update(cloud_tokens=(rep.total[:, FI["verify_tokens"]] + rep.total[:, FI["cloud_steps"]])[ok],
+    counts.update(cloud_tokens=cloud_tokens(rep.total)[ok],
                   bytes_up=rep.bytes_up[ok].astype(float), bytes_down=rep.bytes_down[ok].astype(float),
                   audio_bytes_up=rep.audio_bytes_up[ok].astype(float))
     lat = rep.total[ok] @ theta

@@ -42,6 +42,7 @@ def cost_theta(cost: CostModel, rtt_s, up_Bps, down_Bps, overhead_bytes, extra_s
     th[FI["verify_calls"]] = cost.verify_a * c
     th[FI["verify_tokens"]] = cost.verify_b * c
     th[FI["verify_ctx"]] = cost.verify_c * c
+    th[FI["prefill_verify_tokens"]] = cost.cloud_prefill_b * c  # merged into a prefill pass: its slope
     th[FI["cloud_steps"]] = cost.cloud_step_a * c
     th[FI["cloud_ctx"]] = cost.cloud_step_c * c
     if cost.verify_table is not None:
@@ -75,7 +76,7 @@ PARTS = {
     "gate": ("gate_calls",),
     "uplink": ("up_msgs", "up_bytes"),
     "cloud_prefill": ("cloud_prefills", "cloud_prefill_tokens"),
-    "cloud_verify": ("verify_calls", "verify_tokens", "verify_ctx", *VERIFY_SIZE_FEATURES),
+    "cloud_verify": ("verify_calls", "verify_tokens", "verify_ctx", "prefill_verify_tokens", *VERIFY_SIZE_FEATURES),
     "cloud_decode": ("cloud_steps", "cloud_ctx"),
     "downlink": ("down_msgs", "down_bytes"),
 }
