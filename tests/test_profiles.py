@@ -27,8 +27,15 @@ def test_every_preset_has_a_source():
 def test_study_devices_match_the_study_table():
     e = edge_device("study-cpu-2core").apply(CostModel())
     c = cloud_device("study-a100").apply(CostModel())
-    assert e.edge_step_a == pytest.approx(1 / 2.10) and e.edge_prefill_a == 7.74
-    assert c.cloud_step_a == pytest.approx(1 / 24.16) and c.cloud_prefill_a == 0.39
+    # the study's rows read as OET = the whole call: N = OTPS × OET tokens, the first from the prefill (TTFT),
+    # N − 1 decoded in OET − TTFT; so a caption of the row's length takes OET, as the study measured
+    n_e, n_c = 2.10 * 34.80, 24.16 * 3.25
+    assert e.edge_prefill_a == 7.74 and e.edge_prefill_a + (n_e - 1) * e.edge_step_a == pytest.approx(34.80)
+    assert c.cloud_prefill_a == 0.39 and c.cloud_prefill_a + (n_c - 1) * c.cloud_step_a == pytest.approx(3.25)
+    assert 1 / e.edge_step_a == pytest.approx(2.66, abs=0.005) and 1 / c.cloud_step_a == pytest.approx(27.1, abs=0.05)
+    # the x4 what-if is exactly 4x the preset
+    x4 = edge_device("study-cpu-2core-x4").apply(CostModel())
+    assert x4.edge_step_a == pytest.approx(e.edge_step_a / 4) and x4.edge_prefill_a == pytest.approx(7.74 / 4)
     # a faster GPU is faster
     h = cloud_device("h100-sxm").apply(CostModel())
     assert h.cloud_step_a < c.cloud_step_a and h.verify_b < c.verify_b

@@ -22,7 +22,8 @@ from sectrace.network import Network
 from sectrace.protocol import drafter_only
 from sectrace.reports import study
 from sectrace.reports.tables import STUDY
-from sectrace.simulate import Replayer, cost_vector, latency
+from sectrace.simulate import CostModel, Replayer, cost_vector, latency, profiles
+from sectrace.simulate.costs import COST_FIELDS
 from sectrace.trace import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +57,11 @@ def test_the_rows_do_not_add_up_as_defined_and_the_consistent_reading_does():
     assert cons.edge_prefill_a + (n - 1) * cons.edge_step_a == pytest.approx(STUDY["edge_3b"]["oet_s"])
     nc = STUDY["cloud_7b"]["otps"] * STUDY["cloud_7b"]["oet_s"]
     assert cons.cloud_prefill_a + (nc - 1) * cons.cloud_step_a == pytest.approx(STUDY["cloud_7b"]["oet_s"])
-    # the presets read OTPS as the decode rate: the prefill counted twice
-    pre = study.study_costs("preset")
+    # the consistent reading is the presets themselves (one definition: profiles.study_decode_rate)
+    preset = profiles.cloud_device("study-a100").apply(profiles.edge_device("study-cpu-2core").apply(CostModel()))
+    assert all(getattr(cons, f) == getattr(preset, f) for f in COST_FIELDS) and cons.verify_table is None
+    # OTPS read as the decode rate: the prefill counted twice
+    pre = study.study_costs("otps")
     assert pre.edge_step_a == pytest.approx(1 / STUDY["edge_3b"]["otps"])
     assert pre.edge_prefill_a + (n - 1) * pre.edge_step_a > 1.15 * STUDY["edge_3b"]["total_s"]
 
@@ -73,11 +77,12 @@ def test_table2_rows_are_computed_from_the_trace(work, rp):
     max_new = int(rp.trace.manifest["decoding"]["max_new_tokens"])
     edge = rp.replay(drafter_only(max_new))
     tokens = np.array([len(r.tokens) for r in edge.runs])
-    for reading in ("preset", "consistent"):
+    for reading in ("otps", "consistent"):
         c = study.study_costs(reading)
+        label = study.READING_LABEL[reading]
         # edge-only by hand: the prefill yields the first token, then one step per further token (no context cost)
         want = float(np.mean(c.edge_prefill_a + (tokens - 1) * c.edge_step_a))
-        row = t.filter((pl.col("system") == "edge-only") & pl.col("source").str.contains(reading)).row(0, named=True)
+        row = t.filter((pl.col("system") == "edge-only") & pl.col("source").str.contains(label, literal=True)).row(0, named=True)
         assert row["total (s)"] == pytest.approx(want, rel=1e-12)
         assert row["tokens"] == pytest.approx(tokens.mean())
         assert row["OTPS (tok/s)"] == pytest.approx(row["tokens"] / (row["total (s)"] - row["TTFT (s)"]))
@@ -85,11 +90,11 @@ def test_table2_rows_are_computed_from_the_trace(work, rp):
         pol = res.point.policy(max_new)
         rep = rp.replay(pol)
         lat = latency(rep.total[rep.covered], cost_vector(c, Network(rtt_s=res.point.rtt_s)))
-        hyb = t.filter(pl.col("system").str.starts_with("hybrid") & pl.col("source").str.contains(reading))
+        hyb = t.filter(pl.col("system").str.starts_with("hybrid") & pl.col("source").str.contains(label, literal=True))
         assert hyb["total (s)"][0] == pytest.approx(float(lat.mean()), rel=1e-12)
-    # the consistent reading lands near the study's baselines on captions of the study's length; the preset does not
+    # the consistent reading lands near the study's baselines on captions of the study's length; OTPS-as-rate does not
     cons_edge = t.filter((pl.col("system") == "edge-only") & pl.col("source").str.contains("consistent"))
-    pre_edge = t.filter((pl.col("system") == "edge-only") & pl.col("source").str.contains("preset"))
+    pre_edge = t.filter((pl.col("system") == "edge-only") & pl.col("source").str.contains("OTPS read"))
     per_tok = STUDY["edge_3b"]["total_s"] / (STUDY["edge_3b"]["otps"] * STUDY["edge_3b"]["oet_s"])
     assert cons_edge["total (s)"][0] / cons_edge["tokens"][0] == pytest.approx(per_tok, rel=0.03)
     assert pre_edge["total (s)"][0] / pre_edge["tokens"][0] > 1.15 * per_tok

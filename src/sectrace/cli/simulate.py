@@ -75,7 +75,7 @@ def _one_speed(values):
 @click.option("--cloud-device", default=None, help="Cloud device preset: study-a100, h100-sxm, l4.")
 @click.option("--costs", "cost_mode", type=click.Choice(["fit", "study"]), default="fit", show_default=True,
               help="Model call costs: fitted to the trace's timings, or the study's devices "
-                   "(edge 2.10 tok/s, cloud 24.16 tok/s).")
+                   "(the presets study-cpu-2core and study-a100).")
 @click.option("--edge-tps", multiple=True,
               help="Override: edge decode speed in tokens/s (one; `breakeven` maps several).")
 @click.option("--edge-prefill", help="Override: edge prefill (audio + prompt) time, e.g. 7.3s.")

@@ -10,11 +10,12 @@ Definitions. The study defines OET = total − TTFT and OTPS = output tokens / O
 not add up that way: TTFT + OET exceeds the total in every row (edge 7.74 + 34.80 > 34.89), and
 total − OET is 0.08–0.13 s in every row. The rows fit one reading: OET is the whole generation call
 (prefill included) and the total adds ~0.1 s of pre- and post-processing; so a caption has
-N = OTPS × OET tokens (73, 79 and 80) and the decode rate is (N − 1) / (OET − TTFT). The presets
-``study-cpu-2core`` and ``study-a100`` take OTPS as the decode rate instead, which counts the
-prefill twice: 7.74 s + 72 / 2.10 tok/s = 42.0 s for the edge, where the study measured 34.89 s.
-Both readings are priced; the puzzle is answered with the consistent one, which reproduces the
-two baselines, so only the hybrid row is a prediction.
+N = OTPS × OET tokens (73, 79 and 80) and the decode rate is (N − 1) / (OET − TTFT); the presets
+``study-cpu-2core`` and ``study-a100`` are read that way (``profiles.study_decode_rate``). Taking
+OTPS itself as the decode rate (the presets did until 2026-12-08) counts the prefill twice:
+7.74 s + 72 / 2.10 tok/s = 42.0 s for the edge, where the study measured 34.89 s. Both readings are
+priced; the puzzle is answered with the consistent one, which reproduces the two baselines, so only
+the hybrid row is a prediction.
 
 Everything here is computed from the trace and the study's published figures
 (``reports.tables.STUDY``); nothing is typed in from a result.
@@ -116,26 +117,29 @@ def definitions() -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+#: How each reading of the study's rows is named in tables.
+READING_LABEL = {"consistent": "consistent reading (the presets)", "otps": "OTPS read as the decode rate"}
+
+
 def study_costs(reading: str = "consistent") -> CostModel:
     """The study's devices as a cost model.
 
-    ``preset``: the presets study-cpu-2core and study-a100 (decode rate = OTPS, prefill = TTFT).
-    ``consistent``: decode rate = (N − 1) / (OET − TTFT) per row (see the module docstring), prefill = TTFT;
-    the verify cost per extra token (4 ms) is the preset's assumption, the study did not time verification."""
-    if reading == "preset":
-        cost = profiles.edge_device("study-cpu-2core").apply(CostModel())
-        return profiles.cloud_device("study-a100").apply(cost)
-    if reading != "consistent":
-        raise UserError(f"unknown reading {reading!r} of the study's devices; use preset or consistent")
+    ``consistent``: the presets study-cpu-2core and study-a100: decode rate = (N − 1) / (OET − TTFT) per row
+    (``profiles.study_decode_rate``; see the module docstring), prefill = TTFT; the verify cost per extra token
+    (4 ms) is the preset's assumption, the study did not time verification.
+    ``otps``: OTPS read as the decode rate (what the presets did until 2026-12-08), kept to show that it
+    counts the prefill twice."""
+    if reading == "consistent":
+        return profiles.base_cost(None, "study")
+    if reading != "otps":
+        raise UserError(f"unknown reading {reading!r} of the study's devices; use consistent or otps")
     e, c = STUDY["edge_3b"], STUDY["cloud_7b"]
-    edge_step = (e["oet_s"] - e["ttft_s"]) / (study_tokens("edge_3b") - 1)
-    cloud_step = (c["oet_s"] - c["ttft_s"]) / (study_tokens("cloud_7b") - 1)
     a100 = profiles.cloud_device("study-a100")
-    return CostModel(edge_prefill_a=e["ttft_s"], edge_prefill_b=0.0, edge_step_a=edge_step, edge_step_c=0.0,
-                     cloud_prefill_a=c["ttft_s"], cloud_prefill_b=0.0, cloud_step_a=cloud_step, cloud_step_c=0.0,
-                     verify_a=cloud_step, verify_b=a100.verify_per_token_s, verify_c=0.0,
-                     source=f"the study's Table 2 read consistently: edge {1 / edge_step:.2f} tok/s after a "
-                            f"{e['ttft_s']:g} s prefill, cloud {1 / cloud_step:.2f} tok/s after {c['ttft_s']:g} s; "
+    return CostModel(edge_prefill_a=e["ttft_s"], edge_prefill_b=0.0, edge_step_a=1 / e["otps"], edge_step_c=0.0,
+                     cloud_prefill_a=c["ttft_s"], cloud_prefill_b=0.0, cloud_step_a=1 / c["otps"], cloud_step_c=0.0,
+                     verify_a=1 / c["otps"], verify_b=a100.verify_per_token_s, verify_c=0.0,
+                     source=f"the study's Table 2 with OTPS as the decode rate: edge {e['otps']:.2f} tok/s after a "
+                            f"{e['ttft_s']:g} s prefill, cloud {c['otps']:.2f} tok/s after {c['ttft_s']:g} s; "
                             f"{1000 * a100.verify_per_token_s:g} ms per extra verified token (assumed)")
 
 
@@ -195,7 +199,7 @@ def _mean_runs(rep, theta):
 
 
 def table2_comparison(rp: Replayer, point: StudyPoint = StudyPoint(),
-                      readings: Sequence[str] = ("preset", "consistent")) -> pl.DataFrame:
+                      readings: Sequence[str] = ("otps", "consistent")) -> pl.DataFrame:
     """The study's Table 2 (latency part) beside sectrace's prediction for the same devices, per reading.
 
     Simulated columns: TTFT = time to the first committed token; total = the caption's latency; OET = total −
@@ -220,7 +224,7 @@ def table2_comparison(rp: Replayer, point: StudyPoint = StudyPoint(),
                                 "`sectrace study` (no --trace) or explore that policy")
             t, f, n = float(total.mean()), float(first.mean()), float(tokens.mean())
             edge_total = t if name == "edge-only" else edge_total
-            rows.append({"system": name, "source": f"sectrace, {reading} reading", "tokens": n, "TTFT (s)": f,
+            rows.append({"system": name, "source": f"sectrace, {READING_LABEL[reading]}", "tokens": n, "TTFT (s)": f,
                          "OET (s)": t - f, "OTPS (tok/s)": n / (t - f), "N / total (tok/s)": n / t, "total (s)": t,
                          "vs edge-only": t / edge_total, "cloud calls": float(calls.mean())})
     return pl.DataFrame(rows, strict=False)
@@ -512,9 +516,9 @@ def section_html(res: StudyResult) -> str:
         "<p>The study's Table 2 beside sectrace's prediction for the same devices, on a trace with the study's caption "
         f"length ({html.escape(res.trace_path)}). The study's rows do not add up as it defines them (TTFT + OET "
         "&ne; total in every row); they fit OET = the whole generation call, so N = OTPS &times; OET tokens and a "
-        "decode rate of (N &minus; 1)/(OET &minus; TTFT). The <em>preset</em> reading takes OTPS as the decode rate "
-        "(the presets study-cpu-2core and study-a100); the <em>consistent</em> one reproduces both baselines, so "
-        "only the hybrid row is a prediction. Definitions and numbers: docs/study.md.</p>"
+        "decode rate of (N &minus; 1)/(OET &minus; TTFT), the reading the presets study-cpu-2core and study-a100 use. "
+        "It reproduces both baselines, so only the hybrid row is a prediction; reading OTPS itself as the decode "
+        "rate counts the prefill twice. Definitions and numbers: docs/study.md.</p>"
         + _html_table(res.definitions) + _html_table(res.table) + f"<ul>{items}</ul>"
         + f'<img alt="hybrid / edge-only latency over the axes" src="data:image/png;base64,{png}">')
 

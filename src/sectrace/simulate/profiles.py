@@ -53,6 +53,26 @@ def _join(src: str, extra: str) -> str:
 
 
 _STUDY = "the study's Table 1 (MER2024 subset, 332 files; the team's shared/reference/study-tables.csv)"
+
+
+def study_decode_rate(otps: float, oet_s: float, ttft_s: float) -> float:
+    """The decode rate a row of the study's Table 2 implies, in tokens/s.
+
+    The study's rows do not add up as it defines them (TTFT + OET exceeds the total in every row); they fit
+    OET = the whole generation call, prefill included. So a caption has N = OTPS × OET tokens, the first comes
+    out of the prefill (TTFT) and the other N − 1 are decoded in OET − TTFT. Reading OTPS itself as the decode
+    rate counts the prefill twice (7.74 s + 72 / 2.10 tok/s = 42.0 s for an edge caption the study timed at
+    34.89 s). docs/study.md shows the arithmetic for every row."""
+    return (otps * oet_s - 1.0) / (oet_s - ttft_s)
+
+
+# The study's Table 2 rows the device presets are read from: (OTPS tok/s, OET s, TTFT s).
+_STUDY_EDGE = (2.10, 34.80, 7.74)  # Qwen2.5-Omni-3B FP32 on 2 CPU cores
+_STUDY_CLOUD = (24.16, 3.25, 0.39)  # Qwen2.5-Omni-7B on 1x A100
+_EDGE_TPS = study_decode_rate(*_STUDY_EDGE)
+_A100_TPS = study_decode_rate(*_STUDY_CLOUD)
+_READ = "decode rate (N - 1) / (OET - TTFT) with N = OTPS x OET (study_decode_rate)"
+
 # Decoding a 7B model at batch 1 is memory-bandwidth bound, so a GPU of another kind is
 # approximated by scaling the study's A100 by the ratio of memory bandwidths (vendor datasheets).
 # The study's A100 held 42.5 GB of GPU memory, so it was an 80 GB card: 2.04 TB/s (A100 80GB SXM).
@@ -60,24 +80,26 @@ _A100_BW = 2039.0
 
 EDGE_DEVICES = {
     "study-cpu-2core": EdgeDevice(
-        "study-cpu-2core", 2.10, 7.74,
-        f"measured: Qwen2.5-Omni-3B FP32 on 2 CPU cores, OTPS 2.10 tok/s, TTFT 7.74 s; {_STUDY}"),
+        "study-cpu-2core", _EDGE_TPS, 7.74,
+        f"measured: Qwen2.5-Omni-3B FP32 on 2 CPU cores, OTPS 2.10 tok/s over OET 34.80 s, TTFT 7.74 s; "
+        f"{_READ} = {_EDGE_TPS:.2f} tok/s; {_STUDY}"),
     "study-cpu-2core-x4": EdgeDevice(
-        "study-cpu-2core-x4", 8.40, 7.74 / 4,
+        "study-cpu-2core-x4", 4 * _EDGE_TPS, 7.74 / 4,
         "derived: study-cpu-2core scaled 4x (what --edge-speedup 4 does); a what-if, not a measurement"),
 }
 
 CLOUD_DEVICES = {
     "study-a100": CloudDevice(
-        "study-a100", 24.16, 0.39, 0.004,
-        f"measured: Qwen2.5-Omni-7B on 1x A100, OTPS 24.16 tok/s, TTFT 0.39 s; {_STUDY}. "
+        "study-a100", _A100_TPS, 0.39, 0.004,
+        f"measured: Qwen2.5-Omni-7B on 1x A100, OTPS 24.16 tok/s over OET 3.25 s, TTFT 0.39 s; "
+        f"{_READ} = {_A100_TPS:.2f} tok/s; {_STUDY}. "
         "Per extra verified token 4 ms: an assumption (the study did not time block verification)"),
     "h100-sxm": CloudDevice(
-        "h100-sxm", 24.16 * 3350.0 / _A100_BW, 0.39 * _A100_BW / 3350.0, 0.004 * _A100_BW / 3350.0,
+        "h100-sxm", _A100_TPS * 3350.0 / _A100_BW, 0.39 * _A100_BW / 3350.0, 0.004 * _A100_BW / 3350.0,
         "derived: study-a100 x memory bandwidth ratio 3.35/2.04 TB/s (NVIDIA H100 SXM and A100 80GB SXM "
         "datasheets); assumes bandwidth-bound decoding"),
     "l4": CloudDevice(
-        "l4", 24.16 * 300.0 / _A100_BW, 0.39 * _A100_BW / 300.0, 0.004 * _A100_BW / 300.0,
+        "l4", _A100_TPS * 300.0 / _A100_BW, 0.39 * _A100_BW / 300.0, 0.004 * _A100_BW / 300.0,
         "derived: study-a100 x memory bandwidth ratio 0.30/2.04 TB/s (NVIDIA L4 and A100 80GB SXM datasheets); "
         "assumes bandwidth-bound decoding"),
 }
@@ -142,13 +164,17 @@ def network_preset(name: str) -> Network:
 
 
 def base_cost(trace, mode: str = "fit", edge: str | None = None, cloud: str | None = None) -> CostModel:
-    """The cost model to price with: fitted to the trace's timings (``fit``) or the study's devices (``study``),
-    then the named edge and cloud device presets applied on top (the CLI's --costs/--edge-device/--cloud-device)."""
+    """The cost model to price with: fitted to the trace's timings (``fit``) or the study's devices (``study``:
+    the presets study-cpu-2core and study-a100, so both flags price the study alike), then the named edge and
+    cloud device presets applied on top (the CLI's --costs/--edge-device/--cloud-device)."""
     from .costs import fit_costs
 
     if mode not in ("fit", "study"):
         raise UserError(f"unknown cost mode {mode!r}; use fit (the trace's timings) or study (the study's devices)")
-    cost = fit_costs(trace.timings) if mode == "fit" else CostModel()
+    if mode == "fit":
+        cost = fit_costs(trace.timings)
+    else:
+        cost = CLOUD_DEVICES["study-a100"].apply(EDGE_DEVICES["study-cpu-2core"].apply(CostModel(source="")))
     if edge:
         cost = edge_device(edge).apply(cost)
     if cloud:
