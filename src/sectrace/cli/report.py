@@ -98,6 +98,15 @@ def report(results_path, out_dir, trace_path, no_quality, embeddings, validation
                 from ..reports.quality import attach_embedding, score_captions
 
                 inp.quality = score_captions(res, tr.utterances)
+                from ..reports.reference_points import as_results, reference_captions, standing
+
+                refs = reference_captions(tr.utterances)
+                if refs is None:
+                    inp.notes.append("the trace's utterances carry no emotion labels: no reference points "
+                                     "(true- and wrong-emotion template captions) beside Table 1")
+                else:
+                    inp.standing = standing(res, inp.quality, refs,
+                                            score_captions(as_results(refs), tr.utterances))
                 if embeddings:
                     attach_embedding(inp.quality, res, tr.utterances)
             bar(1, "cloud exposure")

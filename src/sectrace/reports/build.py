@@ -43,6 +43,7 @@ class ReportInputs:
     trace_path: str | None = None
     trace_manifest: dict | None = None
     quality: object | None = None  # reports.quality.QualityResult
+    standing: pl.DataFrame | None = None  # reports.reference_points.standing: captions between two reference points
     agreement: pl.DataFrame | None = None  # sweeps: per-policy agreement with cloud-only (reports.sweep)
     exposure: pl.DataFrame | None = None
     breakdown: pl.DataFrame | None = None  # per policy × part mean seconds, at one configuration
@@ -308,9 +309,12 @@ def _quality(ctx: Ctx) -> dict:
     if q is not None:
         write_csv(q.per_policy, ctx.tab_dir / "quality_per_policy.csv")
         q.per_caption.write_parquet(ctx.tab_dir / "quality_per_caption.parquet")
+    st = ctx.inp.standing
+    if st is not None:
+        write_csv(st, ctx.tab_dir / "reference_points.csv")
     return {"available": q is not None, "tokenizer": getattr(q, "tokenizer", ""), "notes": list(getattr(q, "notes", []) or []),
             "table": make_table(t1), "kind": ctx.kind, "agreement": ctx.qcol == "agree_cloud_similarity",
-            "why": ctx.inp.quality_note}
+            "why": ctx.inp.quality_note, "standing": make_table(st) if st is not None else None}
 
 
 def _latency(ctx: Ctx) -> dict:

@@ -183,6 +183,25 @@ class QualityResult:
     notes: list[str] = field(default_factory=list)
 
 
+#: Per-caption BLEU statistics kept so that corpus BLEU can be rebuilt over any weighted set of captions
+#: (a bootstrap resample): test length, closest reference length, and per n-gram order the guesses and matches.
+BLEU_COUNTS = ("bleu_testlen", "bleu_reflen", *(f"bleu_guess{n}" for n in range(1, 5)),
+               *(f"bleu_correct{n}" for n in range(1, 5)))
+
+
+def bleu_count_columns(cooked: list[dict]) -> dict[str, list]:
+    """The BLEU_COUNTS columns of cooked captions (pycocoevalcap's cook_test dicts, reference lengths as a list):
+    the reference length is the one closest to the caption's, as BleuScorer's ``closest`` option picks it."""
+    cols: dict[str, list] = {c: [] for c in BLEU_COUNTS}
+    for c in cooked:
+        cols["bleu_testlen"].append(c["testlen"])
+        cols["bleu_reflen"].append(min((abs(r - c["testlen"]), r) for r in c["reflen"])[1])
+        for n in range(4):
+            cols[f"bleu_guess{n + 1}"].append(c["guess"][n])
+            cols[f"bleu_correct{n + 1}"].append(c["correct"][n])
+    return cols
+
+
 def _refs_by_utt(utterances: pl.DataFrame) -> dict[str, list[str]]:
     return {u: [r for r in (refs or []) if r and r.strip()]
             for u, refs in zip(utterances["utt_id"].to_list(), utterances["references"].to_list())}
@@ -276,6 +295,7 @@ def score_captions(results: pl.DataFrame, utterances: pl.DataFrame, progress=Non
         "utt_id": p_utt, "caption": p_cap, "tokenized": p_tok,
         **{f"bleu{n + 1}": [b[n] for b in sent_bleu] for n in range(4)},
         "meteor": m_seg, "rouge_l": rouge_l, "cider_d": cider.tolist(),
+        **bleu_count_columns(cooked),
     }, strict=False)
     emo = emotion_consistency(per_caption, utterances, chinese)
     per_caption = per_caption.join(emo, on=["utt_id", "caption"], how="left")
