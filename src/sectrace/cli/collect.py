@@ -37,6 +37,12 @@ from ._common import (
               help="Verifier modes to record: audio (sees the audio/transcript), blind (instruction + tokens).")
 @click.option("--prompt", default=None, help="The instruction (audio backends) or the prompt template (causal-lm, "
                                              "with {transcript} where the text goes).")
+@click.option("--few-shot", "few_shot", default=0, show_default=True,
+              help="Show N reference captions of clips NOT being collected before the prompt (the references' "
+                   "style; one per emotion in turn). They come from --few-shot-from, or from the manifest's clips "
+                   "beyond --limit; no caption of a collected clip is ever shown.")
+@click.option("--few-shot-from", "few_shot_from", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Manifest whose references supply the --few-shot examples (default: the collection's own).")
 @click.option("--max-new-tokens", default=64, show_default=True, help="Longest caption explored.")
 @click.option("--max-nodes", default=4000, show_default=True, help="Trie node budget per utterance (0 = none).")
 @click.option("--policy", "policies", multiple=True,
@@ -65,7 +71,8 @@ from ._common import (
 @click.option("--data", type=click.Path(path_type=Path),
               help="With --reprobe: a folder holding the trace's dataset manifest (by its recorded file name).")
 @verbosity_options
-def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_new_tokens, max_nodes, policies,
+def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, few_shot, few_shot_from, max_new_tokens,
+                max_nodes, policies,
                 explore_grids, extend,
                 edge_device, edge_threads, cloud_device, dtype, edge_dtype, shard, limit, timing_repeats, no_probes,
                 signals, reprobe, data):
@@ -82,6 +89,7 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
       sectrace collect data.jsonl ... --out traces/t1.s0 --shard 0/4
       sectrace collect data.jsonl ... --signals mc-dropout:n=8:p=0.1,stability,audio-shift
       sectrace collect data.jsonl ... --extend traces/t1 --explore examples/grid.toml --out traces/t2
+      sectrace collect data.jsonl ... --limit 12 --few-shot 3 --out traces/fs   # examples from clips 13+
       sectrace trace merge traces/t1.s0 traces/t1.s1 traces/t1.s2 traces/t1.s3 --out traces/t1
       sectrace collect --reprobe traces/t1 --drafter models/small --verifier models/large   # quiet machine
     """
@@ -103,6 +111,10 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
                         "trace's timing probes)")
     if data is not None:
         raise UserError("--data only goes with --reprobe; a collection reads the MANIFEST it is given")
+    if few_shot < 0:
+        raise UserError(f"--few-shot {few_shot}: give how many example captions to show (0 for none)")
+    if few_shot_from is not None and not few_shot:
+        raise UserError("--few-shot-from names where examples come from; give --few-shot N as well")
 
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     if not mode_list or any(m not in ("audio", "blind") for m in mode_list):
@@ -130,7 +142,8 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, max_ne
             cloud_device = "cpu"
     require_extra("collect", "collect")
     cfg = CollectConfig(manifest=manifest, drafter=drafter, verifier=verifier, out=out, policies=pols,
-                        modes=mode_list, backend=backend, prompt=prompt, max_new_tokens=max_new_tokens,
+                        modes=mode_list, backend=backend, prompt=prompt, few_shot=few_shot,
+                        few_shot_from=few_shot_from, max_new_tokens=max_new_tokens,
                         max_nodes=max_nodes or None, edge_device=edge_device, edge_threads=edge_threads,
                         cloud_device=cloud_device, dtype=dtype, edge_dtype=edge_dtype,
                         shard=parse_shard(shard, os.environ), limit=limit,

@@ -60,6 +60,8 @@ class CollectConfig:
     modes: tuple[str, ...] = ("audio", "blind")
     backend: str = "causal-lm"
     prompt: str | None = None
+    few_shot: int = 0  # reference captions of other clips shown before the prompt (models.backends.few_shot_examples)
+    few_shot_from: Path | None = None  # the manifest they come from (default: the collection's own)
     max_new_tokens: int = 64
     max_nodes: int | None = 4000
     edge_device: str = "cpu"
@@ -313,7 +315,7 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print, log=None) -> 
     ``log`` gets plain progress lines (model loading, probes, and each utterance when the progress bar is
     hidden, as it is off a terminal), so a run in a batch job or a pipe is never silent for minutes."""
     from ..models.audio import DEFAULT_INSTRUCTION
-    from ..models.backends import DEFAULT_TEXT_PROMPT
+    from ..models.backends import DEFAULT_TEXT_PROMPT, FEW_SHOT_HEADER, few_shot_examples, with_examples
     from ..models.pair import tokenizer_fingerprint
 
     log = log or (lambda line: None)
@@ -325,7 +327,7 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print, log=None) -> 
 
     check_policies(cfg.policies, cfg.signals)
     cfg.manifest = Path(cfg.manifest)
-    utts_all = read_manifest(cfg.manifest)
+    utts_all = utts_all_rows = read_manifest(cfg.manifest)
     if cfg.limit is not None:
         utts_all = utts_all[: cfg.limit]
     i, n = cfg.shard
@@ -348,11 +350,14 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print, log=None) -> 
 
     out = Path(cfg.out)
     parts = out.with_name(out.name + ".parts")
+    if cfg.prompt is None:
+        cfg.prompt = DEFAULT_TEXT_PROMPT if cfg.backend == "causal-lm" else DEFAULT_INSTRUCTION
+    if cfg.few_shot and not cfg.prompt.startswith(FEW_SHOT_HEADER):  # a resumed config already carries them
+        pool = read_manifest(cfg.few_shot_from) if cfg.few_shot_from is not None else utts_all_rows
+        cfg.prompt = with_examples(cfg.prompt, few_shot_examples(pool, utts_all, cfg.few_shot))
     # Cheap checks before the heavy load: tokenizers first.
     pair = _load(cfg, log)
     tok_fp = tokenizer_fingerprint(pair.tokenizer)
-    if cfg.prompt is None:
-        cfg.prompt = DEFAULT_TEXT_PROMPT if cfg.backend == "causal-lm" else DEFAULT_INSTRUCTION
     # The backend (prompt template, feature extractor) before any file is written, too.
     backend = _backend(cfg, pair)
     prepared_first = backend.prepare(utts[0], cfg.modes, cfg.edge_device, cfg.cloud_device)

@@ -16,6 +16,54 @@ from .dataset import Utterance
 DEFAULT_TEXT_PROMPT = "Transcript: {transcript}\nDescribe the speaker's emotion in one sentence."
 
 
+#: How few-shot examples are put before the prompt: the references' style, shown, not described.
+FEW_SHOT_HEADER = "Examples of how such descriptions are written:\n"
+
+
+def few_shot_examples(pool: list[Utterance], scored: list[Utterance], n: int, seed: int = 0) -> list[str]:
+    """``n`` reference captions to show as examples, none of them a reference of any clip being scored.
+
+    Drawn from the pool's utterances that are not scored (by id), leaving out any caption that is also a
+    reference of a scored clip (the same text under another id), one per emotion label in turn where the
+    pool has labels (so the examples do not lean towards one emotion), in an order fixed by ``seed``. One
+    set for every clip: the same prompt prefix, so every shard and every clip sees the same examples."""
+    import random
+
+    if n < 1:
+        return []
+    taken_ids = {u.utt_id for u in scored}
+    taken_text = {r.strip() for u in scored for r in u.references}
+    by_label: dict[str, list[str]] = {}
+    for u in pool:
+        if u.utt_id in taken_ids:
+            continue
+        for r in u.references:
+            if r.strip() and r.strip() not in taken_text:
+                by_label.setdefault(str(u.emotion or ""), []).append(r.strip())
+    rng = random.Random(seed)
+    labels = sorted(by_label)
+    for lab in labels:
+        rng.shuffle(by_label[lab])
+    rng.shuffle(labels)
+    out: list[str] = []
+    while len(out) < n and any(by_label.values()):
+        for lab in labels:
+            if by_label[lab] and len(out) < n:
+                out.append(by_label[lab].pop())
+    if len(out) < n:
+        raise UserError(f"--few-shot {n} needs {n} reference captions from clips that are not being collected; "
+                        f"the pool has {len(out)}: give --few-shot-from MANIFEST with other clips, or collect "
+                        "fewer (--limit)")
+    return out
+
+
+def with_examples(template: str, examples: list[str]) -> str:
+    """The prompt (template or instruction) with the examples before it, one per line."""
+    if not examples:
+        return template
+    return FEW_SHOT_HEADER + "".join(f"- {e}\n" for e in examples) + "\n" + template
+
+
 @dataclass
 class Prepared:
     """One utterance ready to decode: prompt ids per side and mode, extra first-pass inputs, sizes."""
