@@ -137,7 +137,8 @@ def breakeven(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, cost_m
     """Where, in the edge tok/s × RTT plane, the hybrid beats edge-only and cloud-only (mean latency).
 
     In the printed map: H = hybrid fastest, E = edge-only fastest, C = cloud-only fastest;
-    lower case h: the hybrid beats edge-only but not cloud-only. Several --k or --gate
+    lower case h: the hybrid beats edge-only but not cloud-only; a ~ after the letter: the hybrid
+    and edge-only differ by less than resampling noise (paired bootstrap over utterances). Several --k or --gate
     values map each policy (every combination), one map after the other; the rows carry k.
 
     \b
@@ -176,8 +177,11 @@ def breakeven(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, cost_m
 
         click.echo(to_json({"provenance": provenance_columns(tr, command_line()),
                             "policies": [p.label for p in pols], "costs": cost.__dict__, "network": net.__dict__,
-                            "mean": "latency means over the covered utterances (no intervals: one map cell per "
-                                    "policy × edge speed × RTT)", "map": m.to_dicts(),
+                            "mean": "latency means over the covered utterances; paired_speedup_vs_edge/_cloud: "
+                                    "Σ baseline / Σ hybrid latency on the utterances the hybrid covers, with a paired "
+                                    "bootstrap 95 % interval (_lo, _hi; same resampled utterances for both); "
+                                    "beats_edge_sure / loses_to_edge_sure: that interval excludes 1",
+                            "map": m.to_dicts(),
                             "out": str(out) if out else None}))
         return
     for n, pol in enumerate(pols):
@@ -192,10 +196,13 @@ def breakeven(trace_path, ks, gates, accept, bonus, privacy, cloud_cache, cost_m
             for r in row.iter_rows(named=True):
                 best = min(("H", r["hybrid_s"]), ("E", r["edge_only_s"]), ("C", r["cloud_only_s"]),
                            key=lambda x: x[1])[0]
-                cells.append("h" if best == "C" and r["beats_edge"] else best)
+                cell = "h" if best == "C" and r["beats_edge"] else best
+                noise = not (r["beats_edge_sure"] or r["loses_to_edge_sure"])
+                cells.append(cell + ("~" if noise else ""))
             click.echo(f"{t:>16g} " + " ".join(f"{c:>8}" for c in cells))
     click.echo("H hybrid fastest · E edge-only fastest · C cloud-only fastest · "
-               "h hybrid beats edge-only, cloud-only fastest (mean latency over the covered utterances)")
+               "h hybrid beats edge-only, cloud-only fastest (mean latency over the covered utterances) · "
+               "~ hybrid vs edge-only within resampling noise (the paired 95 % interval of the speedup holds 1)")
     if out:
         click.echo(f"map: {out} ({m.height} rows)")
 

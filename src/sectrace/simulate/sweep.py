@@ -265,6 +265,12 @@ def load_grid(path: Path, max_new_tokens: int, *, trace=None, utterances: int | 
 
 
 # --- break-even maps ------------------------------------------------------------------------
+#: The map's paired comparisons: Σ baseline / Σ hybrid latency over the utterances the hybrid covers, with the
+#: sweep's paired bootstrap interval (same resampled utterances for both), so a cell can say "within noise".
+PAIRED_MAP_COLUMNS = ("speedup_vs_edge", "speedup_vs_edge_lo", "speedup_vs_edge_hi",
+                      "speedup_vs_cloud", "speedup_vs_cloud_lo", "speedup_vs_cloud_hi")
+
+
 def breakeven(rp: Replayer, pol: Policy, cost: CostModel, net: Network, edge_tps: Sequence[float],
               rtts: Sequence[float], force: bool = False) -> pl.DataFrame:
     """The edge tok/s × RTT plane for one policy: mean latency of the hybrid, edge-only and cloud-only.
@@ -287,12 +293,13 @@ def breakeven(rp: Replayer, pol: Policy, cost: CostModel, net: Network, edge_tps
     mx = pol.max_new_tokens
     res = {}
     for name, p in (("hybrid", pol), ("edge_only", drafter_only(mx)), ("cloud_only", cloud_only(mx))):
-        cols = sweep_policy(rp, p, cost, ax, breakdown=False, ci=False)
+        cols = sweep_policy(rp, p, cost, ax, breakdown=False, ci=name == "hybrid")
         if "latency_s" not in cols:
             raise UserError(f"no utterance of the {name.replace('_', '-')} run is covered by the trace")
         res[name] = cols["latency_s"]
         if name == "hybrid":
             res["hybrid_overlap"] = cols["latency_overlap_s"]
+            paired = {f"paired_{c}": cols[c] for c in PAIRED_MAP_COLUMNS}
     return pl.DataFrame({
         "policy": pol.label, "edge_tps": tps, "rtt_s": rtt,
         "hybrid_s": res["hybrid"], "hybrid_overlap_s": res["hybrid_overlap"], "edge_only_s": res["edge_only"],
@@ -300,6 +307,9 @@ def breakeven(rp: Replayer, pol: Policy, cost: CostModel, net: Network, edge_tps
         "beats_edge": res["hybrid"] < res["edge_only"], "beats_cloud": res["hybrid"] < res["cloud_only"],
         "overlap_beats_edge": res["hybrid_overlap"] < res["edge_only"],
         "speedup_vs_edge": res["edge_only"] / res["hybrid"], "speedup_vs_cloud": res["cloud_only"] / res["hybrid"],
+        **paired,
+        "beats_edge_sure": paired["paired_speedup_vs_edge_lo"] > 1,
+        "loses_to_edge_sure": paired["paired_speedup_vs_edge_hi"] < 1,
     })
 
 
