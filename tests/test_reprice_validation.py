@@ -34,3 +34,12 @@ def test_the_first_run_reprices_its_baselines_exactly_and_its_hybrids_inside_the
     # recorded: +1.0-1.5 % and +3.6-4.1 % (the session-opening call priced at the verify slope); now inside +-2 %
     assert all(b > 0.01 for b in hyb["bias_recorded"]) and all(abs(b) < 0.01 for b in hyb["bias_now"])
     assert all(abs(b) < 0.02 for b in hyb["bias_ttft_now"]) and all(b > 0.05 for b in hyb["bias_ttft_recorded"])
+
+
+def test_the_loaded_run_was_priced_as_the_simulator_prices_now():
+    """The 2026-12-08 run (after the fix, on a loaded machine) re-prices to exactly what it recorded: its
+    errors are the live system's under load, not a simulator that has moved since (docs/live.md)."""
+    df = _reprice("2026-12-08-loaded")
+    assert df["runs"].sum() == 180 and df.height == 5
+    for col in ("bias", "median_ape", "bias_ttft", "median_ape_ttft"):
+        assert df[f"{col}_now"].to_list() == pytest.approx(df[f"{col}_recorded"].to_list(), abs=1e-12)
