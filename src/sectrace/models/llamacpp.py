@@ -134,7 +134,8 @@ class LlamaCppModel:
     def eos(self) -> set[int]:
         """The GGUF's end-of-generation ids (eos, eot) that it defines."""
         v = self._model.vocab
-        return {int(t) for t in (self.lib.llama_vocab_eos(v), self.lib.llama_vocab_eot(v)) if 0 <= int(t) < self.n_vocab}
+        ends = (self.lib.llama_vocab_eos(v), self.lib.llama_vocab_eot(v))
+        return {int(t) for t in ends if 0 <= int(t) < self.n_vocab}
 
     def runtime_record(self) -> dict:
         """What the manifest says about how the drafter ran: the collection's identity keeps the content part."""
@@ -370,7 +371,7 @@ class LlamaCppLM:
         import torch
 
         if len(tokens) > self.extra:
-            raise ValueError(f"{len(tokens)} continuations, but the context was opened with {self.extra} spare sequences")
+            raise ValueError(f"{len(tokens)} continuations, but the context has {self.extra} spare sequences")
         best, common = self._best(seq)
         if best is None or common < len(seq):
             self.logits_for(seq, 1)  # only when no slot holds the prefix; counted in counters
