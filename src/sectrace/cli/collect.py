@@ -25,7 +25,8 @@ from ._common import (
 
 @click.command("collect")
 @click.argument("manifest", required=False, type=click.Path(path_type=Path))
-@click.option("--drafter", required=True, help="Edge model: a local directory (or a hub id).")
+@click.option("--drafter", required=True,
+              help="Edge model: a local directory (or a hub id); a .gguf file with --drafter-runtime llama-cpp.")
 @click.option("--verifier", required=True, help="Cloud model: a local directory (or a hub id); same tokenizer.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Trace directory to write (with --reprobe: write the re-probed trace here instead of in place).")
@@ -33,6 +34,11 @@ from ._common import (
               show_default=True, help="Model kind: omni-thinker = Qwen2.5-Omni's thinker (audio in), qwen2-audio = "
                                       "Qwen2-Audio, causal-lm = any AutoModelForCausalLM pair with a text prompt "
                                       "(the manifest's 'text' column).")
+@click.option("--drafter-runtime", type=click.Choice(["transformers", "llama-cpp"]), default="transformers",
+              show_default=True, help="Where the drafter runs: transformers (a checkpoint folder), or llama-cpp "
+                                      "(--drafter is a GGUF file, run by llama.cpp as an edge device runs it; "
+                                      "needs the llama-cpp extra and --backend causal-lm; the verifier stays "
+                                      "transformers). See docs/collect.md.")
 @click.option("--modes", default="audio,blind", show_default=True,
               help="Verifier modes to record: audio (sees the audio/transcript), blind (instruction + tokens).")
 @click.option("--prompt", default=None, help="The instruction (audio backends) or the prompt template (causal-lm, "
@@ -52,7 +58,9 @@ from ._common import (
 @click.option("--extend", type=click.Path(path_type=Path),
               help="Start from this trace and add the states the --policy runs need (its coverage misses).")
 @click.option("--edge-device", default="cpu", show_default=True)
-@click.option("--edge-threads", default=2, show_default=True, help="CPU threads (the study emulated a 2-core edge).")
+@click.option("--edge-threads", default=2, show_default=True,
+              help="CPU threads (the study emulated a 2-core edge); llama.cpp's n_threads with --drafter-runtime "
+                   "llama-cpp.")
 @click.option("--cloud-device", default=None, help="Default: cuda when present, else cpu.")
 @click.option("--dtype", default="auto", show_default=True, help="auto, float32, float16 or bfloat16.")
 @click.option("--edge-dtype", default=None, help="The drafter's dtype when it differs (the study's edge: float32).")
@@ -71,9 +79,8 @@ from ._common import (
 @click.option("--data", type=click.Path(path_type=Path),
               help="With --reprobe: a folder holding the trace's dataset manifest (by its recorded file name).")
 @verbosity_options
-def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, few_shot, few_shot_from, max_new_tokens,
-                max_nodes, policies,
-                explore_grids, extend,
+def collect_cmd(manifest, drafter, verifier, out, backend, drafter_runtime, modes, prompt, few_shot, few_shot_from,
+                max_new_tokens, max_nodes, policies, explore_grids, extend,
                 edge_device, edge_threads, cloud_device, dtype, edge_dtype, shard, limit, timing_repeats, no_probes,
                 signals, reprobe, data):
     """Decode MANIFEST's utterances with a real drafter and verifier and write a trace.
@@ -87,6 +94,7 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, few_sh
     Examples:
       sectrace collect data.jsonl --drafter models/small --verifier models/large --out traces/t1
       sectrace collect data.jsonl ... --out traces/t1.s0 --shard 0/4
+      sectrace collect data.jsonl --backend causal-lm --drafter-runtime llama-cpp --drafter small.gguf ...
       sectrace collect data.jsonl ... --signals mc-dropout:n=8:p=0.1,stability,audio-shift
       sectrace collect data.jsonl ... --extend traces/t1 --explore examples/grid.toml --out traces/t2
       sectrace collect data.jsonl ... --limit 12 --few-shot 3 --out traces/fs   # examples from clips 13+
@@ -142,8 +150,8 @@ def collect_cmd(manifest, drafter, verifier, out, backend, modes, prompt, few_sh
             cloud_device = "cpu"
     require_extra("collect", "collect")
     cfg = CollectConfig(manifest=manifest, drafter=drafter, verifier=verifier, out=out, policies=pols,
-                        modes=mode_list, backend=backend, prompt=prompt, few_shot=few_shot,
-                        few_shot_from=few_shot_from, max_new_tokens=max_new_tokens,
+                        modes=mode_list, backend=backend, drafter_runtime=drafter_runtime, prompt=prompt,
+                        few_shot=few_shot, few_shot_from=few_shot_from, max_new_tokens=max_new_tokens,
                         max_nodes=max_nodes or None, edge_device=edge_device, edge_threads=edge_threads,
                         cloud_device=cloud_device, dtype=dtype, edge_dtype=edge_dtype,
                         shard=parse_shard(shard, os.environ), limit=limit,

@@ -59,6 +59,7 @@ class CollectConfig:
     policies: list  # Policy objects (the exploration)
     modes: tuple[str, ...] = ("audio", "blind")
     backend: str = "causal-lm"
+    drafter_runtime: str = "transformers"  # or "llama-cpp": the drafter is a GGUF run by llama.cpp (models/llamacpp.py)
     prompt: str | None = None
     few_shot: int = 0  # reference captions of other clips shown before the prompt (models.backends.few_shot_examples)
     few_shot_from: Path | None = None  # the manifest they come from (default: the collection's own)
@@ -284,8 +285,11 @@ def _file_sha(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:24]
 
 
-def collection_identity(cfg: CollectConfig, tok_fp: str, base_id: str | None) -> dict:
-    """Everything that changes the trace's content; shards of one collection share it."""
+def collection_identity(cfg: CollectConfig, tok_fp: str, base_id: str | None, runtime: dict | None = None) -> dict:
+    """Everything that changes the trace's content; shards of one collection share it.
+
+    ``runtime``: the llama.cpp drafter's release and GGUF hash (absent for transformers, so the ids of
+    transformers collections stay what they were)."""
     return {
         "drafter": cfg.drafter, "verifier": cfg.verifier, "tokenizer_fingerprint": tok_fp, "backend": cfg.backend,
         "prompt": cfg.prompt, "modes": list(cfg.modes), "max_new_tokens": cfg.max_new_tokens,
@@ -293,6 +297,7 @@ def collection_identity(cfg: CollectConfig, tok_fp: str, base_id: str | None) ->
         "edge_dtype": cfg.edge_dtype,
         "manifest_sha": _file_sha(cfg.manifest), "limit": cfg.limit, "extends": base_id,
         **({"signals": cfg.signals.record()} if cfg.signals is not None else {}),
+        **({"drafter_runtime": runtime} if runtime is not None else {}),
     }
 
 
@@ -301,6 +306,8 @@ def _id_of(ident: dict) -> str:
 
 
 def model_card(path: str, model, tok_fp: str) -> dict:
+    if hasattr(model, "runtime_record"):  # the llama.cpp drafter (models/llamacpp.py) describes itself
+        return model.card(path, tok_fp)
     cfg = model.config
     return {"name": path, "revision": getattr(cfg, "_commit_hash", None) or "local",
             "vocab_size": int(model.get_output_embeddings().weight.shape[0]),
@@ -326,6 +333,7 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print, log=None) -> 
     from ..models.signals import check_policies
 
     check_policies(cfg.policies, cfg.signals)
+    _check_runtime(cfg)
     cfg.manifest = Path(cfg.manifest)
     utts_all = utts_all_rows = read_manifest(cfg.manifest)
     if cfg.limit is not None:
@@ -361,7 +369,7 @@ def collect(cfg: CollectConfig, progress_factory=None, echo=print, log=None) -> 
     # The backend (prompt template, feature extractor) before any file is written, too.
     backend = _backend(cfg, pair)
     prepared_first = backend.prepare(utts[0], cfg.modes, cfg.edge_device, cfg.cloud_device)
-    ident = collection_identity(cfg, tok_fp, base_id)
+    ident = collection_identity(cfg, tok_fp, base_id, _runtime_identity(pair))
     coll_id = _id_of(ident)
     mine = {"id": coll_id, "shard": [i, n], "identity": ident}
     if out.exists():
@@ -402,7 +410,7 @@ def _run(cfg, pair, backend, prepared_first, utts, parts, out, mine, ident, tok_
         _atomic_write_bytes(parts / "probe_load.json", json.dumps(load).encode())
         _atomic_parquet(timings, tpath)
     if not hw_path.exists():
-        _atomic_write_bytes(hw_path, json.dumps({"edge": hardware(cfg.edge_device, cfg.edge_threads),
+        _atomic_write_bytes(hw_path, json.dumps({"edge": _edge_hardware(cfg, pair),
                                                  "cloud": hardware(cfg.cloud_device, None)}).encode())
 
     done = _finished(parts, mine["id"], legacy_ok)
@@ -441,17 +449,62 @@ def _run(cfg, pair, backend, prepared_first, utts, parts, out, mine, ident, tok_
     return _assemble(cfg, pair, utts, parts, out, mine, ident, tok_fp, base, usage)
 
 
+def _check_runtime(cfg: CollectConfig) -> None:
+    """The drafter runtime and what it can run, before anything loads."""
+    from ..models.llamacpp import RUNTIMES, check_signals
+
+    if cfg.drafter_runtime not in RUNTIMES:
+        raise UserError(f"unknown drafter runtime {cfg.drafter_runtime!r}; use {' or '.join(RUNTIMES)}")
+    if cfg.drafter_runtime == "transformers":
+        if str(cfg.drafter).endswith(".gguf"):
+            raise UserError(f"--drafter {cfg.drafter} is a GGUF file; add --drafter-runtime llama-cpp to run it in "
+                            "llama.cpp, or give a transformers checkpoint folder")
+        return
+    if cfg.backend != "causal-lm":
+        raise UserError(f"the llama.cpp drafter runs text models only; use --backend causal-lm (a cascaded prompt), "
+                        f"not {cfg.backend}, or --drafter-runtime transformers")
+    if cfg.edge_device != "cpu" or cfg.edge_dtype is not None:
+        raise UserError("--edge-device and --edge-dtype are transformers settings; the llama.cpp drafter runs on the "
+                        "CPU in the GGUF's own quantisation")
+    check_signals(cfg.signals)
+
+
+def _runtime_identity(pair) -> dict | None:
+    """What of the llama.cpp drafter changes the trace's content: its release and the GGUF's bytes."""
+    d = pair.drafter
+    if not hasattr(d, "runtime_record"):
+        return None
+    rec = d.runtime_record()
+    return {k: rec[k] for k in ("name", "version", "gguf_sha256")}
+
+
 def _load(cfg, log):
     """Both models, with a line before and after: loading takes minutes for real models."""
     from ..models.pair import load_pair
 
-    log(f"loading the drafter ({cfg.drafter}, {cfg.edge_device}) and the verifier ({cfg.verifier}, "
-        f"{cfg.cloud_device})…")
+    where = "llama.cpp" if cfg.drafter_runtime == "llama-cpp" else cfg.edge_device
+    log(f"loading the drafter ({cfg.drafter}, {where}) and the verifier ({cfg.verifier}, {cfg.cloud_device})…")
     t0 = time.perf_counter()
-    pair = load_pair(cfg.drafter, cfg.verifier, cfg.edge_device, cfg.cloud_device, cfg.dtype, cfg.edge_threads,
-                     cfg.backend, cfg.edge_dtype)
+    if cfg.drafter_runtime == "llama-cpp":
+        from ..models.llamacpp import load_pair_llamacpp
+
+        pair = load_pair_llamacpp(cfg.drafter, cfg.verifier, cfg.cloud_device, cfg.dtype, cfg.edge_threads)
+    else:
+        pair = load_pair(cfg.drafter, cfg.verifier, cfg.edge_device, cfg.cloud_device, cfg.dtype, cfg.edge_threads,
+                         cfg.backend, cfg.edge_dtype)
     log(f"models loaded in {time.perf_counter() - t0:.1f}s")
     return pair
+
+
+def _edge_hardware(cfg, pair) -> dict:
+    """The edge's hardware; with the llama.cpp drafter, its thread count and runtime are llama.cpp's."""
+    from .probes import hardware
+
+    hw = hardware(cfg.edge_device, cfg.edge_threads)
+    if hasattr(pair.drafter, "runtime_record"):
+        rec = pair.drafter.runtime_record()
+        hw.update(threads=rec["n_threads"], runtime=f"{rec['name']} ({rec['package']} {rec['version']})")
+    return hw
 
 
 def _backend(cfg, pair):
@@ -500,10 +553,11 @@ def run_probes(cfg, pair, prepared, log=None) -> tuple[pl.DataFrame, dict]:
 
 
 def _collect_one(cfg, pair, backend, u: Utterance, base) -> dict:
-    from ..models.lm import CachedLM  # torch: only when models run, so `trace merge` stays light
+    from ..models.lm import CachedLM, open_lm  # torch: only when models run, so `trace merge` stays light
 
     prep = backend.prepare(u, cfg.modes, cfg.edge_device, cfg.cloud_device)
-    d = CachedLM(pair.drafter, pair.shared_vocab, prep.edge_kwargs)
+    spare = cfg.signals.get("stability", "k") if cfg.signals is not None and "stability" in cfg.signals.names else 0
+    d = open_lm(pair.drafter, pair.shared_vocab, prep.edge_kwargs, extra_seqs=spare)
     vs = {m: CachedLM(pair.verifier, pair.shared_vocab, prep.cloud_kwargs.get(m)) for m in cfg.modes}
     from ..models.pair import PairSource
 
@@ -512,7 +566,7 @@ def _collect_one(cfg, pair, backend, u: Utterance, base) -> dict:
     if cfg.signals is not None:  # drafts carry the x_* signals; the trie itself is unchanged
         from ..models.signals import with_signals
 
-        no_audio = CachedLM(pair.drafter, pair.shared_vocab) if "audio-shift" in cfg.signals.names else None
+        no_audio = open_lm(pair.drafter, pair.shared_vocab) if "audio-shift" in cfg.signals.names else None
         src = sig = with_signals(src, cfg.signals, no_audio, prep.cloud_prompts.get("blind"))
     rec = BudgetRecorder(src, cfg.modes, cfg.max_nodes)
     seeded = 0
@@ -714,6 +768,8 @@ def reprobe(trace_path: Path, cfg: CollectConfig, out: Path | None = None, data:
     m = tr.manifest
     ident = m.get("collection", {}).get("identity", {})
     cfg.backend = m.get("backend", cfg.backend)
+    if (m.get("drafter") or {}).get("runtime", {}).get("name") == "llama.cpp":
+        cfg.drafter_runtime = "llama-cpp"  # the probes must time the runtime the trace's drafter ran in
     cfg.prompt = m.get("prompt_template") or None
     cfg.modes = tuple(tr.modes)
     if cfg.dtype == "auto" and ident.get("dtype"):
@@ -741,8 +797,7 @@ def reprobe(trace_path: Path, cfg: CollectConfig, out: Path | None = None, data:
     manifest = rebase_paths(m, trace_path, dest) if out is not None else json.loads(json.dumps(m))
     hw = manifest.setdefault("hardware", {})
     previous = hw.get("probe_load")
-    hw.update(edge=hardware(cfg.edge_device, cfg.edge_threads), cloud=hardware(cfg.cloud_device, None),
-              probe_load=load)
+    hw.update(edge=_edge_hardware(cfg, pair), cloud=hardware(cfg.cloud_device, None), probe_load=load)
     hw["reprobed"] = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "timing_repeats": cfg.timing_repeats, "dtype": cfg.dtype, "edge_dtype": cfg.edge_dtype,
                       "utterance": first.utt_id, "previous_probe_load": previous,

@@ -13,7 +13,7 @@ import platform
 import resource
 import time
 
-from ..models.lm import CachedLM
+from ..models.lm import CachedLM, open_lm
 from ..simulate.costs import VERIFY_TABLE_MAX
 
 VERIFY_NS = tuple(range(1, VERIFY_TABLE_MAX + 1))
@@ -54,7 +54,7 @@ def probe(model, vocab, prompt: list[int], side: str, device: str, threads: int 
           progress=None, prefill_extra=PREFILL_EXTRA) -> list[tuple]:
     """Rows (side, phase, new_tokens, context_tokens, seconds, device, threads)."""
     rows = []
-    lm = CachedLM(model, vocab, first_kwargs, slots=1)  # one cache cropped in place, as a decoder runs: no copies
+    lm = open_lm(model, vocab, first_kwargs, slots=1)  # one cache cropped in place, as a decoder runs: no copies
     for m in prefill_extra:  # the prompt, then the prompt with caption-like tokens after it (see PREFILL_EXTRA)
         seq = prompt + _filler(prompt, m)
         for r in range(1 + max(1, repeats // 2)):  # prefill is the costly one: fewer repeats

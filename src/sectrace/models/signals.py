@@ -209,6 +209,9 @@ def stability_rows(lm, seq: list[int], cands: list[int]):
     """Logit rows after appending each candidate to ``seq`` (one batched pass on ``seq``'s cache)."""
     from .lm import one_token_rows, prefix_cache
 
+    if hasattr(lm, "continuation_rows"):  # the llama.cpp drafter: the same pass on copied sequences
+        return lm.continuation_rows(seq, cands)
+
     cache, deltas = prefix_cache(lm, seq, len(seq), len(cands))
     return one_token_rows(lm, cache, cands, len(seq), deltas)
 
