@@ -91,3 +91,17 @@ def test_factored_sweep_equals_multiplied_out(rp, monkeypatch, ci):
                 assert (np.abs(x - y)[ok] <= 1e-12 * scale[ok]).all(), key
             else:
                 assert list(x) == list(y), key
+
+
+@given(st.integers(1, 120), st.integers(1, 5), st.sampled_from([0.0, 1.0, 50.0, 90.0, 95.0, 99.9, 100.0, 37.5]),
+       st.booleans(), st.integers(0, 2**31))
+def test_sorted_percentile_is_numpys(n, c, q, ties, seed):
+    from sectrace.simulate.metrics import sorted_percentile
+
+    g = np.random.default_rng(seed)
+    x = g.integers(0, 4, size=(c, n)).astype(float) if ties else g.exponential(size=(c, n))
+    if seed % 7 == 0:
+        x[0, g.integers(n)] = np.nan
+    ref = np.percentile(x, q, axis=1)
+    got = sorted_percentile(np.sort(x, axis=1), q)
+    assert np.array_equal(got, ref, equal_nan=True)

@@ -37,16 +37,21 @@ class Linear:
 
     def values(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """The (utterances × configurations ``lo:hi``) array itself."""
-        with one_blas_thread():
-            v = self.features @ self.theta[:, lo:hi]
+        v = self.features @ self.theta[:, lo:hi]
         return v if self.minus is None else v - self.minus[:, lo:hi]
+
+    def by_config(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """The values transposed, (configurations ``lo:hi`` × utterances) and C-ordered: each configuration's
+        utterances contiguous, as a sort along them wants."""
+        th = self.theta[:, lo:hi]
+        v = th.T @ self.features.T
+        return v if self.minus is None else v - self.minus[:, lo:hi].T
 
     def sums(self, w: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """(R, configurations ``lo:hi``): the weighted sums over utterances, w of shape (R, utterances)."""
-        with one_blas_thread():
-            s = (w @ self.features) @ self.theta[:, lo:hi]
-            if self.minus is not None:
-                s = s - w @ self.minus[:, lo:hi]
+        s = (w @ self.features) @ self.theta[:, lo:hi]
+        if self.minus is not None:
+            s = s - w @ self.minus[:, lo:hi]
         return s
 
     def rows(self, mask: np.ndarray) -> Linear:
@@ -67,13 +72,19 @@ def sums(col, w: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
     """Weighted sums over utterances of a timed column (array or :class:`Linear`), configurations ``lo:hi``."""
     if isinstance(col, Linear):
         return col.sums(w, lo, hi)
-    with one_blas_thread():
-        return w @ np.asarray(col, float)[:, lo:hi]
+    return w @ np.asarray(col, float)[:, lo:hi]
 
 
 def values(col, lo: int = 0, hi: int | None = None) -> np.ndarray:
     """A timed column's values for configurations ``lo:hi``."""
     return col.values(lo, hi) if isinstance(col, Linear) else np.asarray(col, float)[:, lo:hi]
+
+
+def by_config(col, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """A timed column's values as (configurations ``lo:hi`` × utterances), C-ordered."""
+    if isinstance(col, Linear):
+        return col.by_config(lo, hi)
+    return np.array(np.asarray(col, float)[:, lo:hi].T, order="C")  # a copy: the caller sorts it
 
 
 def rows(col, mask: np.ndarray):
@@ -98,5 +109,6 @@ def one_blas_thread():
     2-core development machine two BLAS threads spent more CPU time on them than one (0.27 vs 0.25 CPU-s for
     the 80-policy × 30,000-configuration stack, benchmarks/bench_closed_form_ratio.py), and sweeps already
     run one process per core (``--jobs``, dask workers), where BLAS threads would only oversubscribe. The
-    controller is built once (discovering the loaded BLAS libraries costs ~0.2 ms; a limit then ~10 µs)."""
+    controller is built once (discovering the loaded BLAS libraries costs ~0.2 ms; a limit then ~10-50 µs, so
+    callers take it once per policy and block, not once per product)."""
     return _controller().limit(limits=1, user_api="blas")

@@ -287,15 +287,38 @@ def _summarise_group(metrics, counts, timed, n_cfg, ci, out, n_resamples):
 
 def _percentiles(lat, n: int, n_cfg: int) -> dict[str, np.ndarray]:
     """Latency percentiles per configuration: the one summary that needs every utterance's value, so the
-    values are made for one block of configurations at a time (at most :data:`_MAX_CELLS` // 8 of them)."""
+    values are made for one block of configurations at a time (at most :data:`_MAX_CELLS` // 8 of them),
+    sorted along the utterances and read by :func:`sorted_percentile`."""
     out = {q: np.empty(n_cfg) for q in PERCENTILES}
     step = max(1, (_MAX_CELLS // 8) // max(n, 1))
     for lo in range(0, n_cfg, step):
         hi = min(n_cfg, lo + step)
-        v = agg.values(lat, lo, hi)
+        v = agg.by_config(lat, lo, hi)
+        v.sort(axis=1)
         for q in PERCENTILES:
-            out[q][lo:hi] = np.percentile(v, q, axis=0)
+            out[q][lo:hi] = sorted_percentile(v, q)
     return {f"latency_p{q}_s": v for q, v in out.items()}
+
+
+def sorted_percentile(s: np.ndarray, q: float) -> np.ndarray:
+    """``np.percentile(s, q, axis=1)`` (linear interpolation) of rows already sorted, bit for bit.
+
+    np.percentile partitions every row again and costs ~7× the sort for 40 utterances; on sorted rows the
+    percentile is two columns and numpy's own interpolation (``(n - 1)·q`` and its ``_lerp``, which
+    computes from the upper point when the weight is ≥ 0.5), tested against np.percentile. A row with a
+    NaN sorts it last, and numpy's answer for such a row (NaN) is kept."""
+    n = s.shape[1]
+    virtual = (n - 1) * np.true_divide(q, 100)
+    if virtual >= n - 1:
+        val = s[:, -1].copy()
+    else:
+        prev = int(np.floor(virtual))
+        gamma = virtual - prev
+        a, b = s[:, prev], s[:, prev + 1]
+        diff = b - a
+        val = b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+    val[np.isnan(s[:, -1])] = np.nan
+    return val
 
 
 def summary_columns(counts: dict[str, np.ndarray], timed: dict[str, np.ndarray], n_cfg: int, *,
