@@ -12,11 +12,12 @@ import time
 
 import numpy as np
 
-from sectrace.trace import sample_trace_path
 from sectrace.gates import parse_gate
 from sectrace.protocol import Accept, Policy
-from sectrace.simulate import CostModel, Network, Replayer, cost_matrix, latency
-from sectrace.trace import load_trace
+from sectrace.simulate import CostModel, Network, Replayer, latency
+from sectrace.simulate.aggregate import one_blas_thread
+from sectrace.simulate.sweep import Axes, theta_grid
+from sectrace.trace import load_trace, sample_trace_path
 
 
 def main():
@@ -38,14 +39,22 @@ def main():
     rtts = np.linspace(0.005, 0.5, 100)
     speeds = np.linspace(0.5, 40, 100)
     ups = (2.5e5, 2.5e6, 1.25e7)
-    configs = [(CostModel(edge_step_a=1 / s), Network(rtt_s=r, up_Bps=u)) for s in speeds for r in rtts for u in ups]
+    # a grid as arrays (what sweeps do), not one CostModel and Network per configuration; an edge speed scales the
+    # whole edge, as --edge-speedup does
+    speed, rtt, up = (a.ravel() for a in np.meshgrid(speeds, rtts, np.asarray(ups), indexing="ij"))
+    net = Network()
+    n_cfg = speed.size
+    ax = Axes(edge_speedup=CostModel().edge_step_a * speed, cloud_speedup=np.ones(n_cfg), rtt_s=rtt, up_Bps=up,
+              down_Bps=np.full(n_cfg, net.down_Bps), overhead_bytes=np.full(n_cfg, float(net.overhead_bytes)),
+              extra_s=np.full(n_cfg, net.expected_extra_s))
     t0 = time.perf_counter()
-    theta = cost_matrix(configs)
+    theta = theta_grid(CostModel(), ax)
     t1 = time.perf_counter()
-    lat = [latency(r.total, theta) for r in reps]
+    with one_blas_thread():
+        lat = [latency(r.total, theta) for r in reps]
     t2 = time.perf_counter()
-    n = len(configs) * len(reps)
-    print(f"closed form: {len(configs)} configurations × {len(reps)} policies × {tr.utterances.height} utterances "
+    n = n_cfg * len(reps)
+    print(f"closed form: {n_cfg} configurations × {len(reps)} policies × {tr.utterances.height} utterances "
           f"= {n * tr.utterances.height:,} latencies in {t2 - t1:.3f} s (+ {t1 - t0:.3f} s building cost vectors); "
           f"{n / (t2 - t1):,.0f} policy-configurations/s")
     assert all(np.isfinite(x[r.covered]).all() for x, r in zip(lat, reps))

@@ -112,7 +112,7 @@ def _task(trace: Trace, key: str, pol: Policy, cost: CostModel, ax: Axes, lo: in
         if (pol.max_new_tokens, b) not in st["base"]:
             st["base"][pol.max_new_tokens, b] = baseline_latencies(st["rp"], pol.max_new_tokens, st["theta"][b])
     return sweep_block(st["rp"], pol, cost, ax, lo, hi, prov, breakdown, ci, st["base"][pol.max_new_tokens, b],
-                       st["cfg"][b])
+                       st["cfg"][b], st["theta"][b])
 
 
 def run_sweep_dask(client, trace: Trace, policies: Sequence[Policy], cost: CostModel, ax: Axes, progress=None,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..protocol import Draft, GateCall, Verify
+from .aggregate import Linear
 from .replay import FEATURES, FI, TOKEN_BYTES, Replay, Replayer, schedule_features
 from .timing import PARTS
 
@@ -123,31 +124,63 @@ def overlap_hidden(ov: Overhead, n_utt: int, theta: np.ndarray) -> np.ndarray:
     return out
 
 
-def breakdown_parts(rep: Replay, ov: Overhead, theta: np.ndarray, up_Bps: np.ndarray) -> dict[str, np.ndarray]:
-    """Seconds per part, (utterances, configs) each; they sum to the closed-form latency.
+#: A theta row past the features: seconds per uplink byte (1 / up_Bps), which prices the resync bytes.
+_INV_UP = len(FEATURES)
 
-    ``up_Bps`` (configs,) prices the resync bytes taken out of the uplink."""
-    f = rep.total
+
+def _part_features(rep: Replay, ov: Overhead, covered: bool) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """Per part: its per-utterance features (signed) and the theta rows they multiply; the same for every
+    configuration, so built once per replay (cached on it) and ``covered``: only the covered utterances."""
+    key = "_part_features_covered" if covered else "_part_features_all"
+    hit = getattr(rep, key, None)
+    if hit is not None:
+        return hit
+    f, sh = rep.total, ov.shadow
 
     def part(names):
-        idx = [FI[n] for n in names]
-        return f[:, idx] @ theta[idx]
+        idx = [FI[x] for x in names]
+        return f[:, idx], idx
 
+    wasted = (sh[:, [0, 1]], [FI["draft_steps"], FI["draft_ctx"]])
+    resync_cloud = (sh[:, [2, 4]], [FI["verify_tokens"], FI["prefill_verify_tokens"]])
+    resync_up = (sh[:, [3]], [_INV_UP])
     base = {name: part(feats) for name, feats in PARTS.items()}
-    sh = ov.shadow
-    wasted = sh[:, [0]] * theta[FI["draft_steps"]] + sh[:, [1]] * theta[FI["draft_ctx"]]
-    resync_cloud = sh[:, [2]] * theta[FI["verify_tokens"]] + sh[:, [4]] * theta[FI["prefill_verify_tokens"]]
-    resync_up = sh[:, [3]] / up_Bps[None, :]
-    return {
-        "edge_prefill": base["edge_prefill"],
-        "edge_drafting": base["edge_drafting"] - wasted,
-        "wasted_drafts": wasted,
-        "gate": base["gate"],
-        "uplink": base["uplink"] - resync_up,
-        "queueing": np.zeros_like(base["gate"]),
-        "cloud_prefill": base["cloud_prefill"],
-        "cloud_verify": base["cloud_verify"] - resync_cloud,
-        "resync": resync_cloud + resync_up,
-        "cloud_decode": base["cloud_decode"],
-        "downlink": base["downlink"],
+
+    def lin(*terms):
+        return np.hstack([s * x for s, (x, _) in terms]), [i for _, (_, idx) in terms for i in idx]
+
+    out = {
+        "edge_prefill": lin((1, base["edge_prefill"])),
+        "edge_drafting": lin((1, base["edge_drafting"]), (-1, wasted)),
+        "wasted_drafts": lin((1, wasted)),
+        "gate": lin((1, base["gate"])),
+        "uplink": lin((1, base["uplink"]), (-1, resync_up)),
+        "queueing": (np.zeros((f.shape[0], 1)), [_INV_UP]),
+        "cloud_prefill": lin((1, base["cloud_prefill"])),
+        "cloud_verify": lin((1, base["cloud_verify"]), (-1, resync_cloud)),
+        "resync": lin((1, resync_cloud), (1, resync_up)),
+        "cloud_decode": lin((1, base["cloud_decode"])),
+        "downlink": lin((1, base["downlink"])),
     }
+    if covered:
+        ok = rep.covered
+        out = {k: (x[ok], idx) for k, (x, idx) in out.items()}
+    setattr(rep, key, out)
+    return out
+
+
+def breakdown_linear(rep: Replay, ov: Overhead, theta: np.ndarray, up_Bps: np.ndarray,
+                     covered: bool = False) -> dict[str, Linear]:
+    """Seconds per part, each factored as per-utterance features @ theta (:class:`.aggregate.Linear`): every
+    part is linear in the cost vector, so a sweep's mean per part is priced without the utterances ×
+    configurations array. They sum to the closed-form latency.
+
+    ``up_Bps`` (configs,) prices the resync bytes taken out of the uplink; ``covered``: the covered
+    utterances only (the rows a summary reads)."""
+    th = np.vstack([theta, 1.0 / np.asarray(up_Bps, float)[None, :]])
+    return {name: Linear(x, th[idx]) for name, (x, idx) in _part_features(rep, ov, covered).items()}
+
+
+def breakdown_parts(rep: Replay, ov: Overhead, theta: np.ndarray, up_Bps: np.ndarray) -> dict[str, np.ndarray]:
+    """Seconds per part, (utterances, configs) each: :func:`breakdown_linear` multiplied out."""
+    return {name: p.values() for name, p in breakdown_linear(rep, ov, theta, up_Bps).items()}

@@ -27,10 +27,11 @@ from ..gates import parse_gate
 from ..network import Network
 from ..protocol import Accept, Policy, cloud_only, drafter_only
 from ..trace import load_trace
+from .aggregate import Linear, one_blas_thread, rows
 from .costs import CostModel, verify_table_text
 from .grid import GridSpec
 from .metrics import SWEEP_CI, SWEEP_RESAMPLES, summary_columns, utterance_counts
-from .overhead import BREAKDOWN_PARTS, breakdown_parts, overhead, overlap_hidden
+from .overhead import BREAKDOWN_PARTS, breakdown_linear, overhead, overlap_hidden
 from .profiles import cloud_device, edge_device, network_preset
 from .replay import Replayer, cloud_tokens
 from .timing import cost_theta, cost_vector
@@ -103,28 +104,56 @@ def config_columns(cost: CostModel, ax: Axes) -> dict:
     for f in COST_FIELDS:
         scale = 1.0 if f == "gate_s" else 1.0 / (ax.edge_speedup if f in _EDGE_FIELDS else ax.cloud_speedup)
         cols[f"cost_{f}"] = getattr(cost, f) * scale * np.ones(n)
-    cols["cost_verify_table"] = [verify_table_text(cost.verify_table, 1.0 / c) for c in ax.cloud_speedup]
+    speeds, which = np.unique(ax.cloud_speedup, return_inverse=True)  # a text per cloud speed-up, not per row
+    texts = [verify_table_text(cost.verify_table, 1.0 / c) for c in speeds]
+    cols["cost_verify_table"] = [texts[i] for i in which.ravel()]
     cols["cost_source"] = [cost.source] * n
     return {**cols, **labels}
 
 
-def baseline_latencies(rp: Replayer, max_new_tokens: int, theta: np.ndarray) -> dict[str, np.ndarray]:
-    """Edge-only and cloud-only latency per utterance × configuration (NaN where not covered): what the
-    paired speedups of :data:`.metrics.SPEEDUPS` compare each policy with."""
+def baseline_latencies(rp: Replayer, max_new_tokens: int, theta: np.ndarray) -> dict[str, Linear]:
+    """Edge-only and cloud-only latency per utterance × configuration (NaN rows where not covered), factored
+    (:class:`.aggregate.Linear`): what the paired speedups of :data:`.metrics.SPEEDUPS` compare each policy with."""
     out = {}
     for col, pol in (("edge_latency_s", drafter_only(max_new_tokens)), ("cloud_latency_s", cloud_only(max_new_tokens))):
-        out[col] = rp.replay(pol).total @ theta
+        out[col] = Linear(rp.replay(pol).total, theta)
     return out
 
 
+def _covered_counts(rep) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The protocol counts of a replay's covered utterances, and their accepted-per-position rows: the same for
+    every block of configurations, so walked once per replay (cached on it, as :func:`.overhead.overhead` is)."""
+    hit = getattr(rep, "_covered_counts", None)
+    if hit is None:
+        ok = rep.covered
+        counts = utterance_counts(rep.runs, rep.policy.k)
+        per_pos = counts.pop("accepted_per_pos")[ok]
+        counts = {c: v[ok] for c, v in counts.items()}
+        counts.update(cloud_tokens=cloud_tokens(rep.total)[ok],
+                      bytes_up=rep.bytes_up[ok].astype(float), bytes_down=rep.bytes_down[ok].astype(float),
+                      audio_bytes_up=rep.audio_bytes_up[ok].astype(float))
+        hit = rep._covered_counts = (counts, per_pos)
+    return hit
+
+
 def sweep_policy(rp: Replayer, pol: Policy, cost: CostModel, ax: Axes, breakdown: bool = True,
-                 baselines: dict | None = None, ci: bool = True) -> dict:
+                 baselines: dict | None = None, ci: bool = True, theta: np.ndarray | None = None) -> dict:
     """Summary columns (one value per configuration) for one policy: :func:`.metrics.summary_columns`
     over its covered utterances, the same summary `simulate` prints.
 
-    ``baselines``: :func:`baseline_latencies` for the paired speedups (computed here when None)."""
+    Priced aggregate first (:mod:`.aggregate`): latency, TTFT, the baselines and the breakdown parts stay
+    factored as features @ theta, so their means and bootstrap sums never build an utterances ×
+    configurations array; only the overlap's hidden time (a minimum per escalation) and the latency
+    percentiles are multiplied out, on one BLAS thread (:func:`.aggregate.one_blas_thread` says why).
+    ``baselines``: :func:`baseline_latencies` for the paired speedups (computed here when None); ``theta``:
+    :func:`theta_grid` of ``ax`` (computed when None)."""
+    with one_blas_thread():
+        return _sweep_policy(rp, pol, cost, ax, breakdown, baselines, ci, theta)
+
+
+def _sweep_policy(rp, pol, cost, ax, breakdown, baselines, ci, theta) -> dict:
     rep = rp.replay(pol)
-    theta = theta_grid(cost, ax)
+    theta = theta_grid(cost, ax) if theta is None else theta
     ok = rep.covered
     n_cfg = len(ax)
     out = {"policy": [pol.label] * n_cfg, "k": np.full(n_cfg, pol.k), "gate": [pol.gate_spec] * n_cfg,
@@ -134,33 +163,32 @@ def sweep_policy(rp: Replayer, pol: Policy, cost: CostModel, ax: Axes, breakdown
            "utterances": np.full(n_cfg, len(ok)), "covered": np.full(n_cfg, int(ok.sum()))}
     if not ok.any():
         return out
-    counts = utterance_counts(rep.runs, pol.k)
-    per_pos = counts.pop("accepted_per_pos")
-    counts = {c: v[ok] for c, v in counts.items()}
-    counts.update(cloud_tokens=cloud_tokens(rep.total)[ok],
-                  bytes_up=rep.bytes_up[ok].astype(float), bytes_down=rep.bytes_down[ok].astype(float),
-                  audio_bytes_up=rep.audio_bytes_up[ok].astype(float))
-    lat = rep.total[ok] @ theta
+    counts, per_pos = _covered_counts(rep)
+    total = rep.total[ok]
     ov = overhead(rp, rep)
     hidden = overlap_hidden(ov, len(ok), theta)[ok]
-    timed = {"latency_s": lat, "ttft_s": rep.first[ok] @ theta, "overlap_hidden_s": hidden,
-             "latency_overlap_s": lat - hidden}
+    lat = Linear(total, theta)
+    timed = {"latency_s": lat, "ttft_s": Linear(rep.first[ok], theta), "overlap_hidden_s": hidden,
+             "latency_overlap_s": Linear(total, theta, minus=hidden)}
     if breakdown:
-        parts = breakdown_parts(rep, ov, theta, ax.up_Bps)
-        timed.update({f"t_{name}_s": parts[name][ok] for name in BREAKDOWN_PARTS})
+        parts = breakdown_linear(rep, ov, theta, ax.up_Bps, covered=True)
+        timed.update({f"t_{name}_s": parts[name] for name in BREAKDOWN_PARTS})
     if baselines is None:
         baselines = baseline_latencies(rp, pol.max_new_tokens, theta)
-    base = {c: v[ok] for c, v in baselines.items()}
-    out.update(summary_columns(counts, timed, n_cfg, accepted_per_pos=per_pos[ok], baselines=base,
+    base = {c: rows(v, ok) for c, v in baselines.items()}
+    out.update(summary_columns(counts, timed, n_cfg, accepted_per_pos=per_pos, baselines=base,
                                ci=SWEEP_CI if ci else False, n_resamples=SWEEP_RESAMPLES))
     return out
 
 
 #: Configurations priced together: a sweep's unit of work is one policy × one block of this many consecutive
 #: configurations, in every backend. A matrix product's last bits depend on its shape (BLAS picks kernels by
-#: it), so the local, joblib and dask backends price the same blocks to give the same rows bit for bit; the
-#: block also bounds a policy's latency and bootstrap arrays (utterances × block) on a worker.
-CONFIG_BLOCK = 1024
+#: it), so the local, joblib and dask backends price the same blocks to give the same rows bit for bit. Priced
+#: aggregate first, a block multiplies out only the overlap's hidden time (escalations × block, then utterances ×
+#: block) and, a slice at a time, the latencies of the percentiles; a larger block pays the per-call work of a
+#: summary fewer times (80 policies × 30,000 configurations × 40 utterances without intervals: ~2.2 CPU-s at
+#: 1,024, ~1.2 at 4,096, benchmarks/bench_closed_form_ratio.py), at ~10 MB per block on 40 utterances.
+CONFIG_BLOCK = 4096
 
 
 def config_blocks(n_configs: int, size: int | None = None) -> list[tuple[int, int]]:
@@ -178,14 +206,15 @@ def block_config_columns(cost: CostModel, ax: Axes, lo: int, hi: int) -> dict:
 
 def sweep_block(rp: Replayer, pol: Policy, cost: CostModel, ax: Axes, lo: int, hi: int, provenance: dict,
                 breakdown: bool = True, ci: bool = True, baselines: dict | None = None,
-                cfg_cols: dict | None = None) -> pl.DataFrame:
+                cfg_cols: dict | None = None, theta: np.ndarray | None = None) -> pl.DataFrame:
     """The rows of one policy × configurations ``lo:hi`` (one of :func:`config_blocks`): what every backend
     computes per task. ``baselines``: :func:`baseline_latencies` on that block, ``cfg_cols``: its
-    :func:`block_config_columns` (both computed when None; callers pricing many policies keep them)."""
+    :func:`block_config_columns`, ``theta``: its :func:`theta_grid` (all computed when None; callers pricing
+    many policies keep them)."""
     sub = ax.block(lo, hi)
     if cfg_cols is None:
         cfg_cols = block_config_columns(cost, ax, lo, hi)
-    cols = sweep_policy(rp, pol, cost, sub, breakdown, baselines=baselines, ci=ci)
+    cols = sweep_policy(rp, pol, cost, sub, breakdown, baselines=baselines, ci=ci, theta=theta)
     return pl.DataFrame({**provenance, **cols, **cfg_cols}, strict=False)
 
 
@@ -208,7 +237,7 @@ def run_sweep(rp: Replayer, policies: Sequence[Policy], cost: CostModel, ax: Axe
             if (pol.max_new_tokens, b) not in base:
                 base[pol.max_new_tokens, b] = baseline_latencies(rp, pol.max_new_tokens, thetas[b])
             frames.append(sweep_block(rp, pol, cost, ax, *b, prov, breakdown, ci, base[pol.max_new_tokens, b],
-                                      cfg_cols[b]))
+                                      cfg_cols[b], thetas[b]))
         if progress is not None:
             progress(1)
     return pl.concat(frames, how="diagonal_relaxed")
