@@ -172,15 +172,17 @@ def schedule_frame(run_: Run, policy: Policy, utt: dict) -> pl.DataFrame:
 
 
 class Replayer:
-    """Replays policies over one trace, caching sessions and schedules."""
+    """Replays policies over one trace, caching schedules.
+
+    Sessions are views (a root row) into the trace's shared trie columns (``Trace.trie``), so
+    making them costs nothing per node and holds no per-node objects."""
 
     def __init__(self, trace: Trace):
         self.trace = trace
         self.utt_ids = trace.utterances["utt_id"].to_list()
         self._utts = {r["utt_id"]: r for r in trace.utterances.iter_rows(named=True)}
-        extra = [c for c in trace.nodes.columns if c.startswith("x_")]
-        parts = trace.nodes.partition_by("utt_id", as_dict=True)
-        self.sessions = {key[0]: TrieSession(df, trace.modes, extra) for key, df in parts.items()}
+        cols = trace.trie()
+        self.sessions = {uid: TrieSession(cols, root=cols.root_of[j]) for j, uid in enumerate(cols.utt_ids)}
         self._cache: dict[Policy, Replay] = {}
 
     def replay(self, policy: Policy) -> Replay:
