@@ -181,3 +181,27 @@ def test_node_ids_need_not_be_row_numbers(small_trace):
         a, b = Replayer(small_trace).replay(pol), Replayer(other).replay(pol)
         assert [r.tokens if r else None for r in a.runs] == [r.tokens if r else None for r in b.runs]
         assert np.array_equal(a.total, b.total, equal_nan=True)
+
+
+def _table_distance(a, b):
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+        prev = cur
+    return prev[len(b)]
+
+
+def test_bit_vector_edit_distance_equals_the_table():
+    from sectrace.simulate.replay import edit_distance, similarity
+
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        a = rng.integers(0, rng.integers(1, 12), rng.integers(0, 90)).tolist()
+        b = (a[: rng.integers(0, len(a) + 1)] + rng.integers(0, 12, rng.integers(0, 20)).tolist()
+             if rng.random() < 0.5 else rng.integers(0, 12, rng.integers(0, 90)).tolist())
+        d = _table_distance(a, b)
+        assert edit_distance(a, b) == d, (a, b)
+        if a and b and a != b:
+            assert similarity(a, b) == 1.0 - d / max(len(a), len(b))
