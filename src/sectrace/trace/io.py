@@ -1,7 +1,10 @@
 """Reading, validating and writing trace directories.
 
-A trace is loaded whole and checked before anything uses it: a reader gets either a
-consistent trace or one sentence saying what is wrong, never a half-loaded one.
+A trace is checked whole before anything uses it: a reader gets either a consistent trace
+or one sentence saying what is wrong, never a half-loaded one. The nodes table is read a
+column at a time into the trie's columns (``Trace.trie``), checked as each column arrives and
+then link by link on arrays, so a 10,000-utterance trace is never held as one table; the
+table itself (``Trace.nodes``) is read on first use.
 Writes go to a temporary sibling directory that is renamed into place, so a crash
 never leaves a torn trace behind and never touches one already written.
 """
