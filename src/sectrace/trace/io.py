@@ -440,8 +440,8 @@ def _check_tables(trace: Trace) -> None:
 
 
 def _ints(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """An integer column as int64 values (0 where null) and its null mask."""
-    return s.fill_null(0).to_numpy().astype(np.int64), s.is_null().to_numpy()
+    """An integer column's values (0 where null) and its null mask."""
+    return s.fill_null(0).to_numpy(), s.is_null().to_numpy()
 
 
 def _check_trie(trie: TrieColumns, get, trace: Trace) -> None:

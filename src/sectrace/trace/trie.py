@@ -180,9 +180,9 @@ class TrieColumns:
         self.utt_ids: list[str] = names.to_list()
         self.starts = starts.astype(np.int64)
         self.counts = np.diff(np.append(self.starts, n))
-        code = np.repeat(np.arange(len(starts), dtype=np.int64), self.counts)
+        code = np.repeat(np.arange(len(starts), dtype=np.int32 if len(starts) < 2**31 else np.int64), self.counts)
         self.code = code
-        self.node_id_a = get("node_id").to_numpy().astype(np.int64)
+        self.node_id_a = get("node_id").to_numpy()
         self.row_of, self.repeats_ids = self._row_mapper(code, self.node_id_a)
 
         def col(name, fill, dtype):
@@ -244,14 +244,14 @@ class TrieColumns:
                 ok = (ids >= 0) & (ids < counts[c])
                 return np.where(ok, starts[c] + ids, -1)
             return direct, False
-        key = (code << 33) + node_id + 2**32
+        key = (code.astype(np.int64) << 33) + node_id.astype(np.int64) + 2**32
         order = np.argsort(key, kind="stable")
         skey = key[order]
 
         def searched(c, ids):
             if not n:
                 return np.full(len(ids), -1, np.int64)
-            want = (c << 33) + ids + 2**32
+            want = (c.astype(np.int64) << 33) + ids.astype(np.int64) + 2**32
             pos = np.minimum(np.searchsorted(skey, want), n - 1)
             return np.where(skey[pos] == want, order[pos], -1)
         return searched, bool(n and (skey[1:] == skey[:-1]).any())
