@@ -98,7 +98,8 @@ def trace_info(path, data, manifest, as_json):
     """
     tr = load_trace_or_sample(path)
     m = tr.manifest
-    per_utt = tr.nodes.group_by("utt_id").len()["len"]
+    trie = tr.trie()  # built and checked while loading: nothing here reads the nodes table again
+    per_utt, n_nodes = trie.counts, trie.n
     if as_json:
         from ..simulate.provenance import trace_sha256
 
@@ -106,7 +107,7 @@ def trace_info(path, data, manifest, as_json):
                             "synthetic": tr.synthetic, "schema_version": m["schema_version"],
                             "tool_version": m["tool_version"], "created": m["created"], "drafter": m["drafter"],
                             "verifier": m["verifier"], "verifier_modes": list(tr.modes),
-                            "dataset": m["dataset"], "utterances": tr.utterances.height, "nodes": tr.nodes.height,
+                            "dataset": m["dataset"], "utterances": tr.utterances.height, "nodes": n_nodes,
                             "nodes_per_utterance": {"min": int(per_utt.min()), "max": int(per_utt.max())},
                             "timings": tr.timings.height, "valid": True}))
         return
@@ -117,7 +118,7 @@ def trace_info(path, data, manifest, as_json):
     click.echo(f"verifier    {m['verifier']['name']} ({m['verifier']['revision']}, vocab {m['verifier']['vocab_size']}), "
                f"modes {', '.join(tr.modes)}")
     click.echo(f"dataset     {m['dataset'].get('name')}: {tr.utterances.height} utterances")
-    click.echo(f"trie        {tr.nodes.height} nodes ({per_utt.min()}–{per_utt.max()} per utterance)")
+    click.echo(f"trie        {n_nodes} nodes ({per_utt.min()}–{per_utt.max()} per utterance)")
     click.echo(f"timings     {tr.timings.height} measured calls" + _load_note(m))
     for line in _needs(tr, data, manifest):
         click.echo(line)

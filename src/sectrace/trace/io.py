@@ -1,7 +1,10 @@
 """Reading, validating and writing trace directories.
 
-A trace is loaded whole and checked before anything uses it: a reader gets either a
-consistent trace or one sentence saying what is wrong, never a half-loaded one.
+A trace is checked whole before anything uses it: a reader gets either a consistent trace
+or one sentence saying what is wrong, never a half-loaded one. The nodes table is read a
+column at a time into the trie's columns (``Trace.trie``), checked as each column arrives and
+then link by link on arrays, so a 10,000-utterance trace is never held as one table; the
+table itself (``Trace.nodes``) is read on first use.
 Writes go to a temporary sibling directory that is renamed into place, so a crash
 never leaves a torn trace behind and never touches one already written.
 """
@@ -17,11 +20,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from ..errors import UserError
 from ..fsio import apply_umask, fsync, fsync_dir
 from . import schema as S
+from .trie import TrieColumns
 
 
 class TraceError(UserError):
@@ -37,6 +42,17 @@ class Trace:
     vocab: pl.DataFrame | None = None
     path: Path | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _trie: TrieColumns | None = field(default=None, init=False, repr=False, compare=False)
+    _load_nodes: object = field(default=None, init=False, repr=False, compare=False)
+
+    def trie(self) -> TrieColumns:
+        """The trie as columns shared by every utterance's replay session, built once per trace.
+
+        Drafts come without the drafter's top-k lists, which no gate reads (``TrieColumns``)."""
+        if self._trie is None:
+            extra = [c for c in self.nodes.columns if c.startswith("x_")]
+            self._trie = TrieColumns(self.nodes, self.modes, extra, topk=False)
+        return self._trie
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -65,6 +81,23 @@ class Trace:
         eos = self.eos_ids
         text = b"".join(pieces.get(t, b"\xef\xbf\xbd") for t in tokens if t not in eos)
         return text.decode("utf-8", errors="replace").strip()
+
+
+def _get_nodes(self) -> pl.DataFrame:
+    df = self.__dict__.get("_nodes")
+    if df is None and self._load_nodes is not None:
+        df = self.__dict__["_nodes"] = self._load_nodes()
+        self._load_nodes = None
+    return df
+
+
+def _set_nodes(self, df):
+    self.__dict__["_nodes"] = df
+
+
+#: A loaded trace reads its whole nodes table only when something asks for ``trace.nodes`` (reports, merge,
+#: learned gates); replay and ``trace info`` use the columns ``load_trace`` built (``Trace.trie``).
+Trace.nodes = property(_get_nodes, _set_nodes)
 
 
 # --- reading -------------------------------------------------------------------------
@@ -273,93 +306,126 @@ def load_trace(path: str | os.PathLike) -> Trace:
     modes = manifest["verifier_modes"]
 
     utts = _read_parquet(path / "utterances.parquet", "utterances")
-    nodes = _read_parquet(path / "nodes.parquet", "nodes")
+    npath = path / "nodes.parquet"
+    nodes_schema = _read_parquet_schema(npath, "nodes")
     timings = _read_parquet(path / "timings.parquet", "timings")
     vocab = _read_parquet(path / "vocab.parquet", "vocab") if (path / "vocab.parquet").exists() else None
 
     _check_columns(utts, S.UTTERANCES, S.UTTERANCES_NULLABLE, "utterances.parquet")
     nschema = S.nodes_schema(modes)
     vnull = {c for m in modes for c in S.verifier_columns(m)}
-    _check_columns(nodes, nschema, S.NODES_NULLABLE | vnull, "nodes.parquet")
+    _check_types(nodes_schema, nschema, S.NODES_NULLABLE | vnull, "nodes.parquet")
     _check_columns(timings, S.TIMINGS, S.TIMINGS_NULLABLE, "timings.parquet")
     if vocab is not None:
         _check_columns(vocab, S.VOCAB, set(), "vocab.parquet")
         _check_int_widths(vocab, S.VOCAB, "vocab.parquet")
     _check_int_widths(utts, S.UTTERANCES, "utterances.parquet")
-    _check_int_widths(nodes, nschema, "nodes.parquet")
     _check_int_widths(timings, S.TIMINGS, "timings.parquet")
     utts = _cast(utts, S.UTTERANCES)
-    nodes = _cast(nodes, nschema)
     timings = _cast(timings, S.TIMINGS)
-    trace = Trace(manifest, utts, nodes, timings, vocab, path)
-    validate(trace)
+    trace = Trace(manifest, utts, None, timings, vocab, path)
+    _check_tables(trace)
+    # The nodes table is read a column at a time, each checked as it is read, into the trie's columns: the
+    # whole table (half of it the drafter's top-k lists, which replay never reads) is never held at once.
+    reader = _NodeColumns(npath, nodes_schema, nschema, S.NODES_NULLABLE | vnull, modes)
+    extra = [c for c in nodes_schema if c.startswith("x_")]
+    trie = TrieColumns(reader, modes, extra, topk=False)
+    for col in nschema:
+        if col not in reader.checked and col not in ("d_topk_ids", "d_topk_probs"):
+            trie.get(col)
+    _check_trie(trie, trie.get, trace)
+    trie.release_checks()
+    reader.last = None
+    trace._trie = trie
+    trace._load_nodes = lambda: _cast(_read_parquet(npath, "nodes"), nschema)
     return trace
 
 
-def validate(trace: Trace) -> None:
-    """Referential checks: every link in the trie points at a node that exists and fits."""
-    utts, nodes, timings = trace.utterances, trace.nodes, trace.timings
-    if utts.height == 0:
-        raise TraceError("utterances.parquet has no rows; a trace needs at least one utterance")
-    _check_values(utts, S.UTTERANCES_RANGE, "utterances.parquet")
-    _check_values(nodes, {**S.NODES_RANGE, **{c: (None, None) for c, t in S.nodes_schema(trace.modes).items()
-                                              if t == pl.Float32}}, "nodes.parquet")
-    _check_values(timings, S.TIMINGS_RANGE, "timings.parquet")
-    if utts["utt_id"].n_unique() != utts.height:
-        raise TraceError("utterances.parquet repeats an utt_id; each utterance must appear once")
-    known = set(utts["utt_id"].to_list())
-    stray = set(nodes["utt_id"].unique().to_list()) - known
-    if stray:
-        raise TraceError(f"nodes.parquet refers to utterance {sorted(stray)[0]!r}, which utterances.parquet lacks")
-    missing = known - set(nodes["utt_id"].unique().to_list())
-    if missing:
-        raise TraceError(f"utterance {sorted(missing)[0]!r} has no nodes; every utterance needs its trie root")
-    if nodes.select(pl.struct("utt_id", "node_id").is_duplicated().any()).item():
-        raise TraceError("nodes.parquet repeats a (utt_id, node_id) pair; node ids must be unique per utterance")
-    roots = nodes.filter(pl.col("parent_id").is_null())
-    if roots.height != utts.height or roots["utt_id"].n_unique() != utts.height:
-        raise TraceError("each utterance must have exactly one root node (parent_id null)")
-    if (roots["depth"] != 0).any() or roots["token"].null_count() != roots.height:
-        raise TraceError("root nodes must have depth 0 and no token")
-    # Parent links: parent exists, depth = parent depth + 1.
-    keyed = nodes.select("utt_id", "node_id", "depth", "token", "d_token",
-                         *[f"v_{m}_top1" for m in trace.modes])
-    child = nodes.filter(pl.col("parent_id").is_not_null()).select("utt_id", "node_id", "parent_id", "depth", "token")
-    joined = child.join(keyed.rename({"node_id": "parent_id", "depth": "p_depth", "token": "p_token"}),
-                        on=["utt_id", "parent_id"], how="left")
-    bad = joined.filter(pl.col("p_depth").is_null())
-    if bad.height:
-        r = bad.row(0, named=True)
-        raise TraceError(f"node {r['node_id']} of utterance {r['utt_id']!r} names parent {r['parent_id']}, "
-                         "which does not exist: the trie is broken")
-    bad = joined.filter(pl.col("depth") != pl.col("p_depth") + 1)
-    if bad.height:
-        r = bad.row(0, named=True)
-        raise TraceError(f"node {r['node_id']} of utterance {r['utt_id']!r} has depth {r['depth']}, "
-                         "not its parent's depth + 1")
-    # Child links: the keep child is reached by the drafter's token, a mode's child by that mode's top-1.
-    links = [("keep_child", "d_token")] + [(f"v_{m}_child", f"v_{m}_top1") for m in trace.modes]
-    target = nodes.select("utt_id", pl.col("node_id").alias("_c"), pl.col("parent_id").alias("_cp"),
-                          pl.col("token").alias("_ct"))
-    for link, tok in links:
-        sub = nodes.filter(pl.col(link).is_not_null()).select("utt_id", "node_id", link, tok)
-        if not sub.height:
-            continue
-        j = sub.join(target, left_on=["utt_id", link], right_on=["utt_id", "_c"], how="left")
-        bad = j.filter(pl.col("_cp").is_null() | (pl.col("_cp") != pl.col("node_id")) | (pl.col("_ct") != pl.col(tok)))
-        if bad.height:
-            r = bad.row(0, named=True)
-            raise TraceError(f"node {r['node_id']} of utterance {r['utt_id']!r}: {link} {r[link]} is not its child "
-                             f"by token {r[tok]}; the trie is broken")
-    for m in trace.modes:
-        rank = nodes[f"v_{m}_rank"]
-        if (rank.drop_nulls() < 1).any():
-            raise TraceError(f"nodes.parquet column v_{m}_rank has values below 1; ranks start at 1 (the top-1)")
+def _read_parquet_schema(path: Path, what: str) -> dict:
+    if not path.exists():
+        _read_parquet(path, what)  # the missing-file sentence
+    try:
+        return dict(pl.read_parquet_schema(path))
+    except Exception as exc:  # noqa: BLE001  (as _read_parquet: a torn file raises many kinds)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TraceError(f"{path} is not a readable Parquet file ({first[:160]}); "
+                         f"the {what} table is truncated or corrupt: re-collect or restore it") from None
+
+
+def _check_types(schema: dict, wanted: dict, nullable: set, where: str):
+    """_check_columns' presence and type rules, from the file's schema (no data read)."""
+    _check_columns(pl.DataFrame(schema=schema), wanted, nullable, where)
+
+
+class _NodeColumns:
+    """nodes.parquet one column at a time: each checked (nulls, integer width, range) and cast on first read."""
+
+    def __init__(self, path: Path, schema: dict, wanted: dict, nullable: set, modes):
+        self.path, self.schema, self.wanted, self.nullable = path, schema, wanted, nullable
+        floats = {c: (None, None) for c, t in wanted.items() if t == pl.Float32}
+        self.ranges = {**S.NODES_RANGE, **floats}
+        self.ranks = {f"v_{m}_rank" for m in modes}
+        self.checked: set[str] = set()
+        self.last = None
+
+    def __call__(self, name: str) -> pl.Series:
+        if self.last is not None and self.last.name == name:
+            return self.last
+        try:
+            df = pl.read_parquet(self.path, columns=[name])
+        except Exception as exc:  # noqa: BLE001  (as _read_parquet)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TraceError(f"{self.path} is not a readable Parquet file ({first[:160]}); "
+                             "the nodes table is truncated or corrupt: re-collect or restore it") from None
+        if name not in self.checked:
+            self.checked.add(name)
+            if name in self.wanted:
+                if name not in self.nullable and df[name].null_count():
+                    _check_columns(df, {name: self.wanted[name]}, set(), "nodes.parquet")
+                _check_int_widths(df, {name: self.wanted[name]}, "nodes.parquet")
+                df = _cast(df, {name: self.wanted[name]})
+                _check_values(df, {k: v for k, v in self.ranges.items() if k == name}, "nodes.parquet")
+                _check_node_ranges(df)
+        elif name in self.wanted:
+            df = _cast(df, {name: self.wanted[name]})
+        self.last = df[name]
+        return self.last
+
+
+def _check_node_ranges(nodes: pl.DataFrame):
+    """Ranks start at 1; log-probs are <= 0 and entropies >= 0 (in nats)."""
+    for col in nodes.columns:
+        if col.startswith("v_") and col.endswith("_rank") and (nodes[col].drop_nulls() < 1).any():
+            raise TraceError(f"nodes.parquet column {col} has values below 1; ranks start at 1 (the top-1)")
     for col, lo, hi in (("d_logprob", None, 1e-6), ("d_entropy", -1e-6, None)):
+        if col not in nodes.columns:
+            continue
         vals = nodes[col].drop_nulls()
         if (lo is not None and (vals < lo).any()) or (hi is not None and (vals > hi).any()):
             raise TraceError(f"nodes.parquet column {col} is out of range (log-probs are <= 0, entropies >= 0, "
                              "in nats); check the units")
+
+
+def validate(trace: Trace) -> None:
+    """Value and referential checks of an in-memory trace: every link in the trie points at a node that exists
+    and fits. (``load_trace`` runs the same checks a column at a time as it reads.)"""
+    _check_tables(trace)
+    nodes = trace.nodes
+    _check_values(nodes, {**S.NODES_RANGE, **{c: (None, None) for c, t in S.nodes_schema(trace.modes).items()
+                                              if t == pl.Float32}}, "nodes.parquet")
+    _check_node_ranges(nodes)
+    trie = TrieColumns(nodes, trace.modes, topk=False)
+    _check_trie(trie, trie.get, trace)
+
+
+def _check_tables(trace: Trace) -> None:
+    utts, timings = trace.utterances, trace.timings
+    if utts.height == 0:
+        raise TraceError("utterances.parquet has no rows; a trace needs at least one utterance")
+    _check_values(utts, S.UTTERANCES_RANGE, "utterances.parquet")
+    _check_values(timings, S.TIMINGS_RANGE, "timings.parquet")
+    if utts["utt_id"].n_unique() != utts.height:
+        raise TraceError("utterances.parquet repeats an utt_id; each utterance must appear once")
     if timings.height:
         if not timings["side"].is_in(list(S.TIMING_SIDES)).all():
             raise TraceError(f"timings.parquet side must be one of {S.TIMING_SIDES}")
@@ -371,6 +437,63 @@ def validate(trace: Trace) -> None:
         if (timings["seconds"] < 0).any() or (timings["seconds"] > 3600).any():
             raise TraceError("timings.parquet seconds must lie between 0 and 3600; are they in milliseconds? "
                              "Trace format v1 stores seconds")
+
+
+def _ints(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """An integer column's values (0 where null) and its null mask."""
+    return s.fill_null(0).to_numpy(), s.is_null().to_numpy()
+
+
+def _check_trie(trie: TrieColumns, get, trace: Trace) -> None:
+    """The trie's links, on the columns' arrays: one root per utterance, parents that exist one level up, and
+    each keep/top-1 child reached from its parent by the token that names it."""
+    known = set(trace.utterances["utt_id"].to_list())
+    have = set(trie.utt_ids)
+    if have - known:
+        raise TraceError(f"nodes.parquet refers to utterance {min(have - known)!r}, which utterances.parquet "
+                         "lacks")
+    if known - have:
+        raise TraceError(f"utterance {min(known - have)!r} has no nodes; every utterance needs its trie root")
+    if trie.repeats_ids:
+        raise TraceError("nodes.parquet repeats a (utt_id, node_id) pair; node ids must be unique per utterance")
+    code, node_id, depth = trie.code, trie.node_id_a, trie.depth_a
+    roots = trie.root_rows
+    n_utt = trace.utterances.height
+    if len(roots) != n_utt or len(np.unique(code[roots])) != n_utt:
+        raise TraceError("each utterance must have exactly one root node (parent_id null)")
+    token, token_null = _ints(get("token"))
+    if (depth[roots] != 0).any() or not token_null[roots].all():
+        raise TraceError("root nodes must have depth 0 and no token")
+
+    def where(i):
+        return f"node {node_id[i]} of utterance {trie.utt_ids[code[i]]!r}"
+
+    parent, parent_null = _ints(get("parent_id"))
+    child = np.flatnonzero(~parent_null)
+    prow = trie.row_of(code[child], parent[child])
+    bad = np.flatnonzero(prow < 0)
+    if len(bad):
+        i = child[bad[0]]
+        raise TraceError(f"{where(i)} names parent {parent[i]}, which does not exist: the trie is broken")
+    bad = np.flatnonzero(depth[child] != depth[prow] + 1)
+    if len(bad):
+        i = child[bad[0]]
+        raise TraceError(f"{where(i)} has depth {depth[i]}, not its parent's depth + 1")
+    del prow, child
+    for link, tok in [("keep_child", "d_token")] + [(f"v_{m}_child", f"v_{m}_top1") for m in trace.modes]:
+        ids, ids_null = _ints(get(link))
+        rows = np.flatnonzero(~ids_null)
+        if not len(rows):
+            continue
+        target = trie.row_of(code[rows], ids[rows])
+        tv, tv_null = _ints(get(tok))
+        t = np.maximum(target, 0)
+        bad = (target < 0) | parent_null[t] | (parent[t] != node_id[rows]) |             (~token_null[t] & ~tv_null[rows] & (token[t] != tv[rows]))
+        hit = np.flatnonzero(bad)
+        if len(hit):
+            i = rows[hit[0]]
+            raise TraceError(f"{where(i)}: {link} {ids[i]} is not its child by token "
+                             f"{None if tv_null[i] else tv[i]}; the trie is broken")
 
 
 # --- paths inside a trace ----------------------------------------------------------------
