@@ -76,7 +76,7 @@ class FakeMeteor:
         return 2 * m / (h + r) if h + r else 0.0
 
     def evaluate(self, stats: list[str]) -> tuple[float, list[float]]:
-        assert stats, "an empty EVAL"
+        assert stats, "an empty EVAL: the jar answers nothing, and score_captions' wrapper raises"
         self.evaluate_calls.append(list(stats))
         rows = [tuple(int(x) for x in s.split()) for s in stats]
         pooled = 2 * sum(m for m, _, _ in rows) / sum(h + r for _, h, r in rows)
@@ -158,6 +158,8 @@ def test_every_distinct_caption_is_scored_once_as_the_standard_scorers_score_it(
     per = {(r["utt_id"], r["caption"]): r for r in q.per_caption.iter_rows(named=True)}
     pols = {r["policy"]: r for r in q.per_policy.iter_rows(named=True)}
     assert list(pols) == ["A", "B", "C"] and q.per_policy["trace"].to_list() == ["t"] * 3
+    assert q.per_policy.columns == ["trace", "policy", "n_scored", "bleu1", "bleu2", "bleu3", "bleu4", "meteor",
+                                    "rouge_l", "cider_d", "emotion_consistency", "emotion_named", "agree_cloud_exact"]
     for pol, caps in CAPS.items():
         bleu, bleu_each, rouge, rouge_each, cider_each = _standard(sorted(REFS), caps)
         m_corpus, m_each = fakes["m"].expected([(tok(caps[u]), gts[u]) for u in sorted(caps)])
@@ -218,6 +220,24 @@ def test_what_is_left_out_is_left_out_and_said_so(fakes):
     by_pol = quality.score_captions(res, _utts(refs), group_by=("policy", "no-such-column"))
     assert by_pol.per_policy.columns[:2] == ["policy", "n_scored"]
     assert by_pol.per_policy.select("policy", "n_scored").rows() == [("A", 3), ("B", 3), ("C", 3)]
+
+
+def test_a_policy_with_one_caption_is_scored_against_the_closest_reference_length(fakes):
+    """BLEU's brevity penalty uses the reference length closest to the caption's (pycocoevalcap's option), also for
+    a policy that captioned one utterance, where BleuScorer's own default would average the references' lengths."""
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+
+    cap = "She sounds angry and sharp."  # 5 words; u1's references have 6 and 9
+    res = pl.DataFrame([{"trace": "t", "policy": "D", "utt_id": "u1", "covered": True, "caption": cap}])
+    q = quality.score_captions(res, _utts())
+    bleu, bleu_each, *_ = _standard(sorted(REFS), {"u1": cap})
+    got = q.per_policy.row(0, named=True)
+    assert got["n_scored"] == 1 and [got[f"bleu{n + 1}"] for n in range(4)] == pytest.approx(bleu, rel=1e-12)
+    assert q.per_caption.select("bleu1", "bleu2", "bleu3", "bleu4").row(0) == pytest.approx(
+        [b[0] for b in bleu_each], rel=1e-12)
+    avg = BleuScorer(n=4)
+    avg += (tok(cap), [tok(r) for r in REFS["u1"]])
+    assert avg.compute_score(option="average", verbose=0)[0][0] != pytest.approx(bleu[0], rel=1e-6)
 
 
 def test_nothing_covered_scores_nothing(fakes):
