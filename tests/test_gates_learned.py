@@ -344,3 +344,14 @@ def test_train_gate_two_utterances_are_enough_and_sklearn_is_named_when_missing(
     with pytest.raises(UserError) as e:
         train_gate(small, "logreg", features=["f"])
     assert str(e.value) == "training gates needs scikit-learn: pip install 'sectrace[gates]'"
+
+
+def test_train_gate_document_of_a_trace_in_memory_without_a_drafter_card(small, monkeypatch):
+    """A trace built in memory has no path and may lack the drafter's model card: the document says so with nulls
+    (not the string "None", not a crash)."""
+    _patch_table(monkeypatch, _hand_table(8))
+    manifest = {k: v for k, v in small.manifest.items() if k != "drafter"}
+    bare = type(small)(manifest, small.utterances, small.nodes, small.timings, small.vocab, None)
+    d = train_gate(bare, "logreg", features=["f"], folds=2)
+    assert d["trained_on"] == {"trace": None, "name": "synthetic", "synthetic": True, "utterances": 4, "tokens": 20,
+                               "tokenizer": None}
