@@ -26,7 +26,7 @@ pytest.importorskip("pycocoevalcap")
 SPICE = "SPICE: unavailable (pycocoevalcap's SPICE downloads Stanford CoreNLP models at run time)"
 PTB = "Stanford PTBTokenizer 3.4.1 (pycocoevalcap), lower-cased, punctuation removed"
 COLUMNS = ["utt_id", "caption", "tokenized", "bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider_d",
-           "emotion_consistency", "emotion_named", "emotion_target_from"]
+           *quality.BLEU_COUNTS, "emotion_consistency", "emotion_named", "emotion_target_from"]
 
 REFS = {
     "u1": ["The speaker sounds angry and sharp.", "He is clearly irritated, his voice loud and tense."],

@@ -43,3 +43,11 @@ def test_the_loaded_run_was_priced_as_the_simulator_prices_now():
     assert df["runs"].sum() == 180 and df.height == 5
     for col in ("bias", "median_ape", "bias_ttft", "median_ape_ttft"):
         assert df[f"{col}_now"].to_list() == pytest.approx(df[f"{col}_recorded"].to_list(), abs=1e-12)
+
+
+def test_the_quiet_run_was_priced_as_the_simulator_prices_now():
+    """The 2026-12-08 quiet run (the documented command, after the fix) re-prices to what it recorded."""
+    df = _reprice("2026-12-08-quiet")
+    assert df["runs"].sum() == 72 and df.height == 4
+    for col in ("bias", "median_ape", "bias_ttft", "median_ape_ttft"):
+        assert df[f"{col}_now"].to_list() == pytest.approx(df[f"{col}_recorded"].to_list(), abs=1e-12)
