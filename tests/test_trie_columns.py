@@ -205,3 +205,19 @@ def test_bit_vector_edit_distance_equals_the_table():
         assert edit_distance(a, b) == d, (a, b)
         if a and b and a != b:
             assert similarity(a, b) == 1.0 - d / max(len(a), len(b))
+
+
+def test_a_trace_sent_to_another_process_replays_the_same():
+    """A dask worker receives the trace pickled: its trie columns (memoryviews) stay behind and are built again,
+    so the worker's replay equals the sender's (it once read token ids as bytes and ran every caption to the end)."""
+    import pickle
+
+    from sectrace.protocol import cloud_only, drafter_only
+
+    tr = load_trace(sample_trace_path())
+    before = {p.name: Replayer(tr).replay(p) for p in (drafter_only(64), cloud_only(64))}
+    again = pickle.loads(pickle.dumps(tr))
+    assert again._trie is None and again.nodes.equals(tr.nodes)
+    for p in (drafter_only(64), cloud_only(64)):
+        after = Replayer(again).replay(p)
+        assert [r.tokens for r in after.runs] == [r.tokens for r in before[p.name].runs]

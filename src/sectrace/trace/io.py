@@ -54,6 +54,19 @@ class Trace:
             self._trie = TrieColumns(self.nodes, self.modes, extra, topk=False)
         return self._trie
 
+    def __getstate__(self):
+        """A trace sent to another process (a dask worker) carries its tables, not its trie columns: those hold
+        memoryviews, which pickle refuses and dask's serialiser flattens to bytes, so the receiver builds them
+        again from the nodes table (read here first if it was still lazy)."""
+        state = dict(self.__dict__)
+        state["_nodes"] = self.nodes
+        state["_trie"] = None
+        state["_load_nodes"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
     @property
     def modes(self) -> tuple[str, ...]:
         return tuple(self.manifest["verifier_modes"])
