@@ -116,7 +116,8 @@ def main():
                                  "prefill_s": round(statistics.median(r["prefill_s"] for r in rs), 4),
                                  "prefill_cpu_s": round(statistics.median(r["prefill_cpu_s"] for r in rs), 4)}
     (t_hf, t_ll) = (runs[k][0]["tokens"] for k in lms)
-    res["greedy_tokens_agree"] = _agree(t_hf, t_ll)
+    # equal up to the first difference (after it the two runs decode different prefixes)
+    res["greedy_tokens_agree"] = len(os.path.commonprefix([list(t_hf), list(t_ll)]))
     names = list(lms)
     r0, r1 = (res["runtimes"][k] for k in names)
     res["speedup_wall"] = round(r1["decode_tok_per_s"] / r0["decode_tok_per_s"], 2)
@@ -132,16 +133,6 @@ def main():
     print(json.dumps(res))
     if a.json:
         a.json.write_text(json.dumps(res, indent=2) + "\n")
-
-
-def _agree(a: list[int], b: list[int]) -> int:
-    """Greedy tokens equal up to the first difference (after it the two runs decode different prefixes)."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 if __name__ == "__main__":

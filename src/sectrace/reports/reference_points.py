@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from ..simulate.metrics import bootstrap_weights
-from .emotion import LABEL_ALIASES
+from .emotion import label_class
 from .quality import BLEU_COUNTS, QualityResult
 
 UPPER = "reference: true emotion (template)"
@@ -32,14 +32,10 @@ TEMPLATE = "The speaker sounds {emotion}."
 #: The adjective each emotion class is written with in TEMPLATE.
 ADJECTIVE = {"angry": "angry", "happy": "happy", "sad": "sad", "fearful": "afraid", "surprised": "surprised",
              "neutral": "calm", "disgusted": "disgusted"}
-#: (metric column, its corpus rule, label) shown with intervals.
-SHOWN = (("bleu4", "BLEU-4 ×100"), ("cider_d", "CIDEr-D ×100"))
+#: The columns shown with intervals, in the order :func:`_stats` computes them.
+SHOWN = ("BLEU-4 ×100", "CIDEr-D ×100")
 #: Differences (×100) no larger than this are no difference (float rounding of equal scores).
 ZERO = 1e-9
-
-
-def _label(v) -> str | None:
-    return LABEL_ALIASES.get(str(v).strip().lower()) if v is not None else None
 
 
 def reference_captions(utterances: pl.DataFrame, seed: int = 0) -> pl.DataFrame | None:
@@ -48,7 +44,7 @@ def reference_captions(utterances: pl.DataFrame, seed: int = 0) -> pl.DataFrame 
     the dataset's labels use (every class when it uses one), from a generator keyed by the seed and the clip."""
     if "emotion" not in utterances.columns:
         return None
-    labelled = [(u, _label(e)) for u, e in zip(utterances["utt_id"].to_list(), utterances["emotion"].to_list())]
+    labelled = [(u, label_class(e)) for u, e in zip(utterances["utt_id"].to_list(), utterances["emotion"].to_list())]
     labelled = [(u, e) for u, e in labelled if e in ADJECTIVE]
     if not labelled:
         return None
@@ -64,10 +60,9 @@ def reference_captions(utterances: pl.DataFrame, seed: int = 0) -> pl.DataFrame 
     return pl.DataFrame(rows)
 
 
-def as_results(captions: pl.DataFrame, trace: str | None = None) -> pl.DataFrame:
+def as_results(captions: pl.DataFrame) -> pl.DataFrame:
     """The reference captions as results rows that reports.quality.score_captions scores like a policy's."""
-    df = captions.with_columns(pl.lit(True).alias("covered"))
-    return df.with_columns(pl.lit(trace).alias("trace")) if trace is not None else df
+    return captions.with_columns(pl.lit(True).alias("covered"))
 
 
 def corpus_bleu(totals: np.ndarray) -> np.ndarray:
@@ -129,7 +124,7 @@ def standing(results: pl.DataFrame, quality: QualityResult, ref_captions: pl.Dat
         else:
             d = dlo = dhi = np.full(2, np.nan)
         row = {"system": pol, "clips": mine.height}
-        for i, (_, label) in enumerate(SHOWN):
+        for i, label in enumerate(SHOWN):
             diff = f"{label} − wrong emotion"
             row.update({label: 100 * point[i], f"{label}_lo": 100 * lo[i], f"{label}_hi": 100 * hi[i],
                         diff: 100 * d[i], f"{diff}_lo": 100 * dlo[i], f"{diff}_hi": 100 * dhi[i],
