@@ -248,3 +248,12 @@ def test_gates_list_json_names_every_gate():
 
     doc = json.loads(_run(["gates", "list", "--json"]).stdout)
     assert [g["name"] for g in doc] == [*GATES, *SPECIAL]
+
+
+def test_drafter_runtime_choices_are_the_collectors():
+    """cli/collect.py spells the runtimes out so that `--help` does not import models/ (test_layers' HEAVY);
+    the collector's list is the one that decides, and the two stay equal."""
+    from sectrace.models.llamacpp import RUNTIMES
+
+    opt = next(p for p in LEAVES["collect"].params if p.name == "drafter_runtime")
+    assert tuple(opt.type.choices) == RUNTIMES
